@@ -1,1 +1,4 @@
-//! placeholder
+//! The clawswarm agent sidecar.
+
+pub mod metrics;
+pub mod workload;

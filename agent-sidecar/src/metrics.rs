@@ -1,0 +1,134 @@
+//! The sidecar's Prometheus registry (`clawswarm_*`), served on `/metrics`
+//! for the pod's scrape annotations and PodMonitor.
+//!
+//! One sidecar serves one agent, so series carry no `agent` label here; the
+//! scraper adds pod labels.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::workload::Usage;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelCallLabels {
+    /// "anthropic" or "openai".
+    pub api: &'static str,
+    pub result: &'static str,
+}
+
+pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.5, 16)
+}
+
+pub struct SidecarMetrics {
+    registry: Registry,
+    /// Tokens as the model provider reported them, by kind.
+    pub tokens: Family<KindLabel, Counter>,
+    pub turns: Family<ResultLabel, Counter>,
+    pub turn_first_token_seconds: Histogram,
+    pub turn_duration_seconds: Histogram,
+    pub model_calls: Family<ModelCallLabels, Counter>,
+    pub workload_up: Gauge,
+    pub link_connected: Gauge,
+    pub cert_expiration_timestamp_seconds: Gauge,
+    pub cert_refreshes: Family<ResultLabel, Counter>,
+    pub notices: Family<ResultLabel, Counter>,
+}
+
+impl SidecarMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("clawswarm");
+        let m = Self {
+            tokens: Family::default(),
+            turns: Family::default(),
+            turn_first_token_seconds: Histogram::new(latency_buckets()),
+            turn_duration_seconds: Histogram::new(latency_buckets()),
+            model_calls: Family::default(),
+            workload_up: Gauge::default(),
+            link_connected: Gauge::default(),
+            cert_expiration_timestamp_seconds: Gauge::default(),
+            cert_refreshes: Family::default(),
+            notices: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("tokens", "Model tokens used by this agent, by kind", m.tokens.clone());
+        registry.register("turns", "Turns finished, by outcome", m.turns.clone());
+        registry.register(
+            "turn_first_token_seconds",
+            "Time from receiving a turn to the workload's first reply text",
+            m.turn_first_token_seconds.clone(),
+        );
+        registry.register("turn_duration_seconds", "Time from receiving a turn to its end", m.turn_duration_seconds.clone());
+        registry.register("model_calls", "Model API calls forwarded by the sidecar, by API and result", m.model_calls.clone());
+        registry.register("workload_up", "1 when the workload answers its readiness check", m.workload_up.clone());
+        registry.register("link_connected", "1 while the AgentLink stream to the controller is up", m.link_connected.clone());
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "Expiry of the current workload certificate (Unix seconds)",
+            m.cert_expiration_timestamp_seconds.clone(),
+        );
+        registry.register("identity_cert_refreshes", "Certificate requests, by result", m.cert_refreshes.clone());
+        registry.register("notices", "Proactive notices, by result", m.notices.clone());
+        for kind in TOKEN_KINDS {
+            let _ = m.tokens.get_or_create(&KindLabel { kind });
+        }
+        for result in ["ok", "error", "cancelled", "timeout", "rejected", "not_found"] {
+            let _ = m.turns.get_or_create(&ResultLabel { result });
+        }
+        for result in ["ok", "error"] {
+            let _ = m.cert_refreshes.get_or_create(&ResultLabel { result });
+        }
+        Arc::new(Self { registry, ..m })
+    }
+
+    /// Count tokens the model provider reported.
+    pub fn add_usage(&self, usage: &Usage) {
+        for (kind, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            self.tokens.get_or_create(&KindLabel { kind }).inc_by(n);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_series_exist_at_zero_and_count_by_kind() {
+        let m = SidecarMetrics::new();
+        let text = m.encode();
+        assert!(text.contains("clawswarm_tokens_total{kind=\"cache_write\"} 0"), "{text}");
+        m.add_usage(&Usage { input_tokens: 7, output_tokens: 2, cache_read_tokens: 3, cache_write_tokens: 0 });
+        let text = m.encode();
+        assert!(text.contains("clawswarm_tokens_total{kind=\"input\"} 7"), "{text}");
+        assert!(text.contains("clawswarm_tokens_total{kind=\"cache_read\"} 3"), "{text}");
+    }
+}

@@ -1,0 +1,153 @@
+//! Where agents run: the seam between "this agent should exist and be
+//! running" and the processes or pods that make it so.
+//!
+//! Two implementations: `local` (processes on this machine, the embedded
+//! default) and `kubernetes` (an `Agent` custom resource reconciled into a
+//! PVC and a Pod). Configuration picks one; nothing above this module knows
+//! which.
+
+pub mod local;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use clawswarm_certs::AgentId;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Authenticator;
+
+/// What the operator or the person asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AgentMode {
+    Running,
+    Suspended,
+}
+
+/// What is actually happening, summarised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AgentPhase {
+    /// Accepted, nothing started yet.
+    Pending,
+    /// Processes or pod starting; not connected yet.
+    Starting,
+    /// Connected to the controller (workload readiness is reported separately).
+    Running,
+    Suspended,
+    /// Could not be started; `detail` says why.
+    Failed,
+    Terminating,
+}
+
+impl fmt::Display for AgentPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A request to create an agent.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub id: AgentId,
+    /// Who the agent belongs to (a Slack user id, or any stable person id).
+    pub owner: String,
+    pub template: String,
+}
+
+/// An agent as the runtime knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub owner: String,
+    pub template: String,
+    pub mode: AgentMode,
+    pub phase: AgentPhase,
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("agent {0} not found")]
+    NotFound(AgentId),
+    #[error("agent {0} already exists")]
+    AlreadyExists(AgentId),
+    #[error("owner {owner} already has agent {agent}")]
+    OwnerHasAgent { owner: String, agent: AgentId },
+    #[error("invalid agent spec: {0}")]
+    Invalid(String),
+    #[error("agent {agent}: {message}")]
+    Failed { agent: AgentId, message: String },
+    #[error("runtime storage: {0}")]
+    Storage(String),
+    #[error("runtime backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl RuntimeError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::OwnerHasAgent { .. } => "owner_has_agent",
+            Self::Invalid(_) => "invalid",
+            Self::Failed { .. } => "failed",
+            Self::Storage(_) => "storage",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<RuntimeError> for tonic::Status {
+    fn from(e: RuntimeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            RuntimeError::NotFound(_) => tonic::Status::not_found(msg),
+            RuntimeError::AlreadyExists(_) | RuntimeError::OwnerHasAgent { .. } => {
+                tonic::Status::already_exists(msg)
+            }
+            RuntimeError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            RuntimeError::Failed { .. } => tonic::Status::failed_precondition(msg),
+            RuntimeError::Storage(_) => tonic::Status::internal(msg),
+            RuntimeError::Unavailable(_) => tonic::Status::unavailable(msg),
+        }
+    }
+}
+
+/// Where agents run. All methods are idempotent where that makes sense
+/// (suspending a suspended agent succeeds).
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// "local" or "kubernetes", for logs.
+    fn kind(&self) -> &'static str;
+
+    /// How sidecars started by this runtime prove who they are to `Identity.Certify`.
+    fn authenticator(&self) -> std::sync::Arc<dyn Authenticator>;
+
+    async fn provision(&self, spec: AgentSpec) -> Result<AgentRecord, RuntimeError>;
+
+    /// Stop the agent and forget it; its data goes too when `delete_data`.
+    async fn deprovision(&self, id: &AgentId, delete_data: bool) -> Result<(), RuntimeError>;
+
+    /// Stop the agent's processes or pod, keep its data.
+    async fn suspend(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError>;
+
+    /// Start a suspended agent again (wake on message uses this).
+    async fn resume(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError>;
+
+    /// Stop and start the agent's processes or pod (data kept).
+    async fn restart(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError>;
+
+    async fn get(&self, id: &AgentId) -> Result<Option<AgentRecord>, RuntimeError>;
+
+    async fn list(&self) -> Result<Vec<AgentRecord>, RuntimeError>;
+
+    async fn find_by_owner(&self, owner: &str) -> Result<Option<AgentRecord>, RuntimeError> {
+        Ok(self.list().await?.into_iter().find(|a| a.owner == owner))
+    }
+
+    /// Note that the agent did something (for idle suspension).
+    async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError>;
+
+    /// Supervise until `shutdown` fires; then stop what this runtime owns
+    /// (the local runtime stops its processes; Kubernetes leaves pods alone).
+    async fn run(&self, shutdown: CancellationToken) -> Result<(), RuntimeError>;
+}
