@@ -4,6 +4,7 @@
 //! agree on what an identity is and how it is checked.
 
 mod authority;
+mod channel;
 mod credentials;
 mod csr;
 mod id;
@@ -12,6 +13,7 @@ mod refresh;
 mod rotation;
 mod tls;
 
+pub use channel::{ChannelError, ChannelOptions, error_chain, mtls_channel};
 pub use authority::{Authority, AuthorityError, AuthorityPem, Issued, LeafPolicy};
 pub use credentials::{Credentials, CredentialsError};
 pub use csr::{CsrError, PendingKey, generate_csr};
