@@ -324,9 +324,13 @@ install_kube() {
     local dir="$1"
     go_env kube
     mkdir -p "${dir}/bin" "${BUILD_DIR}"
+    local t=${SECONDS}
     build_etcd "${dir}/bin"
+    log "kube: etcd ready ($((SECONDS - t)) s)"; t=${SECONDS}
     install_kustomize "${dir}/bin"
+    log "kube: kustomize ready ($((SECONDS - t)) s)"; t=${SECONDS}
     build_kube_apiserver "${dir}/bin"
+    log "kube: kube-apiserver ready ($((SECONDS - t)) s)"
     write_env "${dir}" "CLAWSWARM_KUBE_BIN_DIR=${dir}/bin"
 }
 
@@ -370,7 +374,7 @@ write_cache_env() {
                 cat "${dir}/env.sh"
             fi
         done
-    } > "${tmp}"
+    } | awk '!seen[$0]++' > "${tmp}"
     mv -f "${tmp}" "${CLAWSWARM_CACHE}/env.sh"
 }
 
@@ -389,10 +393,12 @@ main() {
         install_component "${c}"
     done
     write_cache_env
-    printf 'export CLAWSWARM_CACHE=%q\n' "${CLAWSWARM_CACHE}"
-    for c in "$@"; do
-        cat "$(component_dir "${c}")/env.sh"
-    done
+    {
+        printf 'export CLAWSWARM_CACHE=%q\n' "${CLAWSWARM_CACHE}"
+        for c in "$@"; do
+            cat "$(component_dir "${c}")/env.sh"
+        done
+    } | awk '!seen[$0]++'
 }
 
 main "$@"
