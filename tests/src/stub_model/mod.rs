@@ -17,6 +17,10 @@ pub mod log;
 pub mod responses;
 pub mod script;
 mod sse;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_failures;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
