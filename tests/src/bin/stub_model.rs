@@ -38,6 +38,10 @@ struct Args {
     /// Calls kept in memory for GET /_stub/requests (the log file keeps all of them).
     #[arg(long, default_value_t = 10_000)]
     keep_requests: usize,
+    /// Turns of history /v1/responses keeps per session key or user, as OpenClaw would;
+    /// 0 makes every call stand alone.
+    #[arg(long, default_value_t = 100)]
+    session_turns: usize,
 }
 
 fn write_port_file(path: &Path, port: u16) -> anyhow::Result<()> {
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         api_key: args.api_key,
         log_path: args.log,
         keep_requests: args.keep_requests,
+        session_turns: args.session_turns,
         ..StubConfig::default()
     };
     let stub = StubModel::start(config).await?;

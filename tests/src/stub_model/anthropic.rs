@@ -198,7 +198,7 @@ pub(crate) async fn handle(
             record.finish(Outcome::Error, usage, n);
             status_error(500)
         } else {
-            record.finish(Outcome::Ok, usage, n);
+            record.complete(usage, n, script.text_upto(n));
             axum::Json(json!({
                 "id": id,
                 "type": "message",

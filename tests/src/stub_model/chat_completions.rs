@@ -122,7 +122,7 @@ pub(crate) async fn handle(
             None,
         );
     }
-    record.finish(Outcome::Ok, usage, n);
+    record.complete(usage, n, script.text_upto(n));
     axum::Json(json!({
         "id": id,
         "object": "chat.completion",

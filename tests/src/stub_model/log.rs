@@ -152,13 +152,19 @@ pub fn now_ms() -> u64 {
 pub struct CallRecord {
     log: Arc<RequestLog>,
     entry: Option<LoggedRequest>,
+    /// Runs with the reply text when the call completes successfully (session history).
+    on_ok: Option<OnOk>,
 }
+
+/// A hook run with the reply text of a successful call.
+pub type OnOk = Box<dyn FnOnce(&str) + Send>;
 
 impl CallRecord {
     pub fn new(log: Arc<RequestLog>, entry: LoggedRequest) -> CallRecord {
         CallRecord {
             log,
             entry: Some(entry),
+            on_ok: None,
         }
     }
 
@@ -168,6 +174,19 @@ impl CallRecord {
             e.usage = usage;
             e.chunks = chunks;
         }
+    }
+
+    /// Sets a hook to run with the reply text if the call completes successfully.
+    pub fn on_ok(&mut self, hook: OnOk) {
+        self.on_ok = Some(hook);
+    }
+
+    /// Logs a successful call and runs the `on_ok` hook with its reply.
+    pub fn complete(&mut self, usage: Usage, chunks: u32, reply: &str) {
+        if let Some(hook) = self.on_ok.take() {
+            hook(reply);
+        }
+        self.finish(Outcome::Ok, usage, chunks);
     }
 
     /// Logs the call with its final outcome.

@@ -8,8 +8,16 @@
 //! `data: [DONE]` as OpenClaw sends it. Failures arrive in-band as `response.failed` after
 //! HTTP 200, as they do from OpenClaw. Usage is on the final event, including
 //! `input_tokens_details.cached_tokens` and `.cache_write_tokens`.
+//!
+//! Like OpenClaw, this endpoint is stateful per conversation: a request carrying
+//! `x-openclaw-session-key` (or else `user`) continues that conversation, so the stub prepends the
+//! conversation's earlier user texts and replies (successful turns only) to the request's own
+//! texts, logs them in `input_texts` and counts them in `input_tokens` — just as OpenClaw sends
+//! the history to its model. That lets end-to-end tests check session continuity and isolation
+//! with the stub standing in for OpenClaw. Without either, every call stands alone.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -30,8 +38,8 @@ use super::{
 /// `input` is a string (one user message) or an array of items `{role, content}` (optionally
 /// `type: "message"`), content being a string or parts with `text`. Items without a role (tool
 /// calls and their outputs) carry no message text and are skipped. `instructions`, if present,
-/// is the first input text.
-pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadRequest> {
+/// is the first input text. Also returns where session history belongs (after instructions).
+pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, usize), BadRequest> {
     let m = parse_body(body)?;
     let model = req_str(&m, "model")?;
     let stream = opt_bool(&m, "stream")?;
@@ -40,6 +48,7 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
     if let Some(instr) = opt_str(&m, "instructions")? {
         input_texts.push(instr);
     }
+    let history_at = input_texts.len();
     let mut last_user_text = String::new();
     match m.get("input") {
         None | Some(Value::Null) => return Err(BadRequest::missing("input")),
@@ -71,7 +80,7 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
         }
         Some(_) => return Err(BadRequest::invalid("input", "a string or an array")),
     }
-    Ok(Call {
+    let call = Call {
         api: Api::Responses,
         model,
         input_texts,
@@ -79,7 +88,52 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
         stream,
         user,
         session_key: session_key(headers),
-    })
+    };
+    Ok((call, history_at))
+}
+
+/// Conversation history per session, standing in for OpenClaw's session store.
+pub(crate) struct Sessions {
+    /// Alternating user text / reply text, oldest first.
+    map: Mutex<HashMap<String, Vec<String>>>,
+    max_texts: usize,
+}
+
+impl Sessions {
+    pub(crate) fn new(turns: usize) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            max_texts: turns.saturating_mul(2),
+        }
+    }
+
+    /// The conversation a call belongs to: its session key, else its `user`, else none.
+    fn key(&self, call: &Call) -> Option<String> {
+        if self.max_texts == 0 {
+            return None;
+        }
+        match (&call.session_key, &call.user) {
+            (Some(k), _) => Some(format!("key:{k}")),
+            (None, Some(u)) => Some(format!("user:{u}")),
+            (None, None) => None,
+        }
+    }
+
+    fn history(&self, key: &str) -> Vec<String> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).cloned().unwrap_or_default()
+    }
+
+    fn append(&self, key: String, user_text: String, reply: &str) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = map.entry(key).or_default();
+        h.push(user_text);
+        h.push(reply.to_owned());
+        if h.len() > self.max_texts {
+            let excess = h.len() - self.max_texts;
+            h.drain(..excess);
+        }
+    }
 }
 
 pub(crate) async fn handle(
@@ -90,17 +144,29 @@ pub(crate) async fn handle(
     if let Some(r) = openai_auth_error(&shared, &headers) {
         return r;
     }
-    let call = match parse(&headers, &body) {
+    let (mut call, history_at) = match parse(&headers, &body) {
         Ok(c) => c,
         Err(e) => return openai_bad_request(e),
     };
+    let session = shared.sessions.key(&call);
+    if let Some(key) = &session {
+        let history = shared.sessions.history(key);
+        call.input_texts.splice(history_at..history_at, history);
+    }
     let model = call.model.clone();
     let stream = call.stream;
+    let user_text = session.as_ref().map(|_| call.last_user_text.clone());
     let (script, mut record) = match shared.begin(call) {
         Begin::Down => return super::down_response(),
         Begin::Http(status) => return openai_status_error(status),
         Begin::Run(script, record) => (script, record),
     };
+    if let (Some(key), Some(user_text)) = (session, user_text) {
+        let sessions = shared.sessions.clone();
+        record.on_ok(Box::new(move |reply| {
+            sessions.append(key, user_text, reply)
+        }));
+    }
     let wire = ResponsesWire {
         id: shared.new_id("resp"),
         item_id: shared.new_id("msg"),
@@ -118,7 +184,7 @@ pub(crate) async fn handle(
         record.finish(Outcome::Error, usage, n);
         wire.response("failed", Some(text), Some(usage), Some(&injected_error()))
     } else {
-        record.finish(Outcome::Ok, usage, n);
+        record.complete(usage, n, text);
         wire.response("completed", Some(text), Some(usage), None)
     };
     axum::Json(body).into_response()

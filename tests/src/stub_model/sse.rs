@@ -137,7 +137,7 @@ impl<W: Wire> Stream for TurnStream<W> {
                         this.record.finish(Outcome::Error, usage, n);
                     } else {
                         this.wire.complete(&this.script, n, &mut this.buf);
-                        this.record.finish(Outcome::Ok, usage, n);
+                        this.record.complete(usage, n, this.script.text_upto(n));
                     }
                     this.phase = Phase::Done;
                     return this.take_frame();

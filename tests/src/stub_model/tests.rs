@@ -511,3 +511,95 @@ async fn shutdown_stops_the_server() {
     stub.shutdown().await;
     assert!(client().get(&url).send().await.is_err());
 }
+
+#[tokio::test]
+async fn responses_keep_history_per_session_and_isolate_sessions_like_openclaw() {
+    let stub = stub().await;
+    let turn = |key: &'static str, text: &'static str| {
+        let stub = &stub;
+        async move {
+            post(
+                stub,
+                "/v1/responses",
+                &[("x-openclaw-session-key", key)],
+                json!({"model": "m", "input": text, "stream": true}),
+            )
+            .await
+        }
+    };
+    turn("alice", "my cat is Tom").await;
+    turn("bob", "my dog is Rex").await;
+    turn("alice", "what is my cat called?").await;
+    // A `user` without a session key is a conversation too; no identity at all is stateless.
+    for _ in 0..2 {
+        post(
+            &stub,
+            "/v1/responses",
+            &[],
+            json!({"model": "m", "input": "hi", "user": "carol"}),
+        )
+        .await;
+        post(
+            &stub,
+            "/v1/responses",
+            &[],
+            json!({"model": "m", "input": "anon"}),
+        )
+        .await;
+    }
+    let r = stub.requests();
+    assert_eq!(r[0].input_texts, ["my cat is Tom"]);
+    assert_eq!(r[1].input_texts, ["my dog is Rex"]);
+    assert_eq!(
+        r[2].input_texts,
+        [
+            "my cat is Tom",
+            "echo: my cat is Tom",
+            "what is my cat called?"
+        ]
+    );
+    assert_eq!(r[2].last_user_text, "what is my cat called?");
+    assert!(r[2].input_texts.iter().all(|t| !t.contains("Rex")));
+    // History counts as input, as it would when OpenClaw sends it to its model: 13+19+22 chars.
+    assert_eq!(r[2].usage.input_tokens, 14);
+    assert_eq!(r[5].input_texts, ["hi", "echo: hi", "hi"]);
+    assert_eq!(r[6].input_texts, ["anon"]);
+}
+
+#[tokio::test]
+async fn failed_turns_stay_out_of_session_history_and_zero_turns_is_stateless() {
+    let stub = stub().await;
+    let key = [("x-openclaw-session-key", "s")];
+    post(
+        &stub,
+        "/v1/responses",
+        &key,
+        json!({"model": "m", "input": "a [fail_after=1]", "stream": true}),
+    )
+    .await;
+    post(
+        &stub,
+        "/v1/responses",
+        &key,
+        json!({"model": "m", "input": "b"}),
+    )
+    .await;
+    assert_eq!(stub.requests()[1].input_texts, ["b"]);
+
+    let stateless = StubModel::start(StubConfig {
+        session_turns: 0,
+        ..StubConfig::default()
+    })
+    .await
+    .expect("start");
+    for _ in 0..2 {
+        post(
+            &stateless,
+            "/v1/responses",
+            &key,
+            json!({"model": "m", "input": "c"}),
+        )
+        .await;
+    }
+    assert_eq!(stateless.requests()[1].input_texts, ["c"]);
+}

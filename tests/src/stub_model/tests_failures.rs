@@ -407,3 +407,18 @@ async fn malformed_or_incomplete_bodies_get_400_naming_the_field() {
     assert_eq!(s, 400);
     assert!(stub.requests().is_empty(), "bad requests are not logged");
 }
+
+#[tokio::test]
+async fn client_giving_up_on_a_non_streamed_call_logs_cancelled() {
+    let stub = stub().await;
+    let resp = client()
+        .post(format!("{}/v1/responses", stub.base_url()))
+        .timeout(Duration::from_millis(150))
+        .json(&json!({"model": "m", "input": "[chunks=50] [delay_ms=20]"}))
+        .send()
+        .await;
+    assert!(resp.is_err(), "the call should time out: {resp:?}");
+    let r = logged(&stub, 1).await;
+    assert_eq!(r[0].outcome, Outcome::Cancelled);
+    assert!(r[0].chunks < 50);
+}
