@@ -8,8 +8,21 @@
 //! It runs in-process ([`StubModel::start`]) or as the `clawswarm-stub-model` binary.
 //!
 //! Endpoints: `POST /v1/responses`, `POST /v1/chat/completions`, `POST /v1/messages`,
-//! `GET /v1/models`, `GET /readyz`, `GET /healthz`, and for tests `POST /_stub/fail`,
-//! `GET /_stub/requests`, `DELETE /_stub/requests`.
+//! `GET /v1/models`, `GET /readyz`, `GET /healthz`, and for tests `POST /_stub/fail`
+//! (`{"mode":"down|http_500|http_429|in_band_error|none","count":N}`), `GET /_stub/requests`,
+//! `DELETE /_stub/requests`.
+//!
+//! Quick reference for test authors:
+//! - Reply: `echo: <last user text without directives>` in chunks of 8 chars; directives
+//!   `[chunks=N]` (`w0 ` … `wN-1 `), `[delay_ms=N]`, `[fail_before_content]`, `[fail_after=N]`,
+//!   `[hang]`, `[http_status=N]`, `[cache_read=N]`, `[cache_write=N]`.
+//! - Usage: `input_tokens = max(1, ceil(chars of all input_texts / 4))`, `output_tokens` = chunks
+//!   sent, cache figures from directives. Reported in each API's own fields, logged as billed:
+//!   calls answered with an HTTP error or a dropped connection bill nothing; in-band failures and
+//!   cancellations bill input, cache and the chunks that went out.
+//! - Precedence: an injected failure (`fail_next`) beats directives; `[hang]` beats
+//!   `[fail_before_content]` beats `[fail_after=N]`; `[http_status=N]` beats all of them.
+//! - Only calls that reach the model are logged: a 401 or a malformed body is not a model call.
 
 pub mod anthropic;
 pub mod chat_completions;
@@ -379,6 +392,29 @@ impl StubModel {
     /// Calls logged so far (the most recent `keep_requests`), oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.log.snapshot()
+    }
+
+    /// Sum of the usage of the calls kept in memory: what a sidecar metering them should total.
+    pub fn total_usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for r in self.shared.log.snapshot() {
+            total += r.usage;
+        }
+        total
+    }
+
+    /// Waits until at least `n` calls are logged, or `timeout` passes (then returns what there
+    /// is). Cancellations are logged when the server notices the disconnect, which happens
+    /// shortly after the client gives up, so tests checking them should wait with this.
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<LoggedRequest> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.shared.log.snapshot();
+            if r.len() >= n || tokio::time::Instant::now() >= deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Forgets the calls kept in memory.

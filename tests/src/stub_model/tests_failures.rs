@@ -9,17 +9,11 @@ use serde_json::{Value, json};
 use super::tests::{ANTHROPIC, client, parse_sse, post, stub};
 use super::*;
 
-/// Waits (bounded) until the stub has logged `n` calls; cancellations are logged when the
-/// server notices the disconnect, which is asynchronous to the client.
+/// Waits (bounded) until the stub has logged `n` calls.
 async fn logged(stub: &StubModel, n: usize) -> Vec<LoggedRequest> {
-    for _ in 0..200 {
-        let r = stub.requests();
-        if r.len() >= n {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("expected {n} logged calls, have {:?}", stub.requests());
+    let r = stub.wait_for_requests(n, Duration::from_secs(5)).await;
+    assert!(r.len() >= n, "expected {n} logged calls, have {r:?}");
+    r
 }
 
 #[tokio::test]
@@ -421,4 +415,56 @@ async fn client_giving_up_on_a_non_streamed_call_logs_cancelled() {
     let r = logged(&stub, 1).await;
     assert_eq!(r[0].outcome, Outcome::Cancelled);
     assert!(r[0].chunks < 50);
+}
+
+#[tokio::test]
+async fn shutdown_cuts_off_a_hanging_reply_after_the_grace_period_and_logs_it_cancelled() {
+    let stub = StubModel::start(StubConfig {
+        shutdown_grace: Duration::from_millis(100),
+        ..StubConfig::default()
+    })
+    .await
+    .expect("start");
+    let resp = client()
+        .post(format!("{}/v1/responses", stub.base_url()))
+        .json(&json!({"model": "m", "input": "[hang]", "stream": true}))
+        .send()
+        .await
+        .expect("headers");
+    let log = stub.shared.log.clone();
+    tokio::time::timeout(Duration::from_secs(5), stub.shutdown())
+        .await
+        .expect("shutdown returns after the grace period");
+    assert!(resp.bytes().await.is_err(), "the hanging body is cut off");
+    let r = log.snapshot();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].outcome, Outcome::Cancelled);
+}
+
+#[tokio::test]
+async fn total_usage_sums_every_logged_call() {
+    let stub = stub().await;
+    for text in [
+        "abcd [chunks=2] [cache_read=1]",
+        "[chunks=3] [cache_write=4]",
+    ] {
+        post(
+            &stub,
+            "/v1/chat/completions",
+            &[],
+            json!({"model": "m", "messages": [{"role": "user", "content": text}]}),
+        )
+        .await;
+    }
+    let total = stub.total_usage();
+    // 30 chars → 8 tokens; 26 chars → 7 tokens.
+    assert_eq!(
+        total,
+        Usage {
+            input_tokens: 15,
+            output_tokens: 5,
+            cache_read_tokens: 1,
+            cache_write_tokens: 4
+        }
+    );
 }
