@@ -181,6 +181,8 @@ impl Shared {
             record.finish(Outcome::Error, Usage::default(), 0);
             return Begin::Http(status);
         }
+        // Input is billed as soon as the model "starts", so a cancellation bills it too.
+        record.progress(script.usage(0), 0);
         Begin::Run(script, record)
     }
 

@@ -255,6 +255,7 @@ async fn hang_sends_headers_then_nothing_and_disconnect_logs_cancelled() {
     drop(body);
     let r = logged(&stub, 1).await;
     assert_eq!((r[0].outcome, r[0].chunks), (Outcome::Cancelled, 0));
+    assert_eq!((r[0].usage.input_tokens, r[0].usage.output_tokens), (2, 0));
 }
 
 #[tokio::test]
