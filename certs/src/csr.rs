@@ -371,3 +371,6 @@ pub fn generate_csr(id: &SpiffeId) -> Result<(PendingKey, String), CsrError> {
         csr,
     ))
 }
+
+#[cfg(test)]
+mod tests;

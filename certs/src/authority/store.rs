@@ -35,14 +35,14 @@ pub(super) fn load_or_create(dir: &Path, td: &TrustDomain) -> Result<Authority, 
             fs::read_to_string(&path).map_err(io("reading", &path))
         };
         let key_path = dir.join(ISSUER_KEY_FILE);
-        if let Ok(meta) = fs::metadata(&key_path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %key_path.display(),
-                    mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-                    "issuer key is readable by group or others"
-                );
-            }
+        if let Ok(meta) = fs::metadata(&key_path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+                "issuer key is readable by group or others"
+            );
         }
         let pem = AuthorityPem {
             trust_bundle_pem: read(TRUST_BUNDLE_FILE)?,
