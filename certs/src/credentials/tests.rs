@@ -93,3 +93,37 @@ fn pkcs8_key_pem_is_labelled_private_key() {
     assert!(creds.chain_pem().matches("BEGIN CERTIFICATE").count() == 2);
     assert!(creds.expiry_unix_seconds() > 0);
 }
+
+#[test]
+fn verify_against_accepts_own_bundle_and_refuses_others_or_expiry() {
+    let authority = testing::authority();
+    let creds = testing::issue(&authority, &testing::agent("alice"));
+    creds
+        .verify_against(authority.trust_bundle_pem(), SystemTime::now())
+        .unwrap();
+    let other = testing::authority();
+    assert!(matches!(
+        creds.verify_against(other.trust_bundle_pem(), SystemTime::now()),
+        Err(CredentialsError::Untrusted(_))
+    ));
+    let later = creds.not_after() + std::time::Duration::from_secs(1);
+    assert!(matches!(
+        creds.verify_against(authority.trust_bundle_pem(), later),
+        Err(CredentialsError::Untrusted(_))
+    ));
+}
+
+#[test]
+fn verify_against_accepts_server_only_certificates() {
+    let authority = testing::authority();
+    let policy = crate::LeafPolicy {
+        client_auth: false,
+        ..crate::LeafPolicy::default()
+    };
+    let creds = authority
+        .issue(&testing::controller(), &policy, SystemTime::now())
+        .unwrap();
+    creds
+        .verify_against(authority.trust_bundle_pem(), SystemTime::now())
+        .unwrap();
+}
