@@ -26,10 +26,10 @@ use crate::pem;
 
 mod error;
 mod store;
-
-pub use error::AuthorityError;
 #[cfg(test)]
 mod tests;
+
+pub use error::AuthorityError;
 
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -366,8 +366,15 @@ impl Authority {
         }
     }
 
-    /// Judges the CSR (see [`crate::csr`]) and signs a leaf for `id`, built
-    /// from `policy` alone with only the CSR's public key.
+    /// Verifies the CSR and signs a leaf for `id` under `policy`.
+    ///
+    /// The CSR is attacker-controlled, so it only proves possession of a
+    /// P-256 key: it is refused ([`CsrError`]) if it is not ECDSA P-256, its
+    /// self-signature fails, or it asks for anything beyond the leaf's
+    /// purpose: CA, key usages other than digitalSignature/keyEncipherment/
+    /// keyAgreement, EKUs other than client/serverAuth, any SAN other than
+    /// the URI of `id`, unknown extensions or attributes. The leaf is then
+    /// built from `policy` alone with only the CSR's public key.
     pub fn sign_csr(
         &self,
         csr_pem: &str,

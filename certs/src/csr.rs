@@ -351,7 +351,7 @@ impl PendingKey {
 }
 
 /// Makes a key and a CSR asking for exactly `id` (as URI SAN and CN), which
-/// is all [`inspect`] lets through.
+/// is all the CA's CSR policy lets through.
 pub fn generate_csr(id: &SpiffeId) -> Result<(PendingKey, String), CsrError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CsrError::KeyGeneration(e.to_string()))?;
