@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,95 +19,23 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::credentials::{Credentials, CredentialsError, to_system_time};
+use crate::credentials::{Credentials, to_system_time};
 use crate::csr::{self, CsrError};
-use crate::id::{IdError, SpiffeId, TrustDomain};
+use crate::id::{SpiffeId, TrustDomain};
 use crate::pem;
 
+mod error;
 mod store;
 #[cfg(test)]
 mod tests;
+
+pub use error::AuthorityError;
 
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// CA certificates are backdated too, so a node whose clock lags the
 /// controller's still accepts a freshly generated authority.
 const CA_BACKDATE: Duration = Duration::from_secs(5 * 60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthorityError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "authority directory {dir} holds {present:?} but not {missing:?}; refusing to overwrite a partial authority"
-    )]
-    PartialDirectory {
-        dir: PathBuf,
-        present: Vec<&'static str>,
-        missing: Vec<&'static str>,
-    },
-    #[error("{what}: {problem}")]
-    Pem { what: &'static str, problem: String },
-    #[error("{what} does not parse: {detail}")]
-    Certificate { what: &'static str, detail: String },
-    #[error("issuer key is not usable: {0}")]
-    IssuerKey(String),
-    #[error("issuer certificate is not a CA (basicConstraints CA:TRUE missing)")]
-    IssuerNotCa,
-    #[error("issuer certificate's key usage does not allow keyCertSign")]
-    IssuerCannotSign,
-    #[error("issuer key does not match the issuer certificate")]
-    IssuerKeyMismatch,
-    #[error("issuer certificate is not valid now (valid {not_before:?} to {not_after:?})")]
-    IssuerNotValidNow {
-        not_before: SystemTime,
-        not_after: SystemTime,
-    },
-    #[error("issuer does not chain to any certificate in the trust bundle")]
-    NotChainedToBundle,
-    #[error("a leaf signed by this issuer fails verification: {0}")]
-    IssuerRejected(String),
-    #[error("issuer carries no spiffe://<trust domain> URI SAN; supply the trust domain")]
-    MissingTrustDomain,
-    #[error("issuer is for trust domain {found}, expected {expected}")]
-    TrustDomainMismatch { expected: String, found: String },
-    #[error("invalid identity: {0}")]
-    Id(#[from] IdError),
-    #[error("generating the authority failed: {0}")]
-    Generate(String),
-    #[error("issuing failed: {0}")]
-    Issue(#[from] CsrError),
-    #[error("issued credentials are unusable: {0}")]
-    Credentials(#[from] CredentialsError),
-}
-
-impl AuthorityError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Io { .. } => "io",
-            Self::PartialDirectory { .. } => "partial_directory",
-            Self::Pem { .. } => "pem",
-            Self::Certificate { .. } => "certificate",
-            Self::IssuerKey(_) => "issuer_key",
-            Self::IssuerNotCa => "issuer_not_ca",
-            Self::IssuerCannotSign => "issuer_cannot_sign",
-            Self::IssuerKeyMismatch => "issuer_key_mismatch",
-            Self::IssuerNotValidNow { .. } => "issuer_not_valid",
-            Self::NotChainedToBundle => "not_chained",
-            Self::IssuerRejected(_) => "issuer_rejected",
-            Self::MissingTrustDomain | Self::TrustDomainMismatch { .. } => "trust_domain",
-            Self::Id(_) => "id",
-            Self::Generate(_) => "generate",
-            Self::Issue(e) => e.metric_label(),
-            Self::Credentials(e) => e.metric_label(),
-        }
-    }
-}
 
 /// The three PEM documents an authority is stored as (files or a Secret).
 #[derive(Clone, PartialEq, Eq)]
@@ -219,9 +147,13 @@ fn ca_params(
     lifetime: Duration,
 ) -> Result<CertificateParams, AuthorityError> {
     let mut params = CertificateParams::default();
+    let serial = random_serial();
+    // A per-generation suffix keeps successive roots (both in the bundle
+    // during a rotation) apart by name, for people and for path building.
+    let suffix = crate::credentials::hex_lower(serial.as_ref().get(..4).unwrap_or_default());
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "clawswarm");
-    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::CommonName, format!("{cn} {suffix}"));
     params.distinguished_name = dn;
     let uri = td
         .uri()
@@ -240,7 +172,7 @@ fn ca_params(
     let now = truncate_to_secs(now);
     params.not_before = OffsetDateTime::from(now - CA_BACKDATE);
     params.not_after = OffsetDateTime::from(now + lifetime);
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(serial);
     params.use_authority_key_identifier_extension = path_len.is_some();
     Ok(params)
 }
@@ -249,8 +181,13 @@ impl Authority {
     /// A new root and issuer. The root key is dropped on return: see
     /// [`Authority::load_or_create`] for why it is never kept.
     pub fn generate(td: &TrustDomain) -> Result<Self, AuthorityError> {
+        Self::generate_at(td, SystemTime::now())
+    }
+
+    /// [`Authority::generate`] as if run at `now`: tests use it to make
+    /// authorities whose certificates have long been valid, or have expired.
+    pub(crate) fn generate_at(td: &TrustDomain, now: SystemTime) -> Result<Self, AuthorityError> {
         let gen_err = |e: rcgen::Error| AuthorityError::Generate(e.to_string());
-        let now = SystemTime::now();
         let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let root_params = ca_params(format!("clawswarm root {td}"), td, None, now, ROOT_LIFETIME)?;
         let root_cert = root_params.self_signed(&root_key).map_err(gen_err)?;
@@ -268,14 +205,12 @@ impl Authority {
             .signed_by(&issuer_key, &root_issuer)
             .map_err(gen_err)?;
 
-        Self::from_pem_for(
-            &AuthorityPem {
-                trust_bundle_pem: root_cert.pem(),
-                issuer_cert_pem: issuer_cert.pem(),
-                issuer_key_pem: issuer_key.serialize_pem(),
-            },
-            td,
-        )
+        let pem = AuthorityPem {
+            trust_bundle_pem: root_cert.pem(),
+            issuer_cert_pem: issuer_cert.pem(),
+            issuer_key_pem: issuer_key.serialize_pem(),
+        };
+        Self::build(&pem, parse_issuer_chain(&pem)?, td.clone(), now)
     }
 
     /// Loads an authority whose issuer names its trust domain in a
@@ -283,8 +218,8 @@ impl Authority {
     /// operator-supplied issuer without one, use [`Authority::from_pem_for`].
     pub fn from_pem(pem: &AuthorityPem) -> Result<Self, AuthorityError> {
         let issuer_chain = parse_issuer_chain(pem)?;
-        let td =
-            issuer_trust_domain(&issuer_chain[0])?.ok_or(AuthorityError::MissingTrustDomain)?;
+        let td = issuer_trust_domain(first_cert(&issuer_chain)?)?
+            .ok_or(AuthorityError::MissingTrustDomain)?;
         Self::build(pem, issuer_chain, td, SystemTime::now())
     }
 
@@ -292,13 +227,13 @@ impl Authority {
     /// names another trust domain is still refused.
     pub fn from_pem_for(pem: &AuthorityPem, td: &TrustDomain) -> Result<Self, AuthorityError> {
         let issuer_chain = parse_issuer_chain(pem)?;
-        if let Some(found) = issuer_trust_domain(&issuer_chain[0])? {
-            if &found != td {
-                return Err(AuthorityError::TrustDomainMismatch {
-                    expected: td.to_string(),
-                    found: found.to_string(),
-                });
-            }
+        if let Some(found) = issuer_trust_domain(first_cert(&issuer_chain)?)?
+            && &found != td
+        {
+            return Err(AuthorityError::TrustDomainMismatch {
+                expected: td.to_string(),
+                found: found.to_string(),
+            });
         }
         Self::build(pem, issuer_chain, td.clone(), SystemTime::now())
     }
@@ -319,7 +254,7 @@ impl Authority {
                 detail: e.to_string(),
             })?;
         }
-        let issuer_der = &issuer_chain[0];
+        let issuer_der = first_cert(&issuer_chain)?;
         let (_, cert) = X509Certificate::from_der(issuer_der.as_ref()).map_err(|e| {
             AuthorityError::Certificate {
                 what: "issuer certificate",
@@ -389,9 +324,12 @@ impl Authority {
         let id = SpiffeId::admin(self.inner.trust_domain.clone(), "authority-probe")?;
         let creds = self.issue(&id, &LeafPolicy::default(), now)?;
         crate::tls::verify_client_chain(roots, creds.chain(), now).map_err(|e| match e {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-                AuthorityError::NotChainedToBundle
-            }
+            // The leaf is ours and the issuer key was checked, so a bad
+            // signature can only be on the issuer: a bundle root with the
+            // same name but another key signed it.
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ) => AuthorityError::NotChainedToBundle,
             other => AuthorityError::IssuerRejected(other.to_string()),
         })
     }
@@ -428,8 +366,15 @@ impl Authority {
         }
     }
 
-    /// Judges the CSR (see [`crate::csr`]) and signs a leaf for `id`, built
-    /// from `policy` alone with only the CSR's public key.
+    /// Verifies the CSR and signs a leaf for `id` under `policy`.
+    ///
+    /// The CSR is attacker-controlled, so it only proves possession of a
+    /// P-256 key: it is refused ([`CsrError`]) if it is not ECDSA P-256, its
+    /// self-signature fails, or it asks for anything beyond the leaf's
+    /// purpose: CA, key usages other than digitalSignature/keyEncipherment/
+    /// keyAgreement, EKUs other than client/serverAuth, any SAN other than
+    /// the URI of `id`, unknown extensions or attributes. The leaf is then
+    /// built from `policy` alone with only the CSR's public key.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
@@ -562,6 +507,15 @@ fn parse_issuer_chain(pem: &AuthorityPem) -> Result<Vec<CertificateDer<'static>>
     })
 }
 
+fn first_cert<'a>(
+    chain: &'a [CertificateDer<'static>],
+) -> Result<&'a CertificateDer<'static>, AuthorityError> {
+    chain.first().ok_or_else(|| AuthorityError::Pem {
+        what: "issuer certificate",
+        problem: "no CERTIFICATE section".into(),
+    })
+}
+
 /// The trust domain an issuer names in a `spiffe://<td>` URI SAN, if any.
 fn issuer_trust_domain(der: &CertificateDer<'_>) -> Result<Option<TrustDomain>, AuthorityError> {
     let (_, cert) =
@@ -578,8 +532,13 @@ fn issuer_trust_domain(der: &CertificateDer<'_>) -> Result<Option<TrustDomain>, 
     let Some(san) = san else { return Ok(None) };
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            // Only a bare `spiffe://<td>` names a trust domain; a URI with a
+            // path is a workload id (e.g. a leaf wrongly offered as issuer).
             if let Some(td) = uri.strip_prefix("spiffe://") {
-                return Ok(Some(TrustDomain::new(td.trim_end_matches('/'))?));
+                let td = td.trim_end_matches('/');
+                if !td.contains('/') {
+                    return Ok(Some(TrustDomain::new(td)?));
+                }
             }
         }
     }

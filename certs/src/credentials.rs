@@ -39,6 +39,8 @@ pub enum CredentialsError {
     KeyMismatch,
     #[error("rustls refused the key: {0}")]
     Rustls(String),
+    #[error("chain does not verify against the trust bundle: {0}")]
+    Untrusted(String),
 }
 
 impl CredentialsError {
@@ -53,6 +55,7 @@ impl CredentialsError {
             Self::UnexpectedId { .. } => "unexpected_id",
             Self::KeyMismatch => "key_mismatch",
             Self::Rustls(_) => "rustls",
+            Self::Untrusted(_) => "untrusted",
         }
     }
 }
@@ -257,6 +260,17 @@ impl Credentials {
             Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             Err(_) => 0,
         }
+    }
+
+    /// Checks the chain as peers will (webpki against `trust_bundle_pem` at
+    /// `now`), so a renewal that peers would refuse is never installed.
+    pub fn verify_against(
+        &self,
+        trust_bundle_pem: &str,
+        now: SystemTime,
+    ) -> Result<(), CredentialsError> {
+        crate::tls::verify_chain(trust_bundle_pem, &self.inner.chain, now)
+            .map_err(|e| CredentialsError::Untrusted(e.to_string()))
     }
 
     pub fn certified_key(&self) -> Arc<CertifiedKey> {

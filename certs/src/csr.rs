@@ -297,7 +297,13 @@ fn describe_general_name(name: &GeneralName<'_>) -> String {
         GeneralName::URI(u) => format!("URI:{u}"),
         GeneralName::DNSName(d) => format!("DNS:{d}"),
         GeneralName::RFC822Name(e) => format!("email:{e}"),
-        GeneralName::IPAddress(ip) => format!("IP:{ip:02x?}"),
+        GeneralName::IPAddress(ip) => match <[u8; 4]>::try_from(*ip) {
+            Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
+            Err(_) => match <[u8; 16]>::try_from(*ip) {
+                Ok(v6) => format!("IP:{}", std::net::Ipv6Addr::from(v6)),
+                Err(_) => format!("IP:{ip:02x?}"),
+            },
+        },
         GeneralName::DirectoryName(dn) => format!("DirName:{dn}"),
         GeneralName::OtherName(oid, _) => format!("othername:{}", oid.to_id_string()),
         GeneralName::RegisteredID(oid) => format!("RID:{}", oid.to_id_string()),
@@ -345,7 +351,7 @@ impl PendingKey {
 }
 
 /// Makes a key and a CSR asking for exactly `id` (as URI SAN and CN), which
-/// is all [`inspect`] lets through.
+/// is all the CA's CSR policy lets through.
 pub fn generate_csr(id: &SpiffeId) -> Result<(PendingKey, String), CsrError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CsrError::KeyGeneration(e.to_string()))?;
@@ -371,3 +377,6 @@ pub fn generate_csr(id: &SpiffeId) -> Result<(PendingKey, String), CsrError> {
         csr,
     ))
 }
+
+#[cfg(test)]
+mod tests;

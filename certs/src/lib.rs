@@ -3,6 +3,9 @@
 //! schedule. The controller and the sidecars share this crate so both ends
 //! agree on what an identity is and how it is checked.
 
+// Tests may unwrap; the non-test build of the library is still checked.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod authority;
 mod channel;
 mod credentials;
@@ -11,6 +14,8 @@ mod id;
 mod pem;
 mod refresh;
 mod rotation;
+#[cfg(test)]
+mod testing;
 mod tls;
 
 pub use channel::{ChannelError, ChannelOptions, error_chain, mtls_channel};

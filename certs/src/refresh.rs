@@ -33,6 +33,9 @@ pub(crate) fn delay_with_jitter(
 ) -> Duration {
     let (min, max) = if min <= max { (min, max) } else { (max, min) };
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    if lifetime.is_zero() {
+        return min;
+    }
     let offset = lifetime
         .mul_f64(REFRESH_AT)
         .saturating_sub(lifetime.mul_f64(jitter.clamp(0.0, MAX_JITTER)));

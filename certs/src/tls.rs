@@ -202,6 +202,37 @@ pub(crate) fn verify_client_chain(
     Ok(())
 }
 
+/// Verifies a chain for whichever role its leaf allows (client first, then
+/// server), at `now`: the check a peer will make, minus the name.
+pub(crate) fn verify_chain(
+    trust_bundle_pem: &str,
+    chain: &[CertificateDer<'static>],
+    now: SystemTime,
+) -> Result<(), rustls::Error> {
+    let roots = pem::parse_certs(trust_bundle_pem)
+        .map_err(|p| rustls::Error::General(format!("trust bundle: {p}")))?;
+    match verify_client_chain(&roots, chain, now) {
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        )) => {}
+        other => return other,
+    }
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root)?;
+    }
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or(rustls::Error::NoCertificatesPresented)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &rustls::server::ParsedCertificate::try_from(leaf)?,
+        &store,
+        intermediates,
+        unix_time(now),
+        PROVIDER.signature_verification_algorithms.all,
+    )
+}
+
 #[derive(Debug)]
 enum Expected {
     Spiffe(SpiffeId),

@@ -35,14 +35,14 @@ pub(super) fn load_or_create(dir: &Path, td: &TrustDomain) -> Result<Authority, 
             fs::read_to_string(&path).map_err(io("reading", &path))
         };
         let key_path = dir.join(ISSUER_KEY_FILE);
-        if let Ok(meta) = fs::metadata(&key_path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    path = %key_path.display(),
-                    mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-                    "issuer key is readable by group or others"
-                );
-            }
+        if let Ok(meta) = fs::metadata(&key_path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
+                "issuer key is readable by group or others"
+            );
         }
         let pem = AuthorityPem {
             trust_bundle_pem: read(TRUST_BUNDLE_FILE)?,
@@ -70,6 +70,10 @@ pub(super) fn load_or_create(dir: &Path, td: &TrustDomain) -> Result<Authority, 
     write_new(dir, ISSUER_KEY_FILE, &pem.issuer_key_pem, 0o600)?;
     write_new(dir, ISSUER_CERT_FILE, &pem.issuer_cert_pem, 0o644)?;
     write_new(dir, TRUST_BUNDLE_FILE, &pem.trust_bundle_pem, 0o644)?;
+    // Make the renames durable before anyone is handed certificates.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))?;
     tracing::info!(dir = %dir.display(), trust_domain = %td, "generated certificate authority");
     Ok(authority)
 }
