@@ -325,7 +325,7 @@ fn local_config(
                 )
             })?,
     };
-    if !sidecar_bin.is_file() {
+    if l.processes && !sidecar_bin.is_file() {
         return Err(AppError::Config(format!(
             "sidecar binary {} not found; build it (cargo build --bins) or set CLAWSWARM_SIDECAR_BIN",
             sidecar_bin.display()
@@ -384,6 +384,7 @@ fn local_config(
         restart_backoff_max: Duration::from_secs(30),
         stop_grace: Duration::from_secs(5),
         idle_timeout: l.idle_timeout,
+        manage_processes: l.processes,
     })
 }
 

@@ -110,6 +110,11 @@ pub struct LocalArgs {
     #[arg(long, env = "CLAWSWARM_LOCAL_AGENTS", value_delimiter = ',')]
     pub agents: Vec<String>,
 
+    /// Start and supervise each agent's processes (false: agents are records
+    /// only and their sidecars are run elsewhere).
+    #[arg(long, env = "CLAWSWARM_LOCAL_PROCESSES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub processes: bool,
+
     /// Suspend agents idle this long (e.g. `2h`); unset = never.
     #[arg(long, env = "CLAWSWARM_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,

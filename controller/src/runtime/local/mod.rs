@@ -48,6 +48,9 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// Suspend agents with no turn for this long; `None` never.
     pub idle_timeout: Option<Duration>,
+    /// Start and supervise agent processes. Off, agents are records only
+    /// and their sidecars run elsewhere (by hand, or simulated in benchmarks).
+    pub manage_processes: bool,
 }
 
 struct LocalAgent {
@@ -142,6 +145,12 @@ impl LocalRuntime {
     }
 
     fn start(&self, a: &mut LocalAgent) -> Result<(), RuntimeError> {
+        if !self.cfg.manage_processes {
+            a.dirs.create()?;
+            a.phase = AgentPhase::Pending;
+            a.detail = "sidecar runs outside this controller".into();
+            return Ok(());
+        }
         let failed = |message: String| RuntimeError::Failed {
             agent: a.id.clone(),
             message,
@@ -229,7 +238,7 @@ impl LocalRuntime {
         let now = Instant::now();
         let mut agents = lock(&self.agents);
         for a in agents.values_mut() {
-            if a.stored.mode != AgentMode::Running {
+            if a.stored.mode != AgentMode::Running || !self.cfg.manage_processes {
                 continue;
             }
             if let Some(idle) = self.cfg.idle_timeout
