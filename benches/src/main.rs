@@ -50,6 +50,8 @@ enum Figure {
     Storm(StormArgs),
     /// Everything, in one run.
     All(AllArgs),
+    /// Re-render results/README.md from results/latest.json and ANALYSIS.md.
+    Readme,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -132,8 +134,11 @@ struct AllArgs {
     storm_turns: usize,
 }
 
-/// Why a result looks the way it does; kept next to the numbers.
-const ANALYSIS: &str = include_str!("../ANALYSIS.md");
+/// Why a result looks the way it does, written by hand after a run and
+/// kept next to the numbers.
+fn analysis() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ANALYSIS.md")).unwrap_or_default()
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -146,6 +151,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli, nofile: u64) -> anyhow::Result<()> {
+    if let Figure::Readme = cli.figure {
+        let json = std::fs::read(cli.out.join("latest.json"))?;
+        let report: Report = serde_json::from_slice(&json)?;
+        report.write_readme(&cli.out, &analysis())?;
+        eprintln!("wrote {}", cli.out.join("README.md").display());
+        return Ok(());
+    }
     let bins = Binaries::locate(cli.bin_dir.clone())?;
     let work = std::env::temp_dir().join(format!("clawswarm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -164,7 +176,7 @@ async fn run(cli: Cli, nofile: u64) -> anyhow::Result<()> {
     };
     println!("{}", report.table());
     if !cli.no_write {
-        report.write(&cli.out, ANALYSIS)?;
+        report.write(&cli.out, &analysis())?;
         eprintln!("wrote {}", cli.out.display());
     }
     if report.skipped.is_empty() {
@@ -217,6 +229,7 @@ async fn run_figures(
             }
             Ok(())
         }
+        Figure::Readme => Ok(()),
         Figure::Storm(a) => swarm::storm(bins, work, a.agents, a.turns, rows).await,
         Figure::All(a) => {
             let stack = real::RealStack::start(bins, work).await?;

@@ -8,8 +8,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use clawswarm_certs::{
+    AgentId, ChannelOptions, CredentialStore, Credentials, ServerIdentity, SpiffeId, TrustDomain,
+};
 use clawswarm_proto::v1::{
-    self as pb, ChatRequest, chat_event::Event, chat_request::Kind, gateway_client::GatewayClient,
+    self as pb, ChatRequest, DebugChatRequest, chat_event::Event, chat_request::Kind,
+    gateway_client::GatewayClient, sidecar_debug_client::SidecarDebugClient,
 };
 use clawswarm_sidecar::workload::{
     TurnRequest, Workload, WorkloadEvent,
@@ -29,6 +33,9 @@ pub struct RealStack {
     pub controller: Controller,
     pub sidecar_pid: i32,
     pub workload_port: u16,
+    /// The sidecar's own debug endpoint (SidecarDebug.Chat), bypassing the
+    /// controller.
+    pub sidecar_debug: String,
 }
 
 impl RealStack {
@@ -49,10 +56,24 @@ impl RealStack {
         let state = &controller.spec.state_dir;
         let sidecar_pid = stack::sidecar_pid(state, AGENT)?;
         let workload_port = stack::workload_port(state, AGENT)?;
+        let ports = state
+            .join("agents")
+            .join(AGENT)
+            .join("run")
+            .join("ports.json");
+        let ports: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&ports)
+                .with_context(|| format!("reading {}", ports.display()))?,
+        )?;
+        let sidecar_debug = ports["debug"]
+            .as_str()
+            .context("ports.json has no debug address")?
+            .to_owned();
         Ok(Self {
             controller,
             sidecar_pid,
             workload_port,
+            sidecar_debug,
         })
     }
 }
@@ -134,6 +155,63 @@ async fn mesh_turn(
     bail!("mesh turn ended without End")
 }
 
+/// A SidecarDebug client (admin certificate), for the sidecar-only leg.
+async fn sidecar_client(stack: &RealStack) -> anyhow::Result<SidecarDebugClient<Channel>> {
+    let dir = stack.controller.spec.state_dir.join("admin");
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading admin/{f}"))
+    };
+    let creds = Credentials::from_pem(&read("admin.pem")?, &read("admin-key.pem")?)?;
+    let td = TrustDomain::new(stack::TRUST_DOMAIN)?;
+    let server =
+        ServerIdentity::Spiffe(SpiffeId::agent(td, AgentId::new(stack::NAMESPACE, AGENT)?));
+    let tls = clawswarm_certs::client_config(
+        Some(CredentialStore::new(creds)),
+        &read("ca.pem")?,
+        server,
+    )?;
+    let url = format!("https://{}", stack.sidecar_debug);
+    let channel = clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default()).await?;
+    Ok(SidecarDebugClient::new(channel))
+}
+
+async fn sidecar_turn(
+    c: &mut SidecarDebugClient<Channel>,
+    text: &str,
+    chunks: u32,
+) -> anyhow::Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut s = c
+        .chat(DebugChatRequest {
+            conversation: "bench-sidecar".into(),
+            text: text.into(),
+        })
+        .await?
+        .into_inner();
+    let mut first = None;
+    let mut got = 0;
+    while let Some(ev) = s.message().await? {
+        match ev.event {
+            Some(Event::Chunk(_)) => {
+                got += 1;
+                first.get_or_insert_with(|| start.elapsed());
+            }
+            Some(Event::End(end)) => {
+                if end.outcome != pb::Outcome::Ok as i32 || got != chunks {
+                    bail!(
+                        "sidecar turn ended {:?} after {got} chunks: {}",
+                        end.outcome(),
+                        end.error
+                    );
+                }
+                return Ok((first.unwrap_or_default(), start.elapsed()));
+            }
+            _ => {}
+        }
+    }
+    bail!("sidecar turn ended without End")
+}
+
 /// Figure 1: the same stub, called directly with the sidecar's own
 /// /v1/responses client and through Gateway → controller → sidecar;
 /// alternating turn by turn so both see the same noise.
@@ -154,36 +232,54 @@ pub async fn overhead(
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut gw = stack.controller.gateway().await?;
+    let mut sc = sidecar_client(stack).await?;
     let text = format!("bench [chunks={chunks}]");
     let warmup = (turns / 20).clamp(50, 500);
     for _ in 0..warmup {
         direct_turn(&workload, &text, chunks).await?;
+        sidecar_turn(&mut sc, &text, chunks).await?;
         mesh_turn(&mut gw, &text, chunks).await?;
     }
-    let (mut direct, mut mesh) = (Timing::default(), Timing::default());
+    let (mut direct, mut side, mut mesh) =
+        (Timing::default(), Timing::default(), Timing::default());
     let started = Instant::now();
     for i in 0..turns {
-        let (d, m) = if i % 2 == 0 {
-            let d = direct_turn(&workload, &text, chunks).await?;
-            (d, mesh_turn(&mut gw, &text, chunks).await?)
-        } else {
-            let m = mesh_turn(&mut gw, &text, chunks).await?;
-            (direct_turn(&workload, &text, chunks).await?, m)
-        };
-        direct.first.push(d.0);
-        direct.whole.push(d.1);
-        mesh.first.push(m.0);
-        mesh.whole.push(m.1);
+        // Rotate the order so no leg always runs first.
+        for leg in 0..3 {
+            let (t, r) = match (i + leg) % 3 {
+                0 => (&mut direct, direct_turn(&workload, &text, chunks).await?),
+                1 => (&mut side, sidecar_turn(&mut sc, &text, chunks).await?),
+                _ => (&mut mesh, mesh_turn(&mut gw, &text, chunks).await?),
+            };
+            t.first.push(r.0);
+            t.whole.push(r.1);
+        }
     }
     eprintln!(
-        "overhead: {turns} turn pairs in {:.1} s",
+        "overhead: {turns} turn triples in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for t in [&mut direct, &mut mesh] {
+    for t in [&mut direct, &mut side, &mut mesh] {
         t.first.sort();
         t.whole.sort();
     }
     let fig = "1 mesh overhead";
+    for (what, d, s) in [
+        ("first chunk", &direct.first, &side.first),
+        ("whole turn", &direct.whole, &side.whole),
+    ] {
+        for p in [50.0, 99.0] {
+            let (dp, sp) = (ms(percentile(d, p)), ms(percentile(s, p)));
+            rows.push(
+                Row::new(fig, &format!("{what} p{p:.0} via sidecar only"), sp, "ms")
+                    .baseline(dp)
+                    .note(format!(
+                        "SidecarDebug.Chat, no controller: adds {:.3} ms",
+                        sp - dp
+                    )),
+            );
+        }
+    }
     for (what, d, m) in [
         ("first chunk", &direct.first, &mesh.first),
         ("whole turn", &direct.whole, &mesh.whole),

@@ -3,17 +3,17 @@
 
 use std::{path::Path, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Whether lower or higher is better, for the verdict against a target.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Goal {
     AtMost,
     AtLeast,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub figure: String,
     pub metric: String,
@@ -72,7 +72,7 @@ impl Row {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: usize,
     pub memory_total: String,
@@ -133,7 +133,7 @@ impl Machine {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
     pub command: String,
@@ -186,6 +186,11 @@ impl Report {
     pub fn write(&self, dir: &Path, analysis: &str) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("latest.json"), serde_json::to_vec_pretty(self)?)?;
+        self.write_readme(dir, analysis)
+    }
+
+    /// `README.md` alone, from these results and the analysis text.
+    pub fn write_readme(&self, dir: &Path, analysis: &str) -> anyhow::Result<()> {
         let m = &self.machine;
         let md = format!(
             "# Benchmark results\n\n\
