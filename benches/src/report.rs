@@ -194,8 +194,8 @@ impl Report {
         let m = &self.machine;
         let md = format!(
             "# Benchmark results\n\n\
-             Written by `clawswarm-bench` (see the repository README, *Benchmarks*). \
-             Regenerate with `cargo build --release --bins && target/release/clawswarm-bench all`.\n\n\
+             Written by `clawswarm-bench`. \
+             Regenerate with `benches/run.sh` (builds the release binaries, then runs `clawswarm-bench all`); `clawswarm-bench --help` lists the figures and their sizes.\n\n\
              - date: {}\n- commit: {}\n- command: `{}`\n- CPU: {} × {}\n- memory: {}\n- kernel: {}\n- load average at start: {}\n\n\
              Everything (controller, sidecars, stub models, simulated sidecars, load \
              generator) shares these cores, so throughput figures are for the whole \
