@@ -327,7 +327,7 @@ impl LocalRuntime {
         let failed = match write.await {
             Ok(failed) => failed,
             Err(e) => {
-                error!(error = %e, "agent record writer panicked");
+                error!(error = %e, "agent record writer did not finish");
                 return;
             }
         };
