@@ -94,6 +94,10 @@ pub struct LocalRuntime {
     cfg: LocalConfig,
     tokens: Arc<BootstrapTokens>,
     agents: Mutex<HashMap<AgentId, LocalAgent>>,
+    /// Held from taking a batch of dirty records until it is on disk, and
+    /// by whatever else writes or removes records, so a batch written off
+    /// the `agents` lock never lands after a newer write or a removal.
+    persist: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
 }
 
@@ -141,6 +145,7 @@ impl LocalRuntime {
             cfg,
             tokens: Arc::new(BootstrapTokens::new()),
             agents: Mutex::new(agents),
+            persist: Arc::default(),
             metrics,
         })
     }
@@ -234,7 +239,10 @@ impl LocalRuntime {
     }
 
     /// Start what should run and is not running, with backoff per agent.
-    fn supervise(&self) -> Vec<Proc> {
+    /// Processes to stop, and the dirty records to write (once the lock is
+    /// released: thousands of small file writes must not stall every turn
+    /// waiting on `agents`).
+    fn supervise(&self) -> (Vec<Proc>, Vec<(AgentId, AgentDirs, StoredAgent)>) {
         let mut to_stop = Vec::new();
         let now = Instant::now();
         let mut agents = lock(&self.agents);
@@ -286,15 +294,50 @@ impl LocalRuntime {
                 .min(self.cfg.restart_backoff_max);
             a.not_before = Some(now + backoff);
         }
+        let mut to_save = Vec::new();
         for a in agents.values_mut().filter(|a| a.dirty) {
             a.stored.last_activity_unix =
                 now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
-            match a.dirs.save(&a.stored) {
-                Ok(()) => a.dirty = false,
-                Err(e) => warn!(agent = %a.id, error = %e, "could not persist agent record"),
+            a.dirty = false;
+            to_save.push((a.id.clone(), a.dirs.clone(), a.stored.clone()));
+        }
+        (to_stop, to_save)
+    }
+
+    /// Write a batch from [`Self::supervise`] on a blocking thread; records
+    /// that fail are marked dirty again for the next tick.
+    async fn save_batch(
+        &self,
+        batch: Vec<(AgentId, AgentDirs, StoredAgent)>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let write = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut failed = Vec::new();
+            for (id, dirs, stored) in batch {
+                if let Err(e) = dirs.save(&stored) {
+                    warn!(agent = %id, error = %e, "could not persist agent record");
+                    failed.push(id);
+                }
+            }
+            failed
+        });
+        let failed = match write.await {
+            Ok(failed) => failed,
+            Err(e) => {
+                error!(error = %e, "agent record writer did not finish");
+                return;
+            }
+        };
+        let mut agents = lock(&self.agents);
+        for id in failed {
+            if let Some(a) = agents.get_mut(&id) {
+                a.dirty = true;
             }
         }
-        to_stop
     }
 
     async fn stop_all(&self, procs: Vec<Proc>) {
@@ -353,6 +396,7 @@ impl Runtime for LocalRuntime {
                 self.cfg.namespace
             )));
         }
+        let _persist = self.persist.lock().await;
         let mut agents = lock(&self.agents);
         if agents.contains_key(&spec.id) {
             return Err(RuntimeError::AlreadyExists(spec.id));
@@ -402,6 +446,7 @@ impl Runtime for LocalRuntime {
             .remove(id)
             .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         self.stop_all(a.take_procs()).await;
+        let _persist = self.persist.lock().await;
         a.dirs.remove(delete_data)?;
         info!(agent = %id, delete_data, "agent deprovisioned");
         Ok(())
@@ -488,12 +533,15 @@ impl Runtime for LocalRuntime {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let idle = self.supervise();
+                    let guard = self.persist.clone().lock_owned().await;
+                    let (idle, to_save) = self.supervise();
+                    self.save_batch(to_save, guard).await;
                     self.stop_all(idle).await;
                 }
             }
         }
         // Persist what changed, then stop every process this runtime owns.
+        let _persist = self.persist.lock().await;
         let _ = self.supervise_persist_only();
         let procs: Vec<Proc> = lock(&self.agents)
             .values_mut()
