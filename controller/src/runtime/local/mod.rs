@@ -65,8 +65,17 @@ struct LocalAgent {
     failures: u32,
     not_before: Option<Instant>,
     last_activity: Instant,
+    /// Mode or identity changed: persist on the next tick.
     dirty: bool,
+    /// Only activity or usage changed: persist at most every
+    /// [`ACTIVITY_PERSIST_INTERVAL`] (every turn touches these).
+    stale: bool,
+    saved_at: Option<Instant>,
 }
+
+/// How often activity and usage totals reach disk per agent. A crash loses
+/// at most this much of both; idle suspension works in minutes anyway.
+const ACTIVITY_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 
 impl LocalAgent {
     fn record(&self) -> AgentRecord {
@@ -138,6 +147,8 @@ impl LocalRuntime {
                 not_before: None,
                 last_activity: activity_instant(stored_activity),
                 dirty: false,
+                stale: false,
+                saved_at: None,
             };
             agents.insert(id, agent);
         }
@@ -295,10 +306,18 @@ impl LocalRuntime {
             a.not_before = Some(now + backoff);
         }
         let mut to_save = Vec::new();
-        for a in agents.values_mut().filter(|a| a.dirty) {
+        let due = |a: &LocalAgent| {
+            a.dirty
+                || (a.stale
+                    && a.saved_at
+                        .is_none_or(|t| now.duration_since(t) >= ACTIVITY_PERSIST_INTERVAL))
+        };
+        for a in agents.values_mut().filter(|a| due(a)) {
             a.stored.last_activity_unix =
                 now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
             a.dirty = false;
+            a.stale = false;
+            a.saved_at = Some(now);
             to_save.push((a.id.clone(), a.dirs.clone(), a.stored.clone()));
         }
         (to_stop, to_save)
@@ -430,6 +449,8 @@ impl Runtime for LocalRuntime {
             not_before: None,
             last_activity: Instant::now(),
             dirty: false,
+            stale: false,
+            saved_at: None,
         };
         if let Err(e) = self.start(&mut a) {
             a.phase = AgentPhase::Failed;
@@ -508,10 +529,10 @@ impl Runtime for LocalRuntime {
     }
 
     async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError> {
-        // In memory only; persisted with the next supervision tick.
+        // Persisted within ACTIVITY_PERSIST_INTERVAL, and on shutdown.
         self.with_agent(id, |a| {
             a.last_activity = Instant::now();
-            a.dirty = true;
+            a.stale = true;
         })
     }
 
@@ -522,7 +543,7 @@ impl Runtime for LocalRuntime {
             s.output += usage.output;
             s.cache_read += usage.cache_read;
             s.cache_write += usage.cache_write;
-            a.dirty = true;
+            a.stale = true;
         })
     }
 
@@ -556,7 +577,7 @@ impl Runtime for LocalRuntime {
 impl LocalRuntime {
     fn supervise_persist_only(&self) -> Result<(), RuntimeError> {
         let mut agents = lock(&self.agents);
-        for a in agents.values_mut().filter(|a| a.dirty) {
+        for a in agents.values_mut().filter(|a| a.dirty || a.stale) {
             a.dirs.save(&a.stored)?;
             a.dirty = false;
         }
