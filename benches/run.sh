@@ -4,7 +4,8 @@
 # `clawswarm-bench all` (e.g. --turns 2000 --scale-agents 1000,5000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CLAWSWARM_CACHE="${CLAWSWARM_CACHE:-${HOME}/.cache/clawswarm}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${CLAWSWARM_CACHE}/target}"
 ulimit -n "$(ulimit -Hn)" || true
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
-exec "$target/release/clawswarm-bench" all "$@"
+cargo build --release --locked --bins
+exec "${CARGO_TARGET_DIR}/release/clawswarm-bench" all "$@"
