@@ -7,6 +7,7 @@
 //! cancellation, buffering for resume — so an adapter only translates one
 //! request into a stream of [`WorkloadEvent`]s.
 
+pub mod openclaw;
 pub mod responses;
 pub mod sse;
 
