@@ -19,6 +19,9 @@ use super::{
     responses::{ResponsesConfig, ResponsesWorkload, SessionBinding},
 };
 
+pub mod baseline;
+pub mod config;
+
 pub const SESSION_HEADER: &str = "x-openclaw-session-key";
 pub const DEFAULT_MODEL: &str = "openclaw/default";
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:18789";
