@@ -1,4 +1,5 @@
 //! The clawswarm agent sidecar.
 
 pub mod metrics;
+pub mod model_proxy;
 pub mod workload;

@@ -23,22 +23,13 @@ pub const DENIED_TOOLS: [&str; 2] = ["gateway", "sessions_spawn"];
 /// key exists only in the sidecar's container.
 pub const PROXY_API_KEY: &str = "clawswarm-model-proxy";
 
-/// Which wire protocol the sidecar's model proxy speaks to OpenClaw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProviderApi {
-    /// Anthropic Messages (`POST /v1/messages`).
-    Anthropic,
-    /// OpenAI-compatible chat completions (`POST /v1/chat/completions`).
-    Openai,
-}
+pub use crate::model_proxy::ProviderApi;
 
-impl ProviderApi {
-    /// OpenClaw's `models.providers.<p>.api` value.
-    pub fn openclaw_api(self) -> &'static str {
-        match self {
-            Self::Anthropic => "anthropic-messages",
-            Self::Openai => "openai-completions",
-        }
+/// OpenClaw's `models.providers.<p>.api` value for the proxy's protocol.
+pub fn openclaw_api(api: ProviderApi) -> &'static str {
+    match api {
+        ProviderApi::Anthropic => "anthropic-messages",
+        ProviderApi::Openai => "openai-completions",
     }
 }
 
@@ -244,7 +235,7 @@ pub fn apply_sidecar(cfg: &mut Value, s: &SidecarSettings) -> Vec<String> {
         &format!("models.providers.{provider}.apiKey"),
         &mut overridden,
     );
-    entry.insert("api".into(), json!(s.provider_api.openclaw_api()));
+    entry.insert("api".into(), json!(openclaw_api(s.provider_api)));
     entry.entry("models").or_insert(json!([]));
 
     let cron = obj_at(root, &["cron"]);
