@@ -238,6 +238,9 @@ pub fn apply_sidecar(cfg: &mut Value, s: &SidecarSettings) -> Vec<String> {
     entry.insert("api".into(), json!(openclaw_api(s.provider_api)));
     entry.entry("models").or_insert(json!([]));
 
+    // The notices reconciler reads cron run history over the admin RPC.
+    obj_at(root, &["plugins", "entries", "admin-http-rpc"]).insert("enabled".into(), json!(true));
+
     let cron = obj_at(root, &["cron"]);
     cron.insert("webhookToken".into(), json!(s.cron_webhook_token));
     // Loopback webhooks are blocked unless allowed by name.

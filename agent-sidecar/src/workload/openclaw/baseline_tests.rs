@@ -152,6 +152,7 @@ fn sidecar_settings_point_the_provider_at_the_proxy_with_a_dummy_key() {
     assert_eq!(p["apiKey"], PROXY_API_KEY);
     assert_eq!(p["api"], "anthropic-messages");
     assert_eq!(cfg["cron"]["webhookToken"], "hook-token");
+    assert_eq!(cfg["plugins"]["entries"]["admin-http-rpc"]["enabled"], true);
     assert_eq!(
         cfg["cron"]["webhookSsrfPolicy"]["allowedHostnames"],
         json!(["hooks.example", "127.0.0.1"])

@@ -21,6 +21,7 @@ use super::{
 
 pub mod baseline;
 pub mod config;
+pub mod notices;
 
 pub const SESSION_HEADER: &str = "x-openclaw-session-key";
 pub const DEFAULT_MODEL: &str = "openclaw/default";
