@@ -1,1 +1,3 @@
-//! placeholder
+//! clawswarm end-to-end harness.
+
+pub mod stub_model;

@@ -7,6 +7,7 @@
 //! cancellation, buffering for resume — so an adapter only translates one
 //! request into a stream of [`WorkloadEvent`]s.
 
+pub mod none;
 pub mod openclaw;
 pub mod responses;
 pub mod sse;
@@ -74,10 +75,16 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(detail: impl Into<String>) -> Self {
-        Self { ready: true, detail: detail.into() }
+        Self {
+            ready: true,
+            detail: detail.into(),
+        }
     }
     pub fn not_ready(detail: impl Into<String>) -> Self {
-        Self { ready: false, detail: detail.into() }
+        Self {
+            ready: false,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -147,6 +154,12 @@ pub trait Workload: Send + Sync + 'static {
     /// Ask the workload whether it is ready now. Called periodically by the
     /// sidecar; must not start a conversation or cost model tokens.
     fn check_ready(&self) -> BoxFuture<'_, Readiness>;
+
+    /// False when there is no workload at all: turns then fail at once with
+    /// the adapter's explanation instead of waiting for readiness.
+    fn is_configured(&self) -> bool {
+        true
+    }
 
     /// Start answering one turn.
     fn start_turn(&self, turn: TurnRequest) -> ReplyStream;
