@@ -1,3 +1,4 @@
 //! clawswarm end-to-end harness.
 
+pub mod openclaw;
 pub mod stub_model;

@@ -5,6 +5,10 @@
 //!
 //! Needs promtool: `scripts/deps.sh promtool` prints CLAWSWARM_PROMTOOL.
 
+// Helpers here are test code too (clippy's allow-unwrap-in-tests only
+// covers #[test] bodies).
+#![allow(clippy::unwrap_used)]
+
 use std::{
     collections::BTreeSet,
     io::Write,

@@ -18,7 +18,10 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -206,7 +209,8 @@ pub struct ModelProxy {
     upstream: String,
     key: HeaderValue,
     bearer: HeaderValue,
-    budgets: Budgets,
+    daily_budget: AtomicU64,
+    monthly_budget: AtomicU64,
     budget_reply: BudgetReply,
     ledger: UsageLedger,
     metrics: Arc<SidecarMetrics>,
@@ -249,10 +253,8 @@ impl ModelProxy {
             upstream,
             key: key_header,
             bearer,
-            budgets: Budgets {
-                daily_tokens: args.daily_token_budget,
-                monthly_tokens: args.monthly_token_budget,
-            },
+            daily_budget: AtomicU64::new(args.daily_token_budget),
+            monthly_budget: AtomicU64::new(args.monthly_token_budget),
             budget_reply: args.budget_reply,
             ledger: UsageLedger::open(&args.usage_file)?,
             metrics,
@@ -262,6 +264,22 @@ impl ModelProxy {
 
     pub fn ledger(&self) -> &UsageLedger {
         &self.ledger
+    }
+
+    pub fn budgets(&self) -> Budgets {
+        Budgets {
+            daily_tokens: self.daily_budget.load(Ordering::Relaxed),
+            monthly_tokens: self.monthly_budget.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Change the budgets of a running proxy (an agent's override arriving
+    /// from the controller); applies from the next call.
+    pub fn set_budgets(&self, budgets: Budgets) {
+        self.daily_budget
+            .store(budgets.daily_tokens, Ordering::Relaxed);
+        self.monthly_budget
+            .store(budgets.monthly_tokens, Ordering::Relaxed);
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -393,7 +411,7 @@ async fn forward_call(
         .unwrap_or_default()
         .to_owned();
 
-    if let Some(exhausted) = p.ledger.check(p.budgets, (p.clock)()) {
+    if let Some(exhausted) = p.ledger.check(p.budgets(), (p.clock)()) {
         p.count(api, "budget_exhausted");
         warn!(
             api = api.label(),

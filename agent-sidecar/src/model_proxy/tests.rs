@@ -368,6 +368,19 @@ async fn a_used_up_budget_answers_the_person_without_calling_the_provider() {
         "the provider saw only the first call"
     );
     assert_eq!(f.calls("anthropic", "budget_exhausted"), 1);
+    // Raising the budget on the running proxy lets calls through again.
+    f.proxy.set_budgets(Budgets {
+        daily_tokens: 1_000,
+        monthly_tokens: 0,
+    });
+    f.anthropic("plain")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(f.provider.calls.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
