@@ -84,6 +84,7 @@ pub enum BudgetReply {
 pub struct ModelProxyArgs {
     /// Loopback address the proxy listens on (OpenClaw's provider baseUrl).
     #[arg(
+        id = "model-proxy-listen",
         long = "model-proxy-listen",
         env = "CLAWSWARM_MODEL_PROXY_LISTEN",
         default_value = "127.0.0.1:18790"
@@ -91,15 +92,21 @@ pub struct ModelProxyArgs {
     pub listen: SocketAddr,
     /// The real provider's base URL, without `/v1`.
     #[arg(
+        id = "model-upstream-url",
         long = "model-upstream-url",
         env = "CLAWSWARM_MODEL_UPSTREAM_URL",
         default_value = "https://api.anthropic.com"
     )]
     pub upstream_url: String,
     /// File holding the real provider key (preferred over the variable).
-    #[arg(long = "model-api-key-file", env = "CLAWSWARM_MODEL_API_KEY_FILE")]
+    #[arg(
+        id = "model-api-key-file",
+        long = "model-api-key-file",
+        env = "CLAWSWARM_MODEL_API_KEY_FILE"
+    )]
     pub api_key_file: Option<PathBuf>,
     #[arg(
+        id = "model-api-key",
         long = "model-api-key",
         env = "CLAWSWARM_MODEL_API_KEY",
         hide_env_values = true
@@ -107,6 +114,7 @@ pub struct ModelProxyArgs {
     pub api_key: Option<String>,
     /// Tokens per UTC day (all kinds, cached included); 0 = unlimited.
     #[arg(
+        id = "daily-token-budget",
         long = "daily-token-budget",
         env = "CLAWSWARM_DAILY_TOKEN_BUDGET",
         default_value_t = 0
@@ -114,15 +122,17 @@ pub struct ModelProxyArgs {
     pub daily_token_budget: u64,
     /// Tokens per UTC calendar month; 0 = unlimited.
     #[arg(
+        id = "monthly-token-budget",
         long = "monthly-token-budget",
         env = "CLAWSWARM_MONTHLY_TOKEN_BUDGET",
         default_value_t = 0
     )]
     pub monthly_token_budget: u64,
-    #[arg(long = "budget-reply", env = "CLAWSWARM_BUDGET_REPLY", value_enum, default_value_t = BudgetReply::Message)]
+    #[arg(id = "budget-reply", long = "budget-reply", env = "CLAWSWARM_BUDGET_REPLY", value_enum, default_value_t = BudgetReply::Message)]
     pub budget_reply: BudgetReply,
     /// Where usage per day and month is kept (the agent's data dir).
     #[arg(
+        id = "model-usage-file",
         long = "model-usage-file",
         env = "CLAWSWARM_MODEL_USAGE_FILE",
         default_value = "/data/sidecar/model-usage.json"
@@ -130,12 +140,14 @@ pub struct ModelProxyArgs {
     pub usage_file: PathBuf,
     /// Longest silence from the provider while a reply streams, in seconds.
     #[arg(
+        id = "model-read-timeout-secs",
         long = "model-read-timeout-secs",
         env = "CLAWSWARM_MODEL_READ_TIMEOUT_SECS",
         default_value_t = 300
     )]
     pub read_timeout_secs: u64,
     #[arg(
+        id = "model-connect-timeout-secs",
         long = "model-connect-timeout-secs",
         env = "CLAWSWARM_MODEL_CONNECT_TIMEOUT_SECS",
         default_value_t = 10

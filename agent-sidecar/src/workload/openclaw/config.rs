@@ -29,6 +29,7 @@ const MAX_VALIDATOR_OUTPUT: u64 = 64 * 1024;
 pub struct InitArgs {
     /// OpenClaw's config file (the gateway container's OPENCLAW_CONFIG_PATH).
     #[arg(
+        id = "openclaw-config",
         long = "openclaw-config",
         env = "CLAWSWARM_OPENCLAW_CONFIG",
         default_value = "/data/openclaw/openclaw.json"
@@ -36,6 +37,7 @@ pub struct InitArgs {
     pub config_path: PathBuf,
     /// Port the gateway listens on (loopback).
     #[arg(
+        id = "openclaw-port",
         long = "openclaw-port",
         env = "CLAWSWARM_OPENCLAW_PORT",
         default_value_t = 18789
@@ -44,16 +46,18 @@ pub struct InitArgs {
     /// The agent's model as `provider/model`; the provider is the one routed
     /// through the model proxy.
     #[arg(
+        id = "model",
         long = "model",
         env = "CLAWSWARM_MODEL",
         default_value = "anthropic/claude-sonnet-4-20250514"
     )]
     pub primary_model: String,
     /// Wire protocol of the model proxy (and of the real provider behind it).
-    #[arg(long = "model-api", env = "CLAWSWARM_MODEL_API", value_enum, default_value_t = ProviderApi::Anthropic)]
+    #[arg(id = "model-api", long = "model-api", env = "CLAWSWARM_MODEL_API", value_enum, default_value_t = ProviderApi::Anthropic)]
     pub provider_api: ProviderApi,
     /// Base URL of the sidecar's model proxy as OpenClaw should call it.
     #[arg(
+        id = "model-proxy-url",
         long = "model-proxy-url",
         env = "CLAWSWARM_MODEL_PROXY_URL",
         default_value = "http://127.0.0.1:18790"
@@ -61,11 +65,16 @@ pub struct InitArgs {
     pub model_proxy_url: String,
     /// OpenClaw's utility model (session titles); unset keeps the person's
     /// setting or turns it off, "" turns it off.
-    #[arg(long = "utility-model", env = "CLAWSWARM_UTILITY_MODEL")]
+    #[arg(
+        id = "utility-model",
+        long = "utility-model",
+        env = "CLAWSWARM_UTILITY_MODEL"
+    )]
     pub utility_model: Option<String>,
     /// File with the token OpenClaw sends on cron webhooks to the sidecar;
     /// created with a random token when missing.
     #[arg(
+        id = "cron-webhook-token-file",
         long = "cron-webhook-token-file",
         env = "CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE",
         default_value = "/data/sidecar/cron-webhook-token"
@@ -73,7 +82,11 @@ pub struct InitArgs {
     pub webhook_token_file: PathBuf,
     /// The `openclaw` CLI; when set, the config is checked with
     /// `openclaw config validate --json` before it is installed.
-    #[arg(long = "openclaw-bin", env = "CLAWSWARM_OPENCLAW_BIN")]
+    #[arg(
+        id = "openclaw-bin",
+        long = "openclaw-bin",
+        env = "CLAWSWARM_OPENCLAW_BIN"
+    )]
     pub openclaw_bin: Option<PathBuf>,
 }
 

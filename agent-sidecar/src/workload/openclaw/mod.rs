@@ -22,6 +22,7 @@ use super::{
 pub mod baseline;
 pub mod config;
 pub mod notices;
+pub mod services;
 
 pub const SESSION_HEADER: &str = "x-openclaw-session-key";
 pub const DEFAULT_MODEL: &str = "openclaw/default";
@@ -39,13 +40,18 @@ const MAX_READY_BODY: usize = 64 * 1024;
 #[derive(clap::Args, Clone)]
 pub struct OpenClawArgs {
     /// The gateway's base URL (loopback: the token is full operator authority).
-    #[arg(long = "openclaw-url", env = "CLAWSWARM_OPENCLAW_URL", default_value = DEFAULT_BASE_URL)]
+    #[arg(id = "openclaw-url", long = "openclaw-url", env = "CLAWSWARM_OPENCLAW_URL", default_value = DEFAULT_BASE_URL)]
     pub url: String,
     /// File holding the gateway's bearer token (preferred over the variable).
-    #[arg(long = "openclaw-token-file", env = "CLAWSWARM_OPENCLAW_TOKEN_FILE")]
+    #[arg(
+        id = "openclaw-token-file",
+        long = "openclaw-token-file",
+        env = "CLAWSWARM_OPENCLAW_TOKEN_FILE"
+    )]
     pub token_file: Option<PathBuf>,
     /// The gateway's bearer token.
     #[arg(
+        id = "openclaw-token",
         long = "openclaw-token",
         env = "CLAWSWARM_OPENCLAW_TOKEN",
         hide_env_values = true
@@ -55,12 +61,14 @@ pub struct OpenClawArgs {
     /// retries a failing model for 70–90 s before failing the stream, so this
     /// must be longer than that to let its error reach the person.
     #[arg(
+        id = "openclaw-idle-timeout-secs",
         long = "openclaw-idle-timeout-secs",
         env = "CLAWSWARM_OPENCLAW_IDLE_TIMEOUT_SECS",
         default_value_t = 180
     )]
     pub idle_timeout_secs: u64,
     #[arg(
+        id = "openclaw-connect-timeout-secs",
         long = "openclaw-connect-timeout-secs",
         env = "CLAWSWARM_OPENCLAW_CONNECT_TIMEOUT_SECS",
         default_value_t = 5

@@ -54,6 +54,7 @@ const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
 pub struct NoticesArgs {
     /// Loopback address of the cron webhook receiver.
     #[arg(
+        id = "notices-listen",
         long = "notices-listen",
         env = "CLAWSWARM_NOTICES_LISTEN",
         default_value = "127.0.0.1:18791"
@@ -61,6 +62,7 @@ pub struct NoticesArgs {
     pub listen: SocketAddr,
     /// Where forwarded runs are remembered (the agent's data dir).
     #[arg(
+        id = "notices-state-file",
         long = "notices-state-file",
         env = "CLAWSWARM_NOTICES_STATE_FILE",
         default_value = "/data/sidecar/notices.json"
@@ -68,6 +70,7 @@ pub struct NoticesArgs {
     pub state_file: PathBuf,
     /// The token OpenClaw sends on webhooks (written by `init`).
     #[arg(
+        id = "notices-webhook-token-file",
         long = "notices-webhook-token-file",
         env = "CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE",
         default_value = "/data/sidecar/cron-webhook-token"
@@ -75,6 +78,7 @@ pub struct NoticesArgs {
     pub webhook_token_file: PathBuf,
     /// Seconds between reconciliations from the run history (and job sweeps).
     #[arg(
+        id = "notices-reconcile-secs",
         long = "notices-reconcile-secs",
         env = "CLAWSWARM_NOTICES_RECONCILE_SECS",
         default_value_t = 60
