@@ -1,9 +1,11 @@
 //! The monitoring we ship passes Prometheus' own tools: `promtool check
 //! rules` on deploy/monitoring's alert rules, `promtool check metrics` on
-//! what the sidecar exports, and every series the dashboard and the rules
-//! query is one the sidecar actually exports.
+//! what the sidecar exports, every series the dashboard and the rules query
+//! is one the sidecar actually exports, and the real Prometheus scrapes the
+//! sidecar's metrics server and answers a token query.
 //!
-//! Needs promtool: `scripts/deps.sh promtool` prints CLAWSWARM_PROMTOOL.
+//! Needs promtool and prometheus: `scripts/deps.sh promtool` prints
+//! CLAWSWARM_PROMTOOL and CLAWSWARM_PROMETHEUS.
 
 // Helpers here are test code too (clippy's allow-unwrap-in-tests only
 // covers #[test] bodies).
@@ -204,4 +206,93 @@ fn dashboard_and_rules_query_only_series_the_sidecar_exports() {
         });
         assert!(found, "{name} is queried but not exported:\n{exported}");
     }
+}
+
+/// The real Prometheus scrapes the sidecar's `/metrics` server (the same
+/// one `main` runs) and a token counter comes back through its query API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_sidecar_and_answers_a_token_query() {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use clawswarm_sidecar::http::{HttpState, serve};
+    use tokio_util::sync::CancellationToken;
+
+    let prometheus = match std::env::var_os("CLAWSWARM_PROMETHEUS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "CLAWSWARM_PROMETHEUS is not set: run `scripts/deps.sh promtool` and export what it prints \
+             (or `source ~/.cache/clawswarm/env.sh`)"
+        ),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = SidecarMetrics::new();
+    metrics.add_usage(&Usage {
+        input_tokens: 4242,
+        output_tokens: 7,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let state = HttpState {
+        metrics,
+        certified: Arc::new(AtomicBool::new(true)),
+        linked: Arc::new(AtomicBool::new(true)),
+    };
+    let server = tokio::spawn(serve(listener, state, stop.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sidecar\n    static_configs:\n      - targets: ['{target}']\n        labels: {{agent: test-agent}}\n"
+        ),
+    )
+    .unwrap();
+    let web = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let query = format!(
+        "http://{web}/api/v1/query?query=clawswarm_tokens_total%7Bkind%3D%22input%22%2Cagent%3D%22test-agent%22%7D"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let value = loop {
+        let answer = client.get(&query).send().await;
+        if let Ok(resp) = answer
+            && let Ok(body) = resp.json::<serde_json::Value>().await
+            && let Some(v) = body
+                .pointer("/data/result/0/value/1")
+                .and_then(|v| v.as_str())
+        {
+            break v.to_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!("prometheus never returned the token counter; its log:\n{log}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    stop.cancel();
+    let _ = server.await;
+    assert_eq!(value, "4242");
 }
