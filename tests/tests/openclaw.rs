@@ -5,7 +5,10 @@
 //!   OpenClawWorkload → OpenClaw → model proxy (real key, metering, budget) → stub model
 //!
 //! One gateway for the whole file (~20 s to start, ~1.3 GB), so the checks
-//! run as steps of one test. Needs `scripts/deps.sh openclaw`
+//! run as steps of one test: the baseline re-applied and validated, the key
+//! absent from OpenClaw's config and environment, streamed text, session
+//! continuity, metering equal to the stub's billing, a cron job's output
+//! arriving as a notice, a used-up budget, the provider down. Needs `scripts/deps.sh openclaw`
 //! (CLAWSWARM_OPENCLAW); without it the test fails saying so.
 //! The controller → sidecar leg is covered by the lead's end-to-end tier.
 
@@ -26,6 +29,7 @@ use clawswarm_sidecar::{
         openclaw::{
             OpenClawArgs, OpenClawWorkload,
             config::{InitArgs, init},
+            notices::{AdminRpc, Notices, NoticesArgs},
         },
     },
 };
@@ -259,6 +263,78 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         .get();
     assert_eq!(ok_calls, calls.len() as u64);
 
+    // Proactive notices: a job the agent set up (here added over the admin
+    // RPC as "announce", like a chat-created one) is routed to the sidecar's
+    // webhook by the sweep, and its run arrives as a notice.
+    let gateway_args = OpenClawArgs {
+        url: gateway.base_url.clone(),
+        token: Some(GATEWAY_TOKEN.into()),
+        ..OpenClawArgs::default()
+    };
+    let notices_args = NoticesArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_file: sidecar_dir.join("notices.json"),
+        webhook_token_file: sidecar_dir.join("cron-webhook-token"),
+        reconcile_secs: 2,
+    };
+    let (notices, mut notice_stream) =
+        Notices::start(&notices_args, &gateway_args, metrics.clone(), stop.clone())
+            .await
+            .unwrap();
+    let rpc = AdminRpc::new(&gateway_args).unwrap();
+    let added = rpc
+        .call(
+            "cron.add",
+            serde_json::json!({
+                "name": "e2e reminder",
+                "schedule": {"kind": "every", "everyMs": 5000},
+                "sessionTarget": "isolated",
+                "wakeMode": "now",
+                "payload": {"kind": "agentTurn", "message": "[chunks=2] remind me"},
+                "delivery": {"mode": "announce"},
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log_tail()));
+    let job_id = added
+        .pointer("/job/id")
+        .or_else(|| added.get("id"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no job id in {added}"))
+        .to_owned();
+    let notice = tokio::time::timeout(Duration::from_secs(120), notice_stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no notice within 120 s\n{}", gateway.log_tail()))
+        .unwrap();
+    eprintln!("notice: {notice:?}");
+    assert!(
+        notice.notice_id.starts_with(&format!("cron-{job_id}-")),
+        "{notice:?}"
+    );
+    assert_eq!(notice.text.trim(), "w0 w1");
+    let listed = rpc
+        .call("cron.list", serde_json::json!({"includeDisabled": true}))
+        .await
+        .unwrap();
+    let job = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == job_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        job["delivery"]["mode"], "webhook",
+        "routed by the sweep: {job}"
+    );
+    assert_eq!(
+        job["delivery"]["to"],
+        format!("http://{}/openclaw/cron", notices.webhook_addr).as_str()
+    );
+    rpc.call("cron.remove", serde_json::json!({"id": job_id}))
+        .await
+        .unwrap();
+
     // A budget that is used up: the person reads why, the provider sees nothing.
     let (today, _) = proxy.ledger().totals(time::OffsetDateTime::now_utc());
     proxy.set_budgets(Budgets {
@@ -306,5 +382,8 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
     gateway.stop();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    tokio::time::timeout(Duration::from_secs(10), notices.join())
+        .await
+        .expect("notices stop");
     stub.shutdown().await;
 }
