@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use axum::{extract::State, routing::post};
+use futures::StreamExt;
 use serde_json::json;
 use time::macros::datetime;
 use tokio::sync::{Notify, mpsc};

@@ -19,6 +19,7 @@ use super::{
     responses::{ResponsesConfig, ResponsesWorkload, SessionBinding},
 };
 
+pub mod admin_rpc;
 pub mod baseline;
 pub mod config;
 pub mod notices;

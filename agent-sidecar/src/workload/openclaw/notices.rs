@@ -13,7 +13,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::OpenClawArgs;
+pub use super::admin_rpc::AdminRpc;
 use crate::{
     metrics::{ResultLabel, SidecarMetrics},
     workload::WorkloadNotice,
@@ -273,65 +273,6 @@ impl SeenStore {
     }
 }
 
-/// Calls to OpenClaw's `POST /api/v1/admin/rpc` (admin-http-rpc plugin,
-/// enabled by `init`).
-pub struct AdminRpc {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl fmt::Debug for AdminRpc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminRpc")
-            .field("url", &self.url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
-}
-
-impl AdminRpc {
-    pub fn new(gateway: &OpenClawArgs) -> Result<Self, NoticesError> {
-        let token = gateway.bearer_token()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(gateway.connect_timeout_secs.max(1)))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| NoticesError::Rpc {
-                method: "client",
-                message: e.to_string(),
-            })?;
-        let url = format!("{}/api/v1/admin/rpc", gateway.url.trim_end_matches('/'));
-        Ok(Self { http, url, token })
-    }
-
-    pub async fn call(&self, method: &'static str, params: Value) -> Result<Value, NoticesError> {
-        let err = |message: String| NoticesError::Rpc { method, message };
-        let resp = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .json(&json!({"method": method, "params": params}))
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|e| err(format!("HTTP {status}, body not JSON: {e}")))?;
-        if body.get("ok").and_then(Value::as_bool) == Some(true) {
-            return Ok(body.get("payload").cloned().unwrap_or(Value::Null));
-        }
-        let message = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("HTTP {status}"));
-        Err(err(message))
-    }
-}
-
 /// The running notices machinery; dropping it does not stop the tasks,
 /// cancel the token given to [`Notices::start`] and await [`Notices::join`].
 pub struct Notices {
@@ -514,19 +455,36 @@ async fn reconcile_loop(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match tokio::time::timeout(
+        let pass = tokio::time::timeout(
             interval.max(Duration::from_secs(30)),
             reconcile_once(&rpc, &url, &runs),
-        )
-        .await
-        {
-            Ok(Ok(n)) => debug!(runs = n, "notices reconciled"),
-            Ok(Err(e)) => debug!(error = %e, "notices reconcile failed; retrying next interval"),
+        );
+        // A pass in flight must not hold up shutdown.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = pass => outcome,
+        };
+        match outcome {
+            Ok(Ok(n)) => {
+                failures = 0;
+                debug!(runs = n, "notices reconciled");
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                // Expected while the gateway starts; persistent failure
+                // (admin RPC plugin off, wrong token) loses the safety net.
+                if failures.is_multiple_of(10) {
+                    warn!(error = %e, failures, "notices reconcile keeps failing");
+                } else {
+                    debug!(error = %e, "notices reconcile failed; retrying next interval");
+                }
+            }
             Err(_) => warn!("notices reconcile timed out"),
         }
     }
