@@ -328,6 +328,9 @@ impl ModelProxy {
     fn record(&self, api: ProviderApi, usage: &Usage, result: &'static str) {
         self.count(api, result);
         self.metrics.add_usage(usage);
+        // A synchronous write of a few hundred bytes, once per model call
+        // (seconds apart): cheaper than a writer task, and the budget
+        // survives a crash right after the call.
         if let Err(e) = self.ledger.record(usage, (self.clock)()) {
             warn!(error = %e, "usage ledger not persisted");
         }
