@@ -56,11 +56,10 @@ fn locate() -> Result<Binaries> {
         sidecar: dir.join("clawswarm-sidecar"),
         stub_model: dir.join("clawswarm-stub-model"),
     };
-    if ![&bins.controller, &bins.sidecar, &bins.stub_model]
-        .iter()
-        .all(|p| p.is_file())
     {
-        // `cargo test --workspace` builds every binary; a narrower run may not.
+        // Always build (incrementally): `cargo test -p clawswarm-tests` alone
+        // would otherwise run whatever controller binary is on disk. Under
+        // `cargo test --workspace` it is a no-op.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args([

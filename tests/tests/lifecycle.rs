@@ -179,3 +179,35 @@ async fn an_idle_agent_is_suspended_and_woken_by_the_next_message() {
     let reply = chat(&mut gw, "alice", "dm", "wake up").await.unwrap();
     assert_eq!(reply.text(), "echo: wake up");
 }
+
+#[tokio::test]
+async fn a_workload_process_never_sees_the_controllers_secrets() {
+    init();
+    let stub = clawswarm_tests::harness::binaries()
+        .unwrap()
+        .stub_model
+        .display()
+        .to_string();
+    let mut opts = ControllerOptions::with_agents(&["alice"]);
+    opts.workload_command = Some(format!(
+        "sh -c 'env > {{data_dir}}/workload-env.txt; exec {stub} --listen 127.0.0.1:{{port}}'"
+    ));
+    opts.env.push((
+        "CLAWSWARM_WORKLOAD_TOKEN".into(),
+        "secret-workload-token".into(),
+    ));
+    opts.env
+        .push(("OPENCLAW_DISABLE_BONJOUR".into(), "1".into()));
+    let c = Controller::start(opts).await.unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let env = std::fs::read_to_string(c.agent_dir("alice").join("data/workload-env.txt")).unwrap();
+    assert!(!env.contains("secret-workload-token"), "{env}");
+    assert!(!env.contains("CLAWSWARM_STATE_DIR"), "{env}");
+    assert!(
+        env.contains("OPENCLAW_DISABLE_BONJOUR=1") && env.contains("CLAWSWARM_AGENT=local/alice"),
+        "{env}"
+    );
+}

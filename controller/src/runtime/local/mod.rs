@@ -205,6 +205,7 @@ impl LocalRuntime {
                     cwd: &a.dirs.data,
                     log_file: a.dirs.run.join("workload.log"),
                     pid_file: a.dirs.run.join("workload.pid"),
+                    clean_env: true,
                 })
                 .map_err(|e| failed(e.to_string()))?;
                 a.workload = Some(proc);
@@ -240,6 +241,9 @@ impl LocalRuntime {
                 cwd: &a.dirs.run,
                 log_file: a.dirs.run.join("sidecar.log"),
                 pid_file: a.dirs.run.join("sidecar.pid"),
+                // The sidecar holds the agent's secrets (workload token,
+                // model key); it inherits the controller's settings.
+                clean_env: false,
             })
             .map_err(|e| failed(e.to_string()))?;
             a.sidecar = Some(proc);
