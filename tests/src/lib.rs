@@ -1,3 +1,4 @@
-//! clawswarm end-to-end harness: stub model, process harness, fake Slack.
+//! clawswarm end-to-end harness: stub model, fake Slack.
 
 pub mod fake_slack;
+pub mod stub_model;
