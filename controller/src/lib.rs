@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod slack;

@@ -84,14 +84,14 @@ impl<C: Connector> SlackApi<C> {
     /// Pace, call, and on 429 hold the method for `Retry-After` and retry.
     async fn call<T, F, Fut>(&self, method: &'static str, channel: &str, f: F) -> Result<T, SlackApiError>
     where
-        F: Fn(SlackClientSession<'_, C>) -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = ClientResult<T>>,
     {
         let attempt = async {
             let mut retries = 0;
             loop {
                 self.limiter.acquire(method, channel).await;
-                match f(self.client.open_session(&self.token)).await {
+                match f().await {
                     Ok(v) => return Ok(v),
                     Err(SlackClientError::RateLimitError(r)) if retries < MAX_RATE_LIMIT_RETRIES => {
                         let wait = r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
@@ -111,28 +111,28 @@ impl<C: Connector> SlackApi<C> {
     }
 
     pub async fn auth_test(&self) -> Result<SlackApiAuthTestResponse, SlackApiError> {
-        self.call("auth.test", "", |s| async move { s.auth_test().await }).await
+        self.call("auth.test", "", move || async move { self.client.open_session(&self.token).auth_test().await }).await
     }
 
     pub async fn post_message(&self, channel: &str, thread_ts: Option<&str>, text: &str) -> Result<String, SlackApiError> {
         let mut req = SlackApiChatPostMessageRequest::new(channel.into(), SlackMessageContent::new().with_text(text.to_owned()));
         req.thread_ts = thread_ts.map(|t| SlackTs(t.to_owned()));
         let req = &req;
-        let resp = self.call("chat.postMessage", channel, |s| async move { s.chat_post_message(req).await }).await?;
+        let resp = self.call("chat.postMessage", channel, move || async move { self.client.open_session(&self.token).chat_post_message(req).await }).await?;
         Ok(resp.ts.0)
     }
 
     pub async fn update(&self, channel: &str, ts: &str, text: &str) -> Result<(), SlackApiError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), SlackMessageContent::new().with_text(text.to_owned()), SlackTs(ts.to_owned()));
         let req = &req;
-        self.call("chat.update", channel, |s| async move { s.chat_update(req).await }).await.map(|_| ())
+        self.call("chat.update", channel, move || async move { self.client.open_session(&self.token).chat_update(req).await }).await.map(|_| ())
     }
 
     pub async fn post_ephemeral(&self, channel: &str, user: &str, thread_ts: Option<&str>, text: &str) -> Result<(), SlackApiError> {
         let mut req = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), SlackMessageContent::new().with_text(text.to_owned()));
         req.thread_ts = thread_ts.map(|t| SlackTs(t.to_owned()));
         let req = &req;
-        self.call("chat.postEphemeral", channel, |s| async move { s.chat_post_ephemeral(req).await }).await.map(|_| ())
+        self.call("chat.postEphemeral", channel, move || async move { self.client.open_session(&self.token).chat_post_ephemeral(req).await }).await.map(|_| ())
     }
 
     /// Start a native stream in a thread; returns the streamed message's ts.
@@ -147,14 +147,14 @@ impl<C: Connector> SlackApi<C> {
             req.markdown_text = Some(markdown.to_owned());
         }
         let req = &req;
-        let resp = self.call("chat.startStream", target.channel, |s| async move { s.chat_start_stream(req).await }).await?;
+        let resp = self.call("chat.startStream", target.channel, move || async move { self.client.open_session(&self.token).chat_start_stream(req).await }).await?;
         Ok(resp.ts.0)
     }
 
     pub async fn append_stream(&self, channel: &str, ts: &str, markdown: &str) -> Result<(), SlackApiError> {
         let req = SlackApiChatAppendStreamRequest::new(channel.into(), SlackTs(ts.to_owned())).with_markdown_text(markdown.to_owned());
         let req = &req;
-        self.call("chat.appendStream", channel, |s| async move { s.chat_append_stream(req).await }).await.map(|_| ())
+        self.call("chat.appendStream", channel, move || async move { self.client.open_session(&self.token).chat_append_stream(req).await }).await.map(|_| ())
     }
 
     pub async fn stop_stream(&self, channel: &str, ts: &str, markdown: &str) -> Result<(), SlackApiError> {
@@ -164,14 +164,14 @@ impl<C: Connector> SlackApi<C> {
         }
         let req = SlackApiChatStopStreamRequest::new(channel.into(), SlackTs(ts.to_owned()), content);
         let req = &req;
-        self.call("chat.stopStream", channel, |s| async move { s.chat_stop_stream(req).await }).await.map(|_| ())
+        self.call("chat.stopStream", channel, move || async move { self.client.open_session(&self.token).chat_stop_stream(req).await }).await.map(|_| ())
     }
 
     /// "is thinking…" under the person's message; an empty status clears it.
     pub async fn set_status(&self, channel: &str, thread_ts: &str, status: &str) -> Result<(), SlackApiError> {
         let req = SlackApiAssistantThreadsSetStatusRequest::new(channel.into(), status.to_owned(), SlackTs(thread_ts.to_owned()));
         let req = &req;
-        self.call("assistant.threads.setStatus", channel, |s| async move { s.assistant_threads_set_status(req).await })
+        self.call("assistant.threads.setStatus", channel, move || async move { self.client.open_session(&self.token).assistant_threads_set_status(req).await })
             .await
             .map(|_| ())
     }
@@ -180,14 +180,14 @@ impl<C: Connector> SlackApi<C> {
     pub async fn open_dm(&self, user: &str) -> Result<String, SlackApiError> {
         let req = SlackApiConversationsOpenRequest::new().with_users(vec![user.into()]);
         let req = &req;
-        let resp = self.call("conversations.open", "", |s| async move { s.conversations_open(req).await }).await?;
+        let resp = self.call("conversations.open", "", move || async move { self.client.open_session(&self.token).conversations_open(req).await }).await?;
         Ok(resp.channel.id.0)
     }
 
     pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackApiError> {
         let req = SlackApiUserGroupsUsersListRequest::new(group.into());
         let req = &req;
-        let resp = self.call("usergroups.users.list", "", |s| async move { s.usergroups_users_list(req).await }).await?;
+        let resp = self.call("usergroups.users.list", "", move || async move { self.client.open_session(&self.token).usergroups_users_list(req).await }).await?;
         Ok(resp.users.into_iter().map(|u| u.0).collect())
     }
 
@@ -199,7 +199,7 @@ impl<C: Connector> SlackApi<C> {
         let mut req = SlackApiPostWebhookMessageRequest::new(SlackMessageContent::new().with_text(text.to_owned()));
         req.replace_original = Some(false);
         let (client, req, url) = (&self.client, &req, &url);
-        self.call(method, "", |_| async move { client.post_webhook_message(url, req).await }).await.map(|_| ())
+        self.call(method, "", move || async move { client.post_webhook_message(url, req).await }).await.map(|_| ())
     }
 }
 
