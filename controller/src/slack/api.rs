@@ -8,7 +8,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 use slack_morphism::{errors::SlackClientError, prelude::*};
 use tracing::{debug, warn};
 
-use super::{Connector, ratelimit::RateLimiter};
+use super::{
+    Connector,
+    ratelimit::RateLimiter,
+    reply::{Action, ReplyApi, ReplyPlace},
+};
 
 /// One Slack call may take this long, including its retries' waits.
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
@@ -211,4 +215,22 @@ pub struct StreamTarget<'a> {
     pub user: &'a str,
     pub team: &'a str,
     pub is_dm: bool,
+}
+
+#[async_trait::async_trait]
+impl<C: Connector> ReplyApi for SlackApi<C> {
+    async fn perform(&self, place: &ReplyPlace, action: &Action) -> Result<Option<String>, SlackApiError> {
+        let (ch, thread) = (place.channel.as_str(), place.thread_ts.as_str());
+        match action {
+            Action::Status(status) => self.set_status(ch, thread, status).await.map(|_| None),
+            Action::Start { text } => {
+                let target = StreamTarget { channel: ch, thread_ts: thread, user: &place.user, team: &place.team, is_dm: place.is_dm };
+                self.start_stream(&target, text).await.map(Some)
+            }
+            Action::Append { ts, text } => self.append_stream(ch, ts, text).await.map(|_| None),
+            Action::Stop { ts, text } => self.stop_stream(ch, ts, text).await.map(|_| None),
+            Action::Post { text } => self.post_message(ch, Some(thread), text).await.map(Some),
+            Action::Update { ts, text } => self.update(ch, ts, text).await.map(|_| None),
+        }
+    }
 }

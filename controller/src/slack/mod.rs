@@ -5,6 +5,7 @@ pub mod policy;
 pub mod routing;
 pub mod dedupe;
 pub mod ratelimit;
+pub mod reply;
 pub mod signature;
 pub mod split;
 
