@@ -28,7 +28,11 @@ struct Seen {
 
 impl Dedupe {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self { ttl, capacity: capacity.max(1), inner: Mutex::default() }
+        Self {
+            ttl,
+            capacity: capacity.max(1),
+            inner: Mutex::default(),
+        }
     }
 
     /// True the first time `id` is seen within the TTL; false for a repeat.
@@ -40,7 +44,9 @@ impl Dedupe {
             return false;
         }
         while seen.at.len() >= self.capacity {
-            let Some((old, at)) = seen.order.pop_front() else { break };
+            let Some((old, at)) = seen.order.pop_front() else {
+                break;
+            };
             if seen.at.get(&old) == Some(&at) {
                 seen.at.remove(&old);
             }
@@ -58,7 +64,11 @@ impl Dedupe {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).at.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .at
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,6 +97,7 @@ impl Seen {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -126,6 +137,9 @@ mod tests {
         d.forget("Ev1");
         assert!(d.first_sighting("Ev1"));
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(d.first_sighting("Ev1"), "the re-added id expires on its own clock");
+        assert!(
+            d.first_sighting("Ev1"),
+            "the re-added id expires on its own clock"
+        );
     }
 }

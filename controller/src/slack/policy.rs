@@ -97,7 +97,11 @@ pub struct Policy {
 impl Policy {
     pub fn new(cfg: PolicyConfig) -> Self {
         let starts = Arc::new(Semaphore::new(cfg.max_concurrent_starts.max(1)));
-        Self { cfg, starts, groups: Mutex::default() }
+        Self {
+            cfg,
+            starts,
+            groups: Mutex::default(),
+        }
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -109,16 +113,30 @@ impl Policy {
     }
 
     /// May `user` create an agent, given `existing` agents in total?
-    pub async fn may_provision(&self, user: &str, existing: usize, dir: &dyn GroupDirectory) -> Result<(), Denied> {
+    pub async fn may_provision(
+        &self,
+        user: &str,
+        existing: usize,
+        dir: &dyn GroupDirectory,
+    ) -> Result<(), Denied> {
         let decision = self.decide(user, existing, dir).await;
         match &decision {
-            Ok(()) => info!(owner = %user, mode = ?self.cfg.mode, existing, decision = "allow", "provisioning decision"),
-            Err(d) => info!(owner = %user, mode = ?self.cfg.mode, existing, decision = "deny", reason = d.metric_label(), "provisioning decision"),
+            Ok(()) => {
+                info!(owner = %user, mode = ?self.cfg.mode, existing, decision = "allow", "provisioning decision")
+            }
+            Err(d) => {
+                info!(owner = %user, mode = ?self.cfg.mode, existing, decision = "deny", reason = d.metric_label(), "provisioning decision")
+            }
         }
         decision
     }
 
-    async fn decide(&self, user: &str, existing: usize, dir: &dyn GroupDirectory) -> Result<(), Denied> {
+    async fn decide(
+        &self,
+        user: &str,
+        existing: usize,
+        dir: &dyn GroupDirectory,
+    ) -> Result<(), Denied> {
         if let Some(cap) = self.cfg.max_agents
             && existing >= cap
         {
@@ -139,7 +157,10 @@ impl Policy {
         for group in &self.cfg.allow_groups {
             let cached = {
                 let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-                groups.get(group).filter(|(at, _)| at.elapsed() < self.cfg.group_cache_ttl).map(|(_, m)| m.contains(user))
+                groups
+                    .get(group)
+                    .filter(|(at, _)| at.elapsed() < self.cfg.group_cache_ttl)
+                    .map(|(_, m)| m.contains(user))
             };
             let member = match cached {
                 Some(m) => m,
@@ -147,7 +168,10 @@ impl Policy {
                     Ok(members) => {
                         let set: HashSet<String> = members.into_iter().collect();
                         let member = set.contains(user);
-                        self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group.clone(), (Instant::now(), set));
+                        self.groups
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(group.clone(), (Instant::now(), set));
                         member
                     }
                     Err(e) => {
@@ -162,20 +186,34 @@ impl Policy {
             }
         }
         // Fail closed, but say it was Slack and not the person.
-        Err(if lookup_failed { Denied::GroupLookupFailed } else { Denied::NotAllowlisted })
+        Err(if lookup_failed {
+            Denied::GroupLookupFailed
+        } else {
+            Denied::NotAllowlisted
+        })
     }
 
     /// A slot for one agent start; hold it until the agent is ready or failed.
     pub fn try_start(&self) -> Result<OwnedSemaphorePermit, Denied> {
-        let permit = self.starts.clone().try_acquire_owned().map_err(|_| Denied::TooManyStarts);
+        let permit = self
+            .starts
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Denied::TooManyStarts);
         if permit.is_err() {
-            info!(limit = self.cfg.max_concurrent_starts, decision = "deny", reason = "too_many_starts", "agent start decision");
+            info!(
+                limit = self.cfg.max_concurrent_starts,
+                decision = "deny",
+                reason = "too_many_starts",
+                "agent start decision"
+            );
         }
         permit
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -189,8 +227,15 @@ mod tests {
 
     impl Dir {
         fn new(groups: &[(&str, &[&str])]) -> Self {
-            let groups = groups.iter().map(|(g, m)| (g.to_string(), m.iter().map(|s| s.to_string()).collect())).collect();
-            Self { groups, calls: AtomicUsize::new(0), fail: false }
+            let groups = groups
+                .iter()
+                .map(|(g, m)| (g.to_string(), m.iter().map(|s| s.to_string()).collect()))
+                .collect();
+            Self {
+                groups,
+                calls: AtomicUsize::new(0),
+                fail: false,
+            }
         }
     }
 
@@ -201,7 +246,10 @@ mod tests {
             if self.fail {
                 return Err("slack down".into());
             }
-            self.groups.get(group).cloned().ok_or_else(|| "no_such_subteam".into())
+            self.groups
+                .get(group)
+                .cloned()
+                .ok_or_else(|| "no_such_subteam".into())
         }
     }
 
@@ -218,10 +266,20 @@ mod tests {
     #[tokio::test]
     async fn open_allows_anyone_up_to_the_cap() {
         let dir = Dir::new(&[]);
-        let p = Policy::new(PolicyConfig { max_agents: Some(2), ..cfg(ProvisioningMode::Open) });
+        let p = Policy::new(PolicyConfig {
+            max_agents: Some(2),
+            ..cfg(ProvisioningMode::Open)
+        });
         assert_eq!(p.may_provision("UANY", 1, &dir).await, Ok(()));
-        assert_eq!(p.may_provision("UANY", 2, &dir).await, Err(Denied::AgentCap(2)));
-        assert_eq!(p.may_provision("UADMIN", 2, &dir).await, Err(Denied::AgentCap(2)), "the cap binds admins too");
+        assert_eq!(
+            p.may_provision("UANY", 2, &dir).await,
+            Err(Denied::AgentCap(2))
+        );
+        assert_eq!(
+            p.may_provision("UADMIN", 2, &dir).await,
+            Err(Denied::AgentCap(2)),
+            "the cap binds admins too"
+        );
     }
 
     #[tokio::test]
@@ -229,7 +287,10 @@ mod tests {
         let dir = Dir::new(&[]);
         let p = Policy::new(cfg(ProvisioningMode::Admins));
         assert_eq!(p.may_provision("UADMIN", 0, &dir).await, Ok(()));
-        assert_eq!(p.may_provision("UALICE", 0, &dir).await, Err(Denied::AdminsOnly));
+        assert_eq!(
+            p.may_provision("UALICE", 0, &dir).await,
+            Err(Denied::AdminsOnly)
+        );
     }
 
     #[tokio::test]
@@ -238,8 +299,15 @@ mod tests {
         let p = Policy::new(cfg(ProvisioningMode::Allowlist));
         assert_eq!(p.may_provision("UALICE", 0, &dir).await, Ok(()));
         assert_eq!(p.may_provision("UBOB", 0, &dir).await, Ok(()));
-        assert_eq!(p.may_provision("UMALLORY", 0, &dir).await, Err(Denied::NotAllowlisted));
-        assert_eq!(dir.calls.load(Ordering::SeqCst), 1, "group membership is cached");
+        assert_eq!(
+            p.may_provision("UMALLORY", 0, &dir).await,
+            Err(Denied::NotAllowlisted)
+        );
+        assert_eq!(
+            dir.calls.load(Ordering::SeqCst),
+            1,
+            "group membership is cached"
+        );
     }
 
     #[tokio::test]
@@ -247,12 +315,18 @@ mod tests {
         let mut dir = Dir::new(&[("SENG", &["UBOB"])]);
         dir.fail = true;
         let p = Policy::new(cfg(ProvisioningMode::Allowlist));
-        assert_eq!(p.may_provision("UBOB", 0, &dir).await, Err(Denied::GroupLookupFailed));
+        assert_eq!(
+            p.may_provision("UBOB", 0, &dir).await,
+            Err(Denied::GroupLookupFailed)
+        );
     }
 
     #[tokio::test]
     async fn concurrent_starts_are_capped_and_released() {
-        let p = Policy::new(PolicyConfig { max_concurrent_starts: 1, ..cfg(ProvisioningMode::Open) });
+        let p = Policy::new(PolicyConfig {
+            max_concurrent_starts: 1,
+            ..cfg(ProvisioningMode::Open)
+        });
         let first = p.try_start().unwrap();
         assert_eq!(p.try_start().err(), Some(Denied::TooManyStarts));
         drop(first);

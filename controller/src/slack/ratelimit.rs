@@ -18,7 +18,10 @@ fn budget(method: &str) -> (f64, f64) {
         // Tier 3 (50+/min).
         "chat.update" | "chat.postEphemeral" | "conversations.open" => (5.0, 50.0),
         // Tier 2 (20+/min).
-        "chat.startStream" | "chat.stopStream" | "usergroups.users.list" | "assistant.threads.setStatus" => (5.0, 20.0),
+        "chat.startStream"
+        | "chat.stopStream"
+        | "usergroups.users.list"
+        | "assistant.threads.setStatus" => (5.0, 20.0),
         // ~1 message per second per channel, short bursts tolerated.
         "chat.postMessage" => (3.0, 60.0),
         _ => (5.0, 50.0),
@@ -46,7 +49,14 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl RateLimiter {
     fn key(method: &str, channel: &str) -> (String, String) {
-        (method.to_owned(), if per_channel(method) { channel.to_owned() } else { String::new() })
+        (
+            method.to_owned(),
+            if per_channel(method) {
+                channel.to_owned()
+            } else {
+                String::new()
+            },
+        )
     }
 
     /// How long the caller must wait before calling; takes a token when zero.
@@ -55,7 +65,11 @@ impl RateLimiter {
         let (burst, per_min) = budget(method);
         let per_sec = per_min / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(Self::key(method, channel)).or_insert(Bucket { tokens: burst, last: now, paused_until: None });
+        let b = buckets.entry(Self::key(method, channel)).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+            paused_until: None,
+        });
         if let Some(until) = b.paused_until {
             if until > now {
                 return until - now;
@@ -88,13 +102,18 @@ impl RateLimiter {
         let until = Instant::now() + retry_after.min(MAX_RETRY_AFTER);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (burst, _) = budget(method);
-        let b = buckets.entry(Self::key(method, channel)).or_insert(Bucket { tokens: burst, last: Instant::now(), paused_until: None });
+        let b = buckets.entry(Self::key(method, channel)).or_insert(Bucket {
+            tokens: burst,
+            last: Instant::now(),
+            paused_until: None,
+        });
         b.paused_until = Some(b.paused_until.map_or(until, |u| u.max(until)));
         b.tokens = 0.0;
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -98,7 +98,11 @@ impl Action {
 #[async_trait]
 pub trait ReplyApi: Send + Sync + 'static {
     /// Make the call; `Start` and `Post` return the new message's ts.
-    async fn perform(&self, place: &ReplyPlace, action: &Action) -> Result<Option<String>, SlackApiError>;
+    async fn perform(
+        &self,
+        place: &ReplyPlace,
+        action: &Action,
+    ) -> Result<Option<String>, SlackApiError>;
 }
 
 /// Where turn events come from ([`TurnStream`] in production).
@@ -171,21 +175,32 @@ pub fn failure_note(end: &TurnEnd) -> Option<String> {
     let detail = end.error.chars().take(300).collect::<String>();
     let text = match end.outcome {
         Outcome::Ok => return None,
-        Outcome::Timeout => "Your agent took too long to answer, so I stopped waiting. Please try again.".to_owned(),
+        Outcome::Timeout => {
+            "Your agent took too long to answer, so I stopped waiting. Please try again.".to_owned()
+        }
         Outcome::Cancelled => "This reply was cancelled before it finished.".to_owned(),
-        Outcome::Rejected => "Your agent is busy with other messages right now. Please try again in a moment.".to_owned(),
+        Outcome::Rejected => {
+            "Your agent is busy with other messages right now. Please try again in a moment."
+                .to_owned()
+        }
         Outcome::NotFound => "Your agent could not find this conversation any more.".to_owned(),
         Outcome::Error | Outcome::Unspecified if detail.is_empty() => {
             "Something went wrong while your agent was answering. Please try again.".to_owned()
         }
-        Outcome::Error | Outcome::Unspecified => format!("Something went wrong while your agent was answering ({detail}). Please try again."),
+        Outcome::Error | Outcome::Unspecified => format!(
+            "Something went wrong while your agent was answering ({detail}). Please try again."
+        ),
     };
     Some(format!(":warning: {text}"))
 }
 
 impl Writer {
     fn new(cfg: ReplyConfig) -> Self {
-        let mode = if cfg.native_streaming { Mode::Native } else { Mode::Fallback };
+        let mode = if cfg.native_streaming {
+            Mode::Native
+        } else {
+            Mode::Fallback
+        };
         Self {
             cfg,
             mode,
@@ -227,7 +242,11 @@ impl Writer {
 
     /// Fallback mode edits one message at most every `update_interval`.
     fn throttled(&self, now: Instant) -> bool {
-        self.mode == Mode::Fallback && self.cur.is_some() && self.last_write.is_some_and(|t| now < t + self.cfg.update_interval)
+        self.mode == Mode::Fallback
+            && self.cur.is_some()
+            && self
+                .last_write
+                .is_some_and(|t| now < t + self.cfg.update_interval)
     }
 
     /// Enough text has waited (or the turn ended) to be worth a call.
@@ -235,7 +254,9 @@ impl Writer {
         if self.pending.is_empty() || self.throttled(now) {
             return false;
         }
-        let waited = self.pending_since.is_some_and(|t| now >= t + self.cfg.append_interval);
+        let waited = self
+            .pending_since
+            .is_some_and(|t| now >= t + self.cfg.append_interval);
         self.end.is_some() || waited || self.pending.len() >= self.cfg.append_chars
     }
 
@@ -274,7 +295,10 @@ impl Writer {
             return Some(Action::Status(self.cfg.thinking_status.clone()));
         }
         if let Some(ts) = self.abandon.take() {
-            return Some(Action::Stop { ts, text: String::new() });
+            return Some(Action::Stop {
+                ts,
+                text: String::new(),
+            });
         }
         let max = self.max();
         match self.cur.as_ref().map(|c| (c.ts.clone(), c.sent.clone())) {
@@ -296,7 +320,9 @@ impl Writer {
                     self.done = true;
                     let text = match failure_note(end) {
                         Some(note) => note,
-                        None if self.messages == 0 => "_Your agent finished without saying anything._".to_owned(),
+                        None if self.messages == 0 => {
+                            "_Your agent finished without saying anything._".to_owned()
+                        }
                         None => return None,
                     };
                     self.note_sent = true;
@@ -316,7 +342,11 @@ impl Writer {
                 let soft = total > max - max / 8 && self.flush_due(now);
                 if (hard || soft) && !self.pending.is_empty() {
                     let combined = format!("{sent}{}", self.pending);
-                    let limit = if hard { max - FENCE_CLOSE.len() } else { combined.len() - 1 };
+                    let limit = if hard {
+                        max - FENCE_CLOSE.len()
+                    } else {
+                        combined.len() - 1
+                    };
                     let mut part = if sent_len + FENCE_CLOSE.len() >= max {
                         String::new()
                     } else {
@@ -329,7 +359,10 @@ impl Writer {
                         let part = self.take_pending(len);
                         return Some(match self.mode {
                             Mode::Native => Action::Append { ts, text: part },
-                            Mode::Fallback => Action::Update { ts, text: format!("{sent}{part}") },
+                            Mode::Fallback => Action::Update {
+                                ts,
+                                text: format!("{sent}{part}"),
+                            },
                         });
                     }
                     self.closing = true;
@@ -340,7 +373,10 @@ impl Writer {
                     }
                     return Some(match self.mode {
                         Mode::Native => Action::Stop { ts, text: part },
-                        Mode::Fallback => Action::Update { ts, text: format!("{sent}{part}") },
+                        Mode::Fallback => Action::Update {
+                            ts,
+                            text: format!("{sent}{part}"),
+                        },
                     });
                 }
                 if self.flush_due(now) {
@@ -348,7 +384,10 @@ impl Writer {
                     let part = self.take_pending(len);
                     return Some(match self.mode {
                         Mode::Native => Action::Append { ts, text: part },
-                        Mode::Fallback => Action::Update { ts, text: format!("{}{}", sent, part) },
+                        Mode::Fallback => Action::Update {
+                            ts,
+                            text: format!("{}{}", sent, part),
+                        },
                     });
                 }
                 let end = self.end.as_ref()?;
@@ -360,12 +399,18 @@ impl Writer {
                 self.done = true;
                 let note_text = note.map(|n| format!("\n\n{n}")).unwrap_or_default();
                 match self.mode {
-                    Mode::Native => Some(Action::Stop { ts, text: note_text }),
+                    Mode::Native => Some(Action::Stop {
+                        ts,
+                        text: note_text,
+                    }),
                     Mode::Fallback if note_text.is_empty() => None,
-                    Mode::Fallback if sent_len + note_text.len() <= max => {
-                        Some(Action::Update { ts, text: format!("{}{}", sent, note_text) })
-                    }
-                    Mode::Fallback => Some(Action::Post { text: note_text.trim_start().to_owned() }),
+                    Mode::Fallback if sent_len + note_text.len() <= max => Some(Action::Update {
+                        ts,
+                        text: format!("{}{}", sent, note_text),
+                    }),
+                    Mode::Fallback => Some(Action::Post {
+                        text: note_text.trim_start().to_owned(),
+                    }),
                 }
             }
         }
@@ -382,7 +427,12 @@ impl Writer {
     }
 
     /// Slack answered `action` with `result`.
-    fn on_done(&mut self, action: Action, result: Result<Option<String>, SlackApiError>, now: Instant) {
+    fn on_done(
+        &mut self,
+        action: Action,
+        result: Result<Option<String>, SlackApiError>,
+        now: Instant,
+    ) {
         let ok = result.is_ok();
         if ok {
             self.consecutive_failures = 0;
@@ -397,7 +447,10 @@ impl Writer {
                 self.used_native = true;
                 self.messages += 1;
                 self.last_write = Some(now);
-                self.cur = Some(Current { ts: ts.unwrap_or_default(), sent: text });
+                self.cur = Some(Current {
+                    ts: ts.unwrap_or_default(),
+                    sent: text,
+                });
             }
             (Action::Start { text }, Err(e)) => {
                 info!(error = %e, "native streaming unavailable; falling back to post and update");
@@ -430,7 +483,11 @@ impl Writer {
                 self.last_write = Some(now);
                 let ts = ts.unwrap_or_default();
                 // A note posted on its own ends the reply; nothing more goes there.
-                self.cur = if self.done { None } else { Some(Current { ts, sent: text }) };
+                self.cur = if self.done {
+                    None
+                } else {
+                    Some(Current { ts, sent: text })
+                };
             }
             (Action::Post { text }, Err(e)) => {
                 warn!(error = %e, "reply message not posted");
@@ -459,7 +516,10 @@ impl Writer {
             }
         }
         if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
-            warn!(failed_calls = self.failed_calls, "giving up on this reply after repeated slack failures");
+            warn!(
+                failed_calls = self.failed_calls,
+                "giving up on this reply after repeated slack failures"
+            );
             self.gave_up = true;
             self.done = true;
             self.pending.clear();
@@ -495,14 +555,24 @@ impl Writer {
 fn clean_cut(text: &str, min: usize, max: usize) -> usize {
     let cut = cut_point(text, min, max);
     let clean = cut == text.len() || text[..cut].ends_with(char::is_whitespace);
-    if clean && cut <= max.max(min) { cut } else { min }
+    if clean && cut <= max.max(min) {
+        cut
+    } else {
+        min
+    }
 }
 
-type InFlight = Pin<Box<dyn Future<Output = (Action, Result<Option<String>, SlackApiError>)> + Send>>;
+type InFlight =
+    Pin<Box<dyn Future<Output = (Action, Result<Option<String>, SlackApiError>)> + Send>>;
 
 /// Stream a turn's events into Slack until the turn ends and the reply is
 /// complete (or Slack keeps refusing it).
-pub async fn write_reply(api: Arc<dyn ReplyApi>, place: ReplyPlace, cfg: ReplyConfig, events: &mut dyn TurnEvents) -> ReplyReport {
+pub async fn write_reply(
+    api: Arc<dyn ReplyApi>,
+    place: ReplyPlace,
+    cfg: ReplyConfig,
+    events: &mut dyn TurnEvents,
+) -> ReplyReport {
     let idle = cfg.idle_timeout;
     let mut w = Writer::new(cfg);
     let place = Arc::new(place);
@@ -557,8 +627,15 @@ pub async fn write_reply(api: Arc<dyn ReplyApi>, place: ReplyPlace, cfg: ReplyCo
     } else {
         "none"
     };
-    ReplyReport { outcome, mode, messages: w.messages, failed_calls: w.failed_calls, gave_up: w.gave_up }
+    ReplyReport {
+        outcome,
+        mode,
+        messages: w.messages,
+        failed_calls: w.failed_calls,
+        gave_up: w.gave_up,
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -84,14 +84,19 @@ impl Skip {
 
 /// Channel threads the bot was mentioned in, so plain replies there reach
 /// the sender's agent. Bounded: the oldest threads are forgotten first.
+type ThreadKey = (String, String);
+
 pub struct ActiveThreads {
     cap: usize,
-    inner: Mutex<(HashSet<(String, String)>, VecDeque<(String, String)>)>,
+    inner: Mutex<(HashSet<ThreadKey>, VecDeque<ThreadKey>)>,
 }
 
 impl ActiveThreads {
     pub fn new(cap: usize) -> Self {
-        Self { cap: cap.max(1), inner: Mutex::default() }
+        Self {
+            cap: cap.max(1),
+            inner: Mutex::default(),
+        }
     }
 
     pub fn add(&self, channel: &str, thread_ts: &str) {
@@ -128,13 +133,21 @@ fn strip_mention(text: &str, user: &str) -> String {
 
 pub fn event_type(body: &SlackEventCallbackBody) -> String {
     match serde_json::to_value(body) {
-        Ok(v) => v.get("type").and_then(|t| t.as_str()).unwrap_or("unknown").to_owned(),
+        Ok(v) => v
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("unknown")
+            .to_owned(),
         Err(_) => "unknown".into(),
     }
 }
 
 /// Decide what an Events API callback means for the front door.
-pub fn classify(ev: &SlackPushEventCallback, bot: &BotIdentity, threads: &ActiveThreads) -> Result<Inbound, Skip> {
+pub fn classify(
+    ev: &SlackPushEventCallback,
+    bot: &BotIdentity,
+    threads: &ActiveThreads,
+) -> Result<Inbound, Skip> {
     let team = ev.team_id.0.clone();
     match &ev.event {
         SlackEventCallbackBody::Message(m) => classify_message(m, team, bot, threads),
@@ -165,26 +178,54 @@ pub fn classify(ev: &SlackPushEventCallback, bot: &BotIdentity, threads: &Active
     }
 }
 
-fn classify_message(m: &SlackMessageEvent, team: String, bot: &BotIdentity, threads: &ActiveThreads) -> Result<Inbound, Skip> {
+fn classify_message(
+    m: &SlackMessageEvent,
+    team: String,
+    bot: &BotIdentity,
+    threads: &ActiveThreads,
+) -> Result<Inbound, Skip> {
     match &m.subtype {
-        None | Some(SlackMessageEventType::ThreadBroadcast) | Some(SlackMessageEventType::FileShare) => {}
+        None
+        | Some(SlackMessageEventType::ThreadBroadcast)
+        | Some(SlackMessageEventType::FileShare) => {}
         Some(SlackMessageEventType::BotMessage) => return Err(Skip::OtherBot),
         Some(other) => {
-            let name = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let name = serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             return Err(Skip::Subtype(name));
         }
     }
     if let Some(b) = &m.sender.bot_id {
-        return Err(if Some(&b.0) == bot.bot_id.as_ref() { Skip::OwnMessage } else { Skip::OtherBot });
+        return Err(if Some(&b.0) == bot.bot_id.as_ref() {
+            Skip::OwnMessage
+        } else {
+            Skip::OtherBot
+        });
     }
-    let user = m.sender.user.as_ref().map(|u| u.0.clone()).ok_or(Skip::NotForUs)?;
+    let user = m
+        .sender
+        .user
+        .as_ref()
+        .map(|u| u.0.clone())
+        .ok_or(Skip::NotForUs)?;
     if user == bot.user_id {
         return Err(Skip::OwnMessage);
     }
-    let channel = m.origin.channel.as_ref().map(|c| c.0.clone()).ok_or(Skip::NotForUs)?;
+    let channel = m
+        .origin
+        .channel
+        .as_ref()
+        .map(|c| c.0.clone())
+        .ok_or(Skip::NotForUs)?;
     let channel_type = m.origin.channel_type.as_ref().map(|t| t.0.as_str());
     let is_dm = channel_type == Some("im") || (channel_type.is_none() && channel.starts_with('D'));
-    let raw = m.content.as_ref().and_then(|c| c.text.as_deref()).unwrap_or("");
+    let raw = m
+        .content
+        .as_ref()
+        .and_then(|c| c.text.as_deref())
+        .unwrap_or("");
     let thread_ts = m.origin.thread_ts.as_ref().map(|t| t.0.clone());
     if !is_dm {
         if raw.contains(&format!("<@{}", bot.user_id)) {
@@ -199,17 +240,30 @@ fn classify_message(m: &SlackMessageEvent, team: String, bot: &BotIdentity, thre
     if text.is_empty() {
         return Err(Skip::Empty);
     }
-    Ok(Inbound { team, channel, is_dm, user, text, ts: m.origin.ts.0.clone(), thread_ts })
+    Ok(Inbound {
+        team,
+        channel,
+        is_dm,
+        user,
+        text,
+        ts: m.origin.ts.0.clone(),
+        thread_ts,
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use serde_json::{Value, json};
 
     use super::*;
 
     fn bot() -> BotIdentity {
-        BotIdentity { user_id: "UBOT".into(), bot_id: Some("BBOT".into()), team_id: "T1".into() }
+        BotIdentity {
+            user_id: "UBOT".into(),
+            bot_id: Some("BBOT".into()),
+            team_id: "T1".into(),
+        }
     }
 
     fn callback(event: Value) -> SlackPushEventCallback {
@@ -226,7 +280,12 @@ mod tests {
 
     #[test]
     fn a_dm_is_a_turn_in_the_dm_conversation() {
-        let got = classify(&callback(dm("UALICE", "hello")), &bot(), &ActiveThreads::new(10)).unwrap();
+        let got = classify(
+            &callback(dm("UALICE", "hello")),
+            &bot(),
+            &ActiveThreads::new(10),
+        )
+        .unwrap();
         assert_eq!(got.user, "UALICE");
         assert_eq!(got.conversation(), "slack:T1:D1");
         assert_eq!(got.reply_thread(), "1.000001");
@@ -242,37 +301,65 @@ mod tests {
         assert_eq!(got.conversation(), "slack:T1:C1:5.000001");
         let reply = json!({"type": "message", "channel": "C1", "channel_type": "channel", "user": "UBOB", "text": "and more", "ts": "5.000009", "thread_ts": "5.000001"});
         let got = classify(&callback(reply), &bot(), &threads).unwrap();
-        assert_eq!((got.user.as_str(), got.conversation()), ("UBOB", "slack:T1:C1:5.000001".to_owned()), "the sender's own agent, same thread");
+        assert_eq!(
+            (got.user.as_str(), got.conversation()),
+            ("UBOB", "slack:T1:C1:5.000001".to_owned()),
+            "the sender's own agent, same thread"
+        );
     }
 
     #[test]
     fn channel_chatter_and_mention_twins_are_not_turns() {
         let threads = ActiveThreads::new(10);
         let chatter = json!({"type": "message", "channel": "C1", "channel_type": "channel", "user": "UBOB", "text": "lunch?", "ts": "6.1"});
-        assert_eq!(classify(&callback(chatter), &bot(), &threads), Err(Skip::NotForUs));
+        assert_eq!(
+            classify(&callback(chatter), &bot(), &threads),
+            Err(Skip::NotForUs)
+        );
         let twin = json!({"type": "message", "channel": "C1", "channel_type": "channel", "user": "UBOB", "text": "<@UBOT> hi", "ts": "6.2"});
-        assert_eq!(classify(&callback(twin), &bot(), &threads), Err(Skip::MentionTwin));
+        assert_eq!(
+            classify(&callback(twin), &bot(), &threads),
+            Err(Skip::MentionTwin)
+        );
     }
 
     #[test]
     fn bots_including_ourselves_are_ignored() {
         let threads = ActiveThreads::new(10);
         let ours = json!({"type": "message", "channel": "D1", "channel_type": "im", "bot_id": "BBOT", "text": "reply", "ts": "1.2"});
-        assert_eq!(classify(&callback(ours), &bot(), &threads), Err(Skip::OwnMessage));
+        assert_eq!(
+            classify(&callback(ours), &bot(), &threads),
+            Err(Skip::OwnMessage)
+        );
         let other = json!({"type": "message", "subtype": "bot_message", "channel": "D1", "channel_type": "im", "bot_id": "BX", "text": "x", "ts": "1.3"});
-        assert_eq!(classify(&callback(other), &bot(), &threads), Err(Skip::OtherBot));
+        assert_eq!(
+            classify(&callback(other), &bot(), &threads),
+            Err(Skip::OtherBot)
+        );
         let as_user = json!({"type": "message", "channel": "D1", "channel_type": "im", "user": "UBOT", "text": "x", "ts": "1.4"});
-        assert_eq!(classify(&callback(as_user), &bot(), &threads), Err(Skip::OwnMessage));
+        assert_eq!(
+            classify(&callback(as_user), &bot(), &threads),
+            Err(Skip::OwnMessage)
+        );
     }
 
     #[test]
     fn edits_empty_messages_and_other_events_are_skipped_with_a_label() {
         let threads = ActiveThreads::new(10);
         let edit = json!({"type": "message", "subtype": "message_changed", "channel": "D1", "ts": "1.5", "hidden": true});
-        assert_eq!(classify(&callback(edit), &bot(), &threads), Err(Skip::Subtype("message_changed".into())));
-        assert_eq!(classify(&callback(dm("UALICE", "   ")), &bot(), &threads), Err(Skip::Empty));
+        assert_eq!(
+            classify(&callback(edit), &bot(), &threads),
+            Err(Skip::Subtype("message_changed".into()))
+        );
+        assert_eq!(
+            classify(&callback(dm("UALICE", "   ")), &bot(), &threads),
+            Err(Skip::Empty)
+        );
         let odd = json!({"type": "brand_new_event", "whatever": 1});
-        assert_eq!(classify(&callback(odd), &bot(), &threads), Err(Skip::Unhandled("brand_new_event".into())));
+        assert_eq!(
+            classify(&callback(odd), &bot(), &threads),
+            Err(Skip::Unhandled("brand_new_event".into()))
+        );
     }
 
     #[test]

@@ -53,13 +53,18 @@ pub struct SignatureVerifier {
 
 impl std::fmt::Debug for SignatureVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignatureVerifier").field("window", &self.window).finish_non_exhaustive()
+        f.debug_struct("SignatureVerifier")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
     }
 }
 
 impl SignatureVerifier {
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self { secret: secret.into(), window: DEFAULT_WINDOW }
+        Self {
+            secret: secret.into(),
+            window: DEFAULT_WINDOW,
+        }
     }
 
     pub fn with_window(mut self, window: Duration) -> Self {
@@ -69,7 +74,8 @@ impl SignatureVerifier {
 
     fn mac(&self, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
         // HMAC takes keys of any length; new_from_slice cannot fail for it.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("hmac accepts any key length"));
         mac.update(b"v0:");
         mac.update(timestamp.as_bytes());
         mac.update(b":");
@@ -79,11 +85,19 @@ impl SignatureVerifier {
 
     /// The header value Slack would send for this body (tests and tools).
     pub fn sign(&self, timestamp: &str, body: &[u8]) -> String {
-        format!("v0={}", hex::encode(self.mac(timestamp, body).finalize().into_bytes()))
+        format!(
+            "v0={}",
+            hex::encode(self.mac(timestamp, body).finalize().into_bytes())
+        )
     }
 
     /// Check a request; `now_unix` is the current unix time in seconds.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now_unix: i64) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<(), SignatureError> {
         let ts = headers
             .get(TIMESTAMP_HEADER)
             .ok_or(SignatureError::MissingTimestamp)?
@@ -97,23 +111,40 @@ impl SignatureVerifier {
         self.verify_parts(ts, sig, body, now_unix)
     }
 
-    pub fn verify_parts(&self, timestamp: &str, signature: &str, body: &[u8], now_unix: i64) -> Result<(), SignatureError> {
-        let sent: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+    pub fn verify_parts(
+        &self,
+        timestamp: &str,
+        signature: &str,
+        body: &[u8],
+        now_unix: i64,
+    ) -> Result<(), SignatureError> {
+        let sent: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::BadTimestamp)?;
         let skew = now_unix.saturating_sub(sent);
         if skew.unsigned_abs() > self.window.as_secs() {
-            return Err(SignatureError::Stale { skew_secs: skew, limit_secs: self.window.as_secs() });
+            return Err(SignatureError::Stale {
+                skew_secs: skew,
+                limit_secs: self.window.as_secs(),
+            });
         }
-        let hex_sig = signature.strip_prefix("v0=").ok_or(SignatureError::Malformed)?;
+        let hex_sig = signature
+            .strip_prefix("v0=")
+            .ok_or(SignatureError::Malformed)?;
         if hex_sig.len() != 64 {
             return Err(SignatureError::Malformed);
         }
         let raw = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed)?;
         // verify_slice compares in constant time.
-        self.mac(timestamp, body).verify_slice(&raw).map_err(|_| SignatureError::Mismatch)
+        self.mac(timestamp, body)
+            .verify_slice(&raw)
+            .map_err(|_| SignatureError::Mismatch)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -137,7 +168,10 @@ mod tests {
     #[test]
     fn accepts_slacks_documented_example() {
         assert_eq!(verifier().sign(TS, BODY.as_bytes()), SIG);
-        assert_eq!(verifier().verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618 + 10), Ok(()));
+        assert_eq!(
+            verifier().verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618 + 10),
+            Ok(())
+        );
     }
 
     #[test]
@@ -145,32 +179,65 @@ mod tests {
         let v = verifier();
         let mut body = BODY.as_bytes().to_vec();
         body[10] ^= 1;
-        assert_eq!(v.verify(&headers(TS, SIG), &body, 1531420618), Err(SignatureError::Mismatch));
+        assert_eq!(
+            v.verify(&headers(TS, SIG), &body, 1531420618),
+            Err(SignatureError::Mismatch)
+        );
         let other = SignatureVerifier::new("another-secret");
-        assert_eq!(other.verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618), Err(SignatureError::Mismatch));
+        assert_eq!(
+            other.verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
     fn refuses_timestamps_outside_five_minutes_either_way() {
         let v = verifier();
         let now = 1531420618 + 301;
-        assert!(matches!(v.verify(&headers(TS, SIG), BODY.as_bytes(), now), Err(SignatureError::Stale { skew_secs: 301, .. })));
+        assert!(matches!(
+            v.verify(&headers(TS, SIG), BODY.as_bytes(), now),
+            Err(SignatureError::Stale { skew_secs: 301, .. })
+        ));
         let earlier = 1531420618 - 301;
-        assert!(matches!(v.verify(&headers(TS, SIG), BODY.as_bytes(), earlier), Err(SignatureError::Stale { .. })));
-        assert_eq!(v.verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618 + 300), Ok(()));
+        assert!(matches!(
+            v.verify(&headers(TS, SIG), BODY.as_bytes(), earlier),
+            Err(SignatureError::Stale { .. })
+        ));
+        assert_eq!(
+            v.verify(&headers(TS, SIG), BODY.as_bytes(), 1531420618 + 300),
+            Ok(())
+        );
     }
 
     #[test]
     fn refuses_missing_and_malformed_headers() {
         let v = verifier();
-        assert_eq!(v.verify(&HeaderMap::new(), b"", 0), Err(SignatureError::MissingTimestamp));
+        assert_eq!(
+            v.verify(&HeaderMap::new(), b"", 0),
+            Err(SignatureError::MissingTimestamp)
+        );
         let mut h = HeaderMap::new();
         h.insert(TIMESTAMP_HEADER, TS.parse().unwrap());
-        assert_eq!(v.verify(&h, b"", 1531420618), Err(SignatureError::MissingSignature));
-        for bad in ["a2114d57", "v1=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503", "v0=zz", "v0="] {
-            assert_eq!(v.verify(&headers(TS, bad), BODY.as_bytes(), 1531420618), Err(SignatureError::Malformed), "{bad}");
+        assert_eq!(
+            v.verify(&h, b"", 1531420618),
+            Err(SignatureError::MissingSignature)
+        );
+        for bad in [
+            "a2114d57",
+            "v1=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+            "v0=zz",
+            "v0=",
+        ] {
+            assert_eq!(
+                v.verify(&headers(TS, bad), BODY.as_bytes(), 1531420618),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
         }
-        assert_eq!(v.verify(&headers("yesterday", SIG), BODY.as_bytes(), 1531420618), Err(SignatureError::BadTimestamp));
+        assert_eq!(
+            v.verify(&headers("yesterday", SIG), BODY.as_bytes(), 1531420618),
+            Err(SignatureError::BadTimestamp)
+        );
     }
 
     #[test]

@@ -36,7 +36,11 @@ pub fn open_fence(text: &str) -> Option<&str> {
     let mut open = None;
     for line in text.split_inclusive('\n') {
         if is_fence_line(line) {
-            open = if open.is_some() { None } else { Some(line.trim()) };
+            open = if open.is_some() {
+                None
+            } else {
+                Some(line.trim())
+            };
         }
     }
     open
@@ -85,9 +89,16 @@ pub fn cut_point(text: &str, min: usize, max: usize) -> usize {
     }
     let space_in = |from: usize| -> Option<usize> {
         let from = floor_boundary(text, from.max(floor).max(min + 1));
-        window.get(from..).and_then(|w| w.rfind([' ', '\t'])).map(|i| from + i + 1)
+        window
+            .get(from..)
+            .and_then(|w| w.rfind([' ', '\t']))
+            .map(|i| from + i + 1)
     };
-    let tail_space = if tail_in_fence { None } else { space_in(tail_start) };
+    let tail_space = if tail_in_fence {
+        None
+    } else {
+        space_in(tail_start)
+    };
     para.or(line_cut)
         .or(tail_space)
         .or(fenced_line)
@@ -127,6 +138,7 @@ pub fn split_message(text: &str, max: usize) -> Vec<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -138,7 +150,12 @@ mod tests {
 
     #[test]
     fn cuts_at_a_paragraph_break_when_one_is_in_reach() {
-        let text = format!("{}\n\n{}\n{}", "a".repeat(60), "b".repeat(20), "c".repeat(40));
+        let text = format!(
+            "{}\n\n{}\n{}",
+            "a".repeat(60),
+            "b".repeat(20),
+            "c".repeat(40)
+        );
         let cut = cut_point(&text, 0, 100);
         assert_eq!(&text[..cut], format!("{}\n\n", "a".repeat(60)));
     }
@@ -154,7 +171,10 @@ mod tests {
 
     #[test]
     fn never_cuts_inside_a_fence_when_a_cut_outside_is_possible() {
-        let text = format!("intro line that is long enough to pass the floor of the window\n\n```rust\n{}```\nafter", "let x = 1;\n".repeat(10));
+        let text = format!(
+            "intro line that is long enough to pass the floor of the window\n\n```rust\n{}```\nafter",
+            "let x = 1;\n".repeat(10)
+        );
         let cut = cut_point(&text, 0, 100);
         assert_eq!(open_fence(&text[..cut]), None, "cut at {cut}");
     }
@@ -170,8 +190,16 @@ mod tests {
             assert_eq!(open_fence(p), None, "every part has balanced fences: {p:?}");
         }
         assert!(parts[1].starts_with("```rust\n"));
-        let rejoined: String = parts.iter().map(|p| p.replace("```rust\n", "").replace("\n```", "")).collect::<Vec<_>>().join("\n");
-        assert_eq!(rejoined.matches("compute(1)").count(), 20, "no content lost");
+        let rejoined: String = parts
+            .iter()
+            .map(|p| p.replace("```rust\n", "").replace("\n```", ""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            rejoined.matches("compute(1)").count(),
+            20,
+            "no content lost"
+        );
     }
 
     #[test]
@@ -183,7 +211,10 @@ mod tests {
 
     #[test]
     fn no_content_is_lost_across_parts() {
-        let text = (0..500).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let text = (0..500)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let parts = split_message(&text, 300);
         let words: Vec<&str> = parts.iter().flat_map(|p| p.split_whitespace()).collect();
         assert_eq!(words.len(), 500);
