@@ -12,5 +12,4 @@ pub mod mesh;
 pub mod metrics;
 pub mod router;
 pub mod runtime;
-pub mod server;
 pub mod slack;
