@@ -98,6 +98,8 @@ pub struct Call {
     pub status: u16,
     /// The JSON body sent back.
     pub response: Value,
+    /// When the call arrived.
+    pub at: std::time::Instant,
 }
 
 impl Call {

@@ -87,6 +87,7 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let at = std::time::Instant::now();
     let (status, body, retry_after, params) =
         handle(&shared, &method, query.as_deref(), &headers, &body);
     let call = Call {
@@ -94,6 +95,7 @@ async fn api(
         params: Value::Object(params),
         status: status.as_u16(),
         response: body.clone(),
+        at,
     };
     shared.lock().calls.push(call);
     shared.notify();
