@@ -73,6 +73,7 @@ impl Controller {
             .env("CLAWSWARM_SLACK_SOCKET_CONNECTIONS", "1")
             .env("CLAWSWARM_SLACK_ADMINS", "U0ADMIN")
             .env("CLAWSWARM_LOG", "info,clawswarm_controller::slack=debug")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -235,7 +236,7 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
     assert_eq!((challenge.status, serde_json::from_str::<serde_json::Value>(&challenge.body)?["challenge"].clone()), (200, json!("c-123")));
 
     let dm = fake.dm_channel_for("U0BOB");
-    let event = payloads::event_callback("EvB1", payloads::dm("U0BOB", &dm, "1700001000.000001", "[chunks=40] [delay_ms=50] hi from events"));
+    let event = payloads::event_callback("EvB1", payloads::dm("U0BOB", &dm, "1700001000.000001", "[chunks=60] [delay_ms=100] hi from events"));
     let forged = PostOptions { wrong_secret: Some("not-the-secret".into()), ..PostOptions::default() };
     assert_eq!(poster.post_event(&event, &forged).await?.status, 401);
     ctl.wait_log("reason=\"mismatch\"", Duration::from_secs(10)).await?;
@@ -257,10 +258,10 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
     assert_eq!(poster.post_event(&event, &retried).await?.status, 200);
     ctl.wait_log("duplicate slack event ignored", Duration::from_secs(10)).await?;
     let reply = reply_in(&fake, &ctl, 1, &dm, "1700001000.000001").await?;
-    assert!(reply.contains("w0 ") && reply.contains("w39 "), "{reply}");
+    assert!(reply.contains("w0 ") && reply.contains("w59 "), "{reply}");
     assert_eq!(fake.calls_to("chat.startStream").len(), 1, "native streaming was tried once");
     assert_eq!(fake.calls_to("chat.postMessage").len(), 1, "one reply message, for one turn");
-    assert!(!fake.calls_to("chat.update").is_empty(), "the reply was written by updates");
+    assert!(!fake.calls_to("chat.update").is_empty(), "the reply was written by updates: {:?}\n{}", fake.calls(), ctl.log_text());
 
     // Slash commands arrive form-encoded and answer through the response URL.
     let cmd = payloads::slash_command("U0BOB", &dm, "/agent", "status", &fake.response_url("status"));

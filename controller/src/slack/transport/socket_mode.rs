@@ -88,7 +88,7 @@ fn on_error<C: Connector>(
             "socket mode protocol"
         }
         Some(_) => "slack client",
-        None => "callback",
+        None => "listener",
     };
     warn!(kind, "slack socket mode error");
     http::StatusCode::OK
