@@ -1,4 +1,5 @@
 //! clawswarm end-to-end harness: stub model, fake Slack.
 
 pub mod fake_slack;
+pub mod harness;
 pub mod stub_model;

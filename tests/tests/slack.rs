@@ -3,146 +3,100 @@
 //! real sidecars (local runtime) in front of the stub model, and the reply
 //! is read back from what the fake Slack recorded.
 //!
-//! Needs the binaries: `cargo build -p clawswarm-controller -p clawswarm-sidecar --bins`.
+//! Processes are started by the shared harness (`clawswarm_tests::harness`).
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clawswarm_tests::{
     fake_slack::{
-        FakeSlack, FakeSlackConfig, Failure, MessageKind,
+        Failure, FakeSlack, FakeSlackConfig, MessageKind,
         events_api::{EventsPoster, PostOptions},
         payloads,
     },
-    stub_model::{StubConfig, StubModel},
+    harness::{Controller, ControllerOptions},
 };
 use serde_json::json;
 
 const START: Duration = Duration::from_secs(90);
 const REPLY: Duration = Duration::from_secs(60);
 
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/slack-<hash> -> target/<profile>
-    exe.parent().and_then(Path::parent).unwrap().to_owned()
+/// A controller (real binary, local runtime, a stub model per agent) whose
+/// Slack front door talks to `fake`.
+async fn controller(
+    fake: &FakeSlack,
+    agents: &[(&str, &str)],
+    env: &[(&str, String)],
+) -> Result<Controller> {
+    let cfg = fake.config();
+    let mut all: Vec<(String, String)> = vec![
+        ("CLAWSWARM_SLACK_BOT_TOKEN".into(), cfg.bot_token.clone()),
+        ("CLAWSWARM_SLACK_APP_TOKEN".into(), cfg.app_token.clone()),
+        ("CLAWSWARM_SLACK_API_URL".into(), fake.api_url()),
+        ("CLAWSWARM_SLACK_SOCKET_CONNECTIONS".into(), "1".into()),
+        ("CLAWSWARM_SLACK_ADMINS".into(), "U0ADMIN".into()),
+        // Plain log lines, so tests can look for `reason="stale"`.
+        ("NO_COLOR".into(), "1".into()),
+    ];
+    all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let agents = agents
+        .iter()
+        .map(|(n, o)| ((*n).to_owned(), (*o).to_owned()))
+        .collect();
+    Controller::start(ControllerOptions {
+        agents,
+        env: all,
+        ..ControllerOptions::default()
+    })
+    .await
 }
 
-fn binary(name: &str) -> PathBuf {
-    let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} missing: run `cargo build -p clawswarm-controller -p clawswarm-sidecar --bins` first", p.display());
-    p
-}
-
-/// One controller process (and, through its local runtime, its sidecars).
-/// Stopped with SIGTERM on drop so it stops its agents too.
-struct Controller {
-    child: std::process::Child,
-    log: PathBuf,
-    state: tempfile::TempDir,
-}
-
-impl Controller {
-    fn start(fake: &FakeSlack, stub: &StubModel, env: &[(&str, String)]) -> Result<Self> {
-        let state = tempfile::tempdir()?;
-        let log = state.path().join("controller.log");
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = std::process::Command::new(binary("clawswarm"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CLAWSWARM_") {
-                cmd.env_remove(k);
-            }
+async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = ctl.logs();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(line.to_owned());
         }
-        let cfg = fake.config();
-        cmd.arg("run")
-            .env("CLAWSWARM_STATE_DIR", state.path())
-            .env("CLAWSWARM_MESH_ADDR", "127.0.0.1:0")
-            .env("CLAWSWARM_IDENTITY_ADDR", "127.0.0.1:0")
-            .env("CLAWSWARM_HTTP_ADDR", "127.0.0.1:0")
-            .env("CLAWSWARM_SIDECAR_BIN", binary("clawswarm-sidecar"))
-            .env("CLAWSWARM_WORKLOAD", "responses")
-            .env("CLAWSWARM_WORKLOAD_URL", stub.base_url())
-            .env("CLAWSWARM_WORKLOAD_MODEL", "stub")
-            .env("CLAWSWARM_SLACK_BOT_TOKEN", &cfg.bot_token)
-            .env("CLAWSWARM_SLACK_APP_TOKEN", &cfg.app_token)
-            .env("CLAWSWARM_SLACK_API_URL", fake.api_url())
-            .env("CLAWSWARM_SLACK_SOCKET_CONNECTIONS", "1")
-            .env("CLAWSWARM_SLACK_ADMINS", "U0ADMIN")
-            .env("CLAWSWARM_LOG", "info,clawswarm_controller::slack=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for (k, v) in env {
-            cmd.env(k, v);
+        if tokio::time::Instant::now() > deadline {
+            bail!("controller log never said {needle:?}; log:\n{text}");
         }
-        let child = cmd.spawn().context("starting clawswarm")?;
-        Ok(Self { child, log, state })
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let text = self.log_text();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return Ok(line.to_owned());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("controller log never said {needle:?}; log:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn agent_data_dir(&self, name: &str) -> PathBuf {
-        self.state.path().join("agents").join(name).join("data")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        for _ in 0..300 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn stub() -> Result<StubModel> {
-    StubModel::start(StubConfig::default()).await
 }
 
 /// Wait until the controller has finished `n` replies in all, then read
 /// what the thread of `thread_ts` shows.
-async fn reply_in(fake: &FakeSlack, ctl: &Controller, n: usize, channel: &str, thread_ts: &str) -> Result<String> {
+async fn reply_in(
+    fake: &FakeSlack,
+    ctl: &Controller,
+    n: usize,
+    channel: &str,
+    thread_ts: &str,
+) -> Result<String> {
     let deadline = tokio::time::Instant::now() + REPLY;
-    while ctl.log_text().matches("slack reply finished").count() < n {
+    while ctl.logs().matches("slack reply finished").count() < n {
         if tokio::time::Instant::now() > deadline {
-            bail!("reply {n} never finished; log:\n{}", ctl.log_text());
+            bail!("reply {n} never finished; log:\n{}", ctl.logs());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(fake.thread_text(channel, Some(thread_ts)))
 }
 
-async fn response_containing(fake: &FakeSlack, id: &str, needle: &str, timeout: Duration) -> Result<String> {
+async fn response_containing(
+    fake: &FakeSlack,
+    id: &str,
+    needle: &str,
+    timeout: Duration,
+) -> Result<String> {
     fake.wait_for(timeout, |f| {
-        f.responses().into_iter().filter(|(rid, _)| rid == id).filter_map(|(_, v)| v["text"].as_str().map(str::to_owned)).find(|t| t.contains(needle))
+        f.responses()
+            .into_iter()
+            .filter(|(rid, _)| rid == id)
+            .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
+            .find(|t| t.contains(needle))
     })
     .await
     .with_context(|| format!("responses so far: {:?}", fake.responses()))
@@ -151,120 +105,276 @@ async fn response_containing(fake: &FakeSlack, id: &str, needle: &str, timeout: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     let fake = FakeSlack::start().await?;
-    let stub = stub().await?;
-    let ctl = Controller::start(&fake, &stub, &[])?;
-    fake.wait_socket_connections(1, START).await.with_context(|| ctl.log_text())?;
+    let ctl = controller(&fake, &[], &[]).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
     let dm = fake.dm_channel_for("U0ALICE");
 
     // Someone without an agent is told how to get one.
-    fake.socket().send_event(payloads::event_callback("Ev1", payloads::dm("U0ALICE", &dm, "1700000100.000001", "hello?")))?;
-    let told = fake.wait_for(REPLY, |f| Some(f.thread_text(&dm, Some("1700000100.000001"))).filter(|t| !t.is_empty())).await?;
+    fake.socket().send_event(payloads::event_callback(
+        "Ev1",
+        payloads::dm("U0ALICE", &dm, "1700000100.000001", "hello?"),
+    ))?;
+    let told = fake
+        .wait_for(REPLY, |f| {
+            Some(f.thread_text(&dm, Some("1700000100.000001"))).filter(|t| !t.is_empty())
+        })
+        .await?;
     assert!(told.contains("/agent setup"), "{told}");
 
     // /agent setup: acknowledged at once, then progress, then ready.
-    let env = fake.socket().send_command(payloads::slash_command("U0ALICE", &dm, "/agent", "setup", &fake.response_url("setup")))?;
+    let env = fake.socket().send_command(payloads::slash_command(
+        "U0ALICE",
+        &dm,
+        "/agent",
+        "setup",
+        &fake.response_url("setup"),
+    ))?;
     let ack = fake.wait_ack(&env, Duration::from_secs(10)).await?;
     assert_eq!(ack.frame["payload"]["text"], "Setting up your agent…");
     response_containing(&fake, "setup", "is starting", START).await?;
-    response_containing(&fake, "setup", "is ready", START).await.with_context(|| ctl.log_text())?;
+    response_containing(&fake, "setup", "is ready", START)
+        .await
+        .with_context(|| ctl.logs())?;
 
     // A DM becomes a turn; the reply streams natively into its thread.
-    let hello = payloads::event_callback("Ev2", payloads::dm("U0ALICE", &dm, "1700000200.000001", "hello agent"));
+    let hello = payloads::event_callback(
+        "Ev2",
+        payloads::dm("U0ALICE", &dm, "1700000200.000001", "hello agent"),
+    );
     fake.socket().send_event(hello.clone())?;
     let reply = reply_in(&fake, &ctl, 1, &dm, "1700000200.000001").await?;
-    assert!(reply.starts_with("echo:") && reply.contains("hello agent"), "{reply:?}");
+    assert!(
+        reply.starts_with("echo:") && reply.contains("hello agent"),
+        "{reply:?}"
+    );
     assert_eq!(fake.calls_to("chat.startStream").len(), 1);
-    assert!(fake.calls_to("assistant.threads.setStatus").iter().any(|c| c.str_param("status") == Some("is thinking…")));
+    assert!(
+        fake.calls_to("assistant.threads.setStatus")
+            .iter()
+            .any(|c| c.str_param("status") == Some("is thinking…"))
+    );
 
     // Slack's retry of the same event is acked and dropped.
     let retry = fake.socket().send_event_retry(hello, 1, "timeout")?;
     fake.wait_ack(&retry, Duration::from_secs(10)).await?;
-    ctl.wait_log("duplicate slack event ignored", Duration::from_secs(10)).await?;
-    let streams_in_thread =
-        fake.bot_messages().into_iter().filter(|m| m.thread_ts.as_deref() == Some("1700000200.000001") && m.kind == MessageKind::Streamed).count();
-    assert_eq!(streams_in_thread, 1, "the retry did not start a second turn");
+    wait_log(
+        &ctl,
+        "duplicate slack event ignored",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let streams_in_thread = fake
+        .bot_messages()
+        .into_iter()
+        .filter(|m| {
+            m.thread_ts.as_deref() == Some("1700000200.000001") && m.kind == MessageKind::Streamed
+        })
+        .count();
+    assert_eq!(
+        streams_in_thread, 1,
+        "the retry did not start a second turn"
+    );
 
     // A 429 on an append is waited out for its Retry-After, then the reply completes.
     fake.fail_next("chat.appendStream", Failure::RateLimited(2));
-    let long = payloads::event_callback("Ev3", payloads::dm("U0ALICE", &dm, "1700000300.000001", "[chunks=150] tell me more"));
+    let long = payloads::event_callback(
+        "Ev3",
+        payloads::dm(
+            "U0ALICE",
+            &dm,
+            "1700000300.000001",
+            "[chunks=150] tell me more",
+        ),
+    );
     fake.socket().send_event(long)?;
     let text = reply_in(&fake, &ctl, 2, &dm, "1700000300.000001").await?;
-    assert!(text.contains("w0 ") && text.contains("w149 "), "every chunk arrived: {} chars", text.len());
+    assert!(
+        text.contains("w0 ") && text.contains("w149 "),
+        "every chunk arrived: {} chars",
+        text.len()
+    );
     let appends = fake.calls_to("chat.appendStream");
-    let limited = appends.iter().position(|c| c.status == 429).context("the fake returned a 429")?;
-    let next = appends.get(limited + 1).context("appends continued after the 429")?;
-    assert!(next.at.duration_since(appends[limited].at) >= Duration::from_secs(2), "Retry-After honoured");
+    let limited = appends
+        .iter()
+        .position(|c| c.status == 429)
+        .context("the fake returned a 429")?;
+    let next = appends
+        .get(limited + 1)
+        .context("appends continued after the 429")?;
+    assert!(
+        next.at.duration_since(appends[limited].at) >= Duration::from_secs(2),
+        "Retry-After honoured"
+    );
 
     // Malformed frames, unknown event types and other bots' messages are logged and ignored.
     fake.socket().send_raw("{this is not json")?;
-    ctl.wait_log("slack socket mode error", Duration::from_secs(10)).await?;
-    let odd = fake.socket().send_event(payloads::event_callback("Ev4", json!({"type": "brand_new_event", "x": 1})))?;
+    wait_log(&ctl, "slack socket mode error", Duration::from_secs(10)).await?;
+    let odd = fake.socket().send_event(payloads::event_callback(
+        "Ev4",
+        json!({"type": "brand_new_event", "x": 1}),
+    ))?;
     fake.wait_ack(&odd, Duration::from_secs(10)).await?;
-    ctl.wait_log("ignoring slack event type", Duration::from_secs(10)).await?;
-    let bot = fake.socket().send_event(payloads::event_callback("Ev5", payloads::bot_message("B0OTHER", &dm, "1700000400.000001", "beep")))?;
+    wait_log(&ctl, "ignoring slack event type", Duration::from_secs(10)).await?;
+    let bot = fake.socket().send_event(payloads::event_callback(
+        "Ev5",
+        payloads::bot_message("B0OTHER", &dm, "1700000400.000001", "beep"),
+    ))?;
     fake.wait_ack(&bot, Duration::from_secs(10)).await?;
-    ctl.wait_log("reason=\"other_bot\"", Duration::from_secs(10)).await?;
+    wait_log(&ctl, "reason=\"other_bot\"", Duration::from_secs(10)).await?;
 
     // And the front door still works.
-    fake.socket().send_event(payloads::event_callback("Ev6", payloads::dm("U0ALICE", &dm, "1700000500.000001", "still there?")))?;
+    fake.socket().send_event(payloads::event_callback(
+        "Ev6",
+        payloads::dm("U0ALICE", &dm, "1700000500.000001", "still there?"),
+    ))?;
     let last = reply_in(&fake, &ctl, 3, &dm, "1700000500.000001").await?;
     assert!(last.contains("still there?"), "{last}");
-    assert!(!fake.thread_text(&dm, Some("1700000400.000001")).contains("beep"));
+    assert!(
+        !fake
+            .thread_text(&dm, Some("1700000400.000001"))
+            .contains("beep")
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> Result<()> {
-    let fake = FakeSlack::start_with(FakeSlackConfig { native_streaming: false, ..FakeSlackConfig::default() }).await?;
-    let stub = stub().await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let ctl = Controller::start(
+    let fake = FakeSlack::start_with(FakeSlackConfig {
+        native_streaming: false,
+        ..FakeSlackConfig::default()
+    })
+    .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let ctl = controller(
         &fake,
-        &stub,
+        &[("u-u0bob", "U0BOB")],
         &[
             ("CLAWSWARM_SLACK_TRANSPORT", "events".into()),
-            ("CLAWSWARM_SLACK_SIGNING_SECRET", fake.config().signing_secret.clone()),
+            (
+                "CLAWSWARM_SLACK_SIGNING_SECRET",
+                fake.config().signing_secret.clone(),
+            ),
             ("CLAWSWARM_SLACK_EVENTS_ADDR", format!("127.0.0.1:{port}")),
-            ("CLAWSWARM_LOCAL_AGENTS", "u-u0bob=U0BOB".into()),
         ],
-    )?;
-    ctl.wait_log("slack events api listening", START).await?;
-    let poster = EventsPoster::new(format!("http://127.0.0.1:{port}/slack/events"), fake.config().signing_secret.clone());
+    )
+    .await?;
+    wait_log(&ctl, "slack events api listening", START).await?;
+    let poster = EventsPoster::new(
+        format!("http://127.0.0.1:{port}/slack/events"),
+        fake.config().signing_secret.clone(),
+    );
     let ok = PostOptions::default();
 
-    let challenge = poster.post_event(&json!({"type": "url_verification", "challenge": "c-123", "token": "t"}), &ok).await?;
-    assert_eq!((challenge.status, serde_json::from_str::<serde_json::Value>(&challenge.body)?["challenge"].clone()), (200, json!("c-123")));
+    let challenge = poster
+        .post_event(
+            &json!({"type": "url_verification", "challenge": "c-123", "token": "t"}),
+            &ok,
+        )
+        .await?;
+    assert_eq!(
+        (
+            challenge.status,
+            serde_json::from_str::<serde_json::Value>(&challenge.body)?["challenge"].clone()
+        ),
+        (200, json!("c-123"))
+    );
 
     let dm = fake.dm_channel_for("U0BOB");
-    let event = payloads::event_callback("EvB1", payloads::dm("U0BOB", &dm, "1700001000.000001", "[chunks=60] [delay_ms=100] hi from events"));
-    let forged = PostOptions { wrong_secret: Some("not-the-secret".into()), ..PostOptions::default() };
+    let event = payloads::event_callback(
+        "EvB1",
+        payloads::dm(
+            "U0BOB",
+            &dm,
+            "1700001000.000001",
+            "[chunks=60] [delay_ms=100] hi from events",
+        ),
+    );
+    let forged = PostOptions {
+        wrong_secret: Some("not-the-secret".into()),
+        ..PostOptions::default()
+    };
     assert_eq!(poster.post_event(&event, &forged).await?.status, 401);
-    ctl.wait_log("reason=\"mismatch\"", Duration::from_secs(10)).await?;
-    let stale = PostOptions { timestamp_offset: -600, ..PostOptions::default() };
+    wait_log(&ctl, "reason=\"mismatch\"", Duration::from_secs(10)).await?;
+    let stale = PostOptions {
+        timestamp_offset: -600,
+        ..PostOptions::default()
+    };
     assert_eq!(poster.post_event(&event, &stale).await?.status, 401);
-    ctl.wait_log("reason=\"stale\"", Duration::from_secs(10)).await?;
-    let unsigned = PostOptions { unsigned: true, ..PostOptions::default() };
+    wait_log(&ctl, "reason=\"stale\"", Duration::from_secs(10)).await?;
+    let unsigned = PostOptions {
+        unsigned: true,
+        ..PostOptions::default()
+    };
     assert_eq!(poster.post_event(&event, &unsigned).await?.status, 401);
-    assert_eq!(poster.post_raw(b"{\"type\": \"event_callback\", ".to_vec(), "application/json", &ok).await?.status, 400);
-    ctl.wait_log("malformed events api payload", Duration::from_secs(10)).await?;
+    assert_eq!(
+        poster
+            .post_raw(
+                b"{\"type\": \"event_callback\", ".to_vec(),
+                "application/json",
+                &ok
+            )
+            .await?
+            .status,
+        400
+    );
+    wait_log(
+        &ctl,
+        "malformed events api payload",
+        Duration::from_secs(10),
+    )
+    .await?;
     let odd = payloads::event_callback("EvB2", json!({"type": "brand_new_event"}));
     assert_eq!(poster.post_event(&odd, &ok).await?.status, 200);
-    ctl.wait_log("ignoring slack event type", Duration::from_secs(10)).await?;
-    assert!(fake.calls_to("chat.postMessage").is_empty(), "nothing refused reached a turn");
+    wait_log(&ctl, "ignoring slack event type", Duration::from_secs(10)).await?;
+    assert!(
+        fake.calls_to("chat.postMessage").is_empty(),
+        "nothing refused reached a turn"
+    );
 
     // The real event, then Slack's retry of it.
     assert_eq!(poster.post_event(&event, &ok).await?.status, 200);
-    let retried = PostOptions { retry: Some((1, "http_timeout".into())), ..PostOptions::default() };
+    let retried = PostOptions {
+        retry: Some((1, "http_timeout".into())),
+        ..PostOptions::default()
+    };
     assert_eq!(poster.post_event(&event, &retried).await?.status, 200);
-    ctl.wait_log("duplicate slack event ignored", Duration::from_secs(10)).await?;
+    wait_log(
+        &ctl,
+        "duplicate slack event ignored",
+        Duration::from_secs(10),
+    )
+    .await?;
     let reply = reply_in(&fake, &ctl, 1, &dm, "1700001000.000001").await?;
     assert!(reply.contains("w0 ") && reply.contains("w59 "), "{reply}");
-    assert_eq!(fake.calls_to("chat.startStream").len(), 1, "native streaming was tried once");
-    assert_eq!(fake.calls_to("chat.postMessage").len(), 1, "one reply message, for one turn");
-    assert!(!fake.calls_to("chat.update").is_empty(), "the reply was written by updates: {:?}\n{}", fake.calls(), ctl.log_text());
+    assert_eq!(
+        fake.calls_to("chat.startStream").len(),
+        1,
+        "native streaming was tried once"
+    );
+    assert_eq!(
+        fake.calls_to("chat.postMessage").len(),
+        1,
+        "one reply message, for one turn"
+    );
+    assert!(
+        !fake.calls_to("chat.update").is_empty(),
+        "the reply was written by updates: {:?}\n{}",
+        fake.calls(),
+        ctl.logs()
+    );
 
     // Slash commands arrive form-encoded and answer through the response URL.
-    let cmd = payloads::slash_command("U0BOB", &dm, "/agent", "status", &fake.response_url("status"));
+    let cmd = payloads::slash_command(
+        "U0BOB",
+        &dm,
+        "/agent",
+        "status",
+        &fake.response_url("status"),
+    );
     let resp = poster.post_command(&cmd, &ok).await?;
     assert_eq!(resp.status, 200);
     assert!(resp.body.contains("Working on it"), "{}", resp.body);
@@ -276,28 +386,55 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
     let fake = FakeSlack::start().await?;
-    let stub = stub().await?;
-    let ctl = Controller::start(&fake, &stub, &[("CLAWSWARM_LOCAL_AGENTS", "u-u0carol=U0CAROL".into())])?;
+    let ctl = controller(&fake, &[("u-u0carol", "U0CAROL")], &[]).await?;
     fake.wait_socket_connections(1, START).await?;
+    ctl.wait_ready("u-u0carol", START).await?;
 
     // Suspend the agent, leave a notice in its outbox, and wake it with a message.
-    let env = fake.socket().send_command(payloads::slash_command("U0CAROL", "D0CAROL", "/agent", "suspend", &fake.response_url("s")))?;
+    let env = fake.socket().send_command(payloads::slash_command(
+        "U0CAROL",
+        "D0CAROL",
+        "/agent",
+        "suspend",
+        &fake.response_url("s"),
+    ))?;
     fake.wait_ack(&env, Duration::from_secs(10)).await?;
-    response_containing(&fake, "s", "suspended", START).await.with_context(|| ctl.log_text())?;
-    let outbox = ctl.agent_data_dir("u-u0carol").join(".clawswarm-notices.json");
+    response_containing(&fake, "s", "suspended", START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let outbox = ctl
+        .agent_dir("u-u0carol")
+        .join("data")
+        .join(".clawswarm-notices.json");
     std::fs::write(&outbox, json!([{"notice_id": "n-1", "conversation": "slack:T0FAKE:C0PUBLIC:1.1", "text": "Reminder: stand-up in 5"}]).to_string())?;
 
     let dm = fake.dm_channel_for("U0CAROL");
-    fake.socket().send_event(payloads::event_callback("EvC1", payloads::dm("U0CAROL", &dm, "1700002000.000001", "wake up")))?;
+    fake.socket().send_event(payloads::event_callback(
+        "EvC1",
+        payloads::dm("U0CAROL", &dm, "1700002000.000001", "wake up"),
+    ))?;
     reply_in(&fake, &ctl, 1, &dm, "1700002000.000001").await?;
     let notice = fake
-        .wait_for(REPLY, |f| f.bot_messages().into_iter().find(|m| m.text.contains("Reminder: stand-up")))
+        .wait_for(REPLY, |f| {
+            f.bot_messages()
+                .into_iter()
+                .find(|m| m.text.contains("Reminder: stand-up"))
+        })
         .await
-        .with_context(|| ctl.log_text())?;
-    assert_eq!(notice.channel, dm, "a DM to the owner, not the conversation the agent named");
+        .with_context(|| ctl.logs())?;
+    assert_eq!(
+        notice.channel, dm,
+        "a DM to the owner, not the conversation the agent named"
+    );
     assert_eq!(notice.thread_ts, None);
     let opened = fake.calls_to("conversations.open");
-    assert!(opened.iter().all(|c| c.params["users"] == json!(["U0CAROL"]) || c.params["users"] == json!("U0CAROL")), "{opened:?}");
-    ctl.wait_log("notice delivered", Duration::from_secs(10)).await?;
+    assert!(
+        opened
+            .iter()
+            .all(|c| c.params["users"] == json!(["U0CAROL"])
+                || c.params["users"] == json!("U0CAROL")),
+        "{opened:?}"
+    );
+    wait_log(&ctl, "notice delivered", Duration::from_secs(10)).await?;
     Ok(())
 }
