@@ -373,3 +373,7 @@ pub mod payloads {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

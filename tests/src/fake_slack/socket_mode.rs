@@ -63,6 +63,8 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+// tungstenite's handshake callback type fixes the (large) error response.
+#[allow(clippy::result_large_err)]
 async fn connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let ticket = req
