@@ -66,6 +66,17 @@ async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<S
     }
 }
 
+/// The controller's Prometheus text.
+async fn metrics(ctl: &Controller) -> Result<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("{}/metrics", ctl.http_url()).parse()?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Wait until the controller has finished `n` replies in all, then read
 /// what the thread of `thread_ts` shows.
 async fn reply_in(
@@ -380,6 +391,16 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
     assert!(resp.body.contains("Working on it"), "{}", resp.body);
     let status = response_containing(&fake, "status", "u-u0bob", REPLY).await?;
     assert!(status.contains("Connected: yes"), "{status}");
+
+    let m = metrics(&ctl).await?;
+    for series in [
+        r#"clawswarm_slack_events_total{kind="request",result="stale"} 1"#,
+        r#"clawswarm_slack_events_total{kind="request",result="mismatch"} 1"#,
+        r#"clawswarm_slack_api_calls_total{method="chat.startStream",result="api"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="fallback",outcome="ok"} 1"#,
+    ] {
+        assert!(m.contains(series), "missing {series} in:\n{m}");
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::{
     Connector,
+    metrics::SlackMetrics,
     ratelimit::RateLimiter,
     reply::{Action, ReplyApi, ReplyPlace},
 };
@@ -97,16 +98,22 @@ pub struct SlackApi<C: Connector> {
     client: Arc<SlackClient<C>>,
     token: SlackApiToken,
     limiter: RateLimiter,
+    metrics: SlackMetrics,
 }
 
 impl<C: Connector> SlackApi<C> {
-    pub fn new(client: Arc<SlackClient<C>>, bot_token: &str) -> Self {
+    pub fn new(client: Arc<SlackClient<C>>, bot_token: &str, metrics: SlackMetrics) -> Self {
         let token = SlackApiToken::new(SlackApiTokenValue(bot_token.to_owned()));
         Self {
             client,
             token,
             limiter: RateLimiter::default(),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &SlackMetrics {
+        &self.metrics
     }
 
     pub fn client(&self) -> &Arc<SlackClient<C>> {
@@ -129,10 +136,14 @@ impl<C: Connector> SlackApi<C> {
             loop {
                 self.limiter.acquire(method, channel).await;
                 match f().await {
-                    Ok(v) => return Ok(v),
+                    Ok(v) => {
+                        self.metrics.call(method, "ok");
+                        return Ok(v);
+                    }
                     Err(SlackClientError::RateLimitError(r))
                         if retries < MAX_RATE_LIMIT_RETRIES =>
                     {
+                        self.metrics.call(method, "rate_limited");
                         let wait = r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
                         warn!(
                             method,
@@ -144,6 +155,7 @@ impl<C: Connector> SlackApi<C> {
                     }
                     Err(e) => {
                         let e = SlackApiError::from_client(method, e);
+                        self.metrics.call(method, e.metric_label());
                         debug!(method, error = %e, "slack call failed");
                         return Err(e);
                     }

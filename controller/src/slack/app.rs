@@ -96,6 +96,18 @@ impl<C: Connector> SlackApp<C> {
         ev: &SlackPushEventCallback,
         retry: Option<(u32, &str)>,
     ) -> Accepted {
+        let accepted = self.classify_event(ev, retry);
+        let result = match &accepted {
+            Accepted::Queued => "queued",
+            Accepted::Duplicate => "duplicate",
+            Accepted::Skipped(_) => "skipped",
+            Accepted::Busy => "busy",
+        };
+        self.api.metrics().event("event", result);
+        accepted
+    }
+
+    fn classify_event(&self, ev: &SlackPushEventCallback, retry: Option<(u32, &str)>) -> Accepted {
         let event_id = ev.event_id.0.as_str();
         if !self.dedupe.first_sighting(event_id) {
             info!(
@@ -141,6 +153,7 @@ impl<C: Connector> SlackApp<C> {
         let command = commands::parse(&ev.command.0, ev.text.as_deref().unwrap_or(""));
         info!(owner = %user, command = command.label(), "slack command");
         if let Some(text) = commands::answer_at_once(&command, self.policy.is_admin(&user)) {
+            self.api.metrics().event("command", "answered");
             return text;
         }
         let ack = commands::acknowledgement(&command);
@@ -151,14 +164,21 @@ impl<C: Connector> SlackApp<C> {
             command,
         };
         match self.enqueue(work, None) {
-            Accepted::Busy => "I'm overloaded right now; please try again in a minute.".to_owned(),
-            _ => ack,
+            Accepted::Busy => {
+                self.api.metrics().event("command", "busy");
+                "I'm overloaded right now; please try again in a minute.".to_owned()
+            }
+            _ => {
+                self.api.metrics().event("command", "queued");
+                ack
+            }
         }
     }
 
     /// Interactive payloads: the front door posts no interactive elements,
     /// so these are logged and acknowledged.
     pub fn accept_interaction(&self, ev: &SlackInteractionEvent) {
+        self.api.metrics().event("interaction", "ignored");
         let kind = serde_json::to_value(ev)
             .ok()
             .and_then(|v| v.get("type").and_then(|t| t.as_str().map(str::to_owned)));
@@ -255,6 +275,14 @@ impl<C: Connector> SlackApp<C> {
         let turn_id = stream.turn_id().to_owned();
         let api: Arc<dyn ReplyApi> = self.api.clone();
         let report = write_reply(api, place, self.reply.clone(), &mut stream).await;
+        let outcome = crate::mesh::outcome_label(report.outcome);
+        let replies = &self.api.metrics().replies;
+        replies
+            .get_or_create(&super::metrics::ReplyLabels {
+                mode: report.mode,
+                outcome,
+            })
+            .inc();
         info!(
             agent = %agent.id, turn_id = %turn_id, outcome = ?report.outcome, mode = report.mode,
             messages = report.messages, failed_calls = report.failed_calls, gave_up = report.gave_up, "slack reply finished"

@@ -359,11 +359,20 @@ where
         Ok(all) => all.len(),
         Err(e) => return say(format!(":warning: Could not check the agent count: {e}")).await,
     };
-    if let Err(denied) = app
+    let decision = app
         .policy
         .may_provision(user, existing, app.api.as_ref())
-        .await
-    {
+        .await;
+    let (verdict, reason) = match &decision {
+        Ok(()) => ("allow", "allowed"),
+        Err(d) => ("deny", d.metric_label()),
+    };
+    let labels = super::metrics::DecisionLabels {
+        decision: verdict,
+        reason,
+    };
+    app.api.metrics().provisioning.get_or_create(&labels).inc();
+    if let Err(denied) = decision {
         return say(format!(":no_entry: Sorry, {denied}.")).await;
     }
     let permit = match app.policy.try_start() {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod commands;
 pub mod dedupe;
+pub mod metrics;
 pub mod notices;
 pub mod policy;
 pub mod ratelimit;
@@ -295,7 +296,8 @@ pub async fn run_with<C: Connector>(
         ));
     };
     let client = Arc::new(SlackClient::new(connector));
-    let api = Arc::new(SlackApi::new(client.clone(), bot_token.expose()));
+    let metrics = router.mesh().metrics().slack.clone();
+    let api = Arc::new(SlackApi::new(client.clone(), bot_token.expose(), metrics));
     let auth = api
         .auth_test()
         .await

@@ -69,7 +69,7 @@ pub enum Skip {
 }
 
 impl Skip {
-    pub fn label(&self) -> &str {
+    pub fn label(&self) -> &'static str {
         match self {
             Self::OwnMessage => "own_message",
             Self::OtherBot => "other_bot",

@@ -65,7 +65,8 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn refuse(status: StatusCode, why: &'static str) -> Response {
+fn refuse<C: Connector>(app: &SlackApp<C>, status: StatusCode, why: &'static str) -> Response {
+    app.api.metrics().event("request", why);
     warn!(
         status = status.as_u16(),
         reason = why,
@@ -80,6 +81,7 @@ async fn handle<C: Connector>(
     body: Bytes,
 ) -> Response {
     if let Err(e) = ctx.verifier.verify(&headers, &body, now_unix()) {
+        ctx.app.api.metrics().event("request", e.metric_label());
         warn!(reason = e.metric_label(), "slack request signature refused");
         return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
     }
@@ -110,7 +112,7 @@ async fn handle<C: Connector>(
     }
     if ctype.starts_with("application/x-www-form-urlencoded") {
         let Ok(form) = serde_urlencoded::from_bytes::<HashMap<String, String>>(&body) else {
-            return refuse(StatusCode::BAD_REQUEST, "malformed form body");
+            return refuse(&ctx.app, StatusCode::BAD_REQUEST, "malformed form body");
         };
         if let Some(payload) = form.get("payload") {
             return match serde_json::from_str::<SlackInteractionEvent>(payload) {
@@ -118,7 +120,11 @@ async fn handle<C: Connector>(
                     ctx.app.accept_interaction(&ev);
                     StatusCode::OK.into_response()
                 }
-                Err(_) => refuse(StatusCode::BAD_REQUEST, "malformed interaction payload"),
+                Err(_) => refuse(
+                    &ctx.app,
+                    StatusCode::BAD_REQUEST,
+                    "malformed interaction payload",
+                ),
             };
         }
         if form.contains_key("command") {
@@ -127,15 +133,17 @@ async fn handle<C: Connector>(
                     let text = ctx.app.accept_command(&cmd);
                     Json(json!({"response_type": "ephemeral", "text": text})).into_response()
                 }
-                Err(_) => refuse(StatusCode::BAD_REQUEST, "malformed slash command"),
+                Err(_) => refuse(&ctx.app, StatusCode::BAD_REQUEST, "malformed slash command"),
             };
         }
         return refuse(
+            &ctx.app,
             StatusCode::BAD_REQUEST,
             "form body is neither a command nor an interaction",
         );
     }
     refuse(
+        &ctx.app,
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "unsupported content type",
     )
@@ -144,7 +152,7 @@ async fn handle<C: Connector>(
 fn event<C: Connector>(app: &SlackApp<C>, body: &[u8], retry: Option<(u32, &str)>) -> Response {
     let push = match serde_json::from_slice::<SlackPushEvent>(body) {
         Ok(p) => p,
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "malformed events api payload"),
+        Err(_) => return refuse(app, StatusCode::BAD_REQUEST, "malformed events api payload"),
     };
     match push {
         SlackPushEvent::UrlVerification(v) => {
