@@ -29,6 +29,11 @@ async fn controller(
     agents: &[(&str, &str)],
     env: &[(&str, String)],
 ) -> Result<Controller> {
+    Controller::start(options(fake, agents, env)).await
+}
+
+/// Harness options for a controller whose Slack front door talks to `fake`.
+fn options(fake: &FakeSlack, agents: &[(&str, &str)], env: &[(&str, String)]) -> ControllerOptions {
     let cfg = fake.config();
     let mut all: Vec<(String, String)> = vec![
         ("CLAWSWARM_SLACK_BOT_TOKEN".into(), cfg.bot_token.clone()),
@@ -44,12 +49,11 @@ async fn controller(
         .iter()
         .map(|(n, o)| ((*n).to_owned(), (*o).to_owned()))
         .collect();
-    Controller::start(ControllerOptions {
+    ControllerOptions {
         agents,
         env: all,
         ..ControllerOptions::default()
-    })
-    .await
+    }
 }
 
 async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<String> {
@@ -457,5 +461,82 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
         "{opened:?}"
     );
     wait_log(&ctl, "notice delivered", Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// A stub model whose /readyz says "not yet" for `ms`, as a cold OpenClaw does.
+fn slow_workload(ms: u64) -> Result<String> {
+    let bins = clawswarm_tests::harness::binaries()?;
+    Ok(format!(
+        "{} --listen 127.0.0.1:{{port}} --log {{data_dir}}/model.jsonl --ready-after-ms {ms}",
+        bins.stub_model.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_start_gets_patience_messages_then_ready() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let env = [("CLAWSWARM_SLACK_PATIENCE_INTERVAL", "1s".to_owned())];
+    let mut opts = options(&fake, &[], &env);
+    opts.workload_command = Some(slow_workload(4_000)?);
+    let ctl = Controller::start(opts).await?;
+    fake.wait_socket_connections(1, START).await?;
+    let url = fake.response_url("dan");
+    fake.socket().send_command(payloads::slash_command(
+        "U0DAN",
+        "D0DAN",
+        "/setup-agent",
+        "",
+        &url,
+    ))?;
+    response_containing(&fake, "dan", "is starting", START).await?;
+    response_containing(&fake, "dan", "Still starting", START).await?;
+    response_containing(&fake, "dan", "is ready", START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let texts: Vec<String> = fake
+        .responses()
+        .into_iter()
+        .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts.len() <= 5,
+        "Slack accepts five responses per response_url: {texts:?}"
+    );
+    assert!(
+        texts.last().unwrap().contains("is ready"),
+        "ready comes last: {texts:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_that_never_gets_ready_ends_with_a_clear_error() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let env = [
+        ("CLAWSWARM_SLACK_START_TIMEOUT", "3s".to_owned()),
+        ("CLAWSWARM_SLACK_PATIENCE_INTERVAL", "1s".to_owned()),
+    ];
+    let mut opts = options(&fake, &[], &env);
+    opts.workload_command = Some(slow_workload(600_000)?);
+    let ctl = Controller::start(opts).await?;
+    fake.wait_socket_connections(1, START).await?;
+    let url = fake.response_url("erin");
+    fake.socket().send_command(payloads::slash_command(
+        "U0ERIN", "D0ERIN", "/agent", "setup", &url,
+    ))?;
+    let err = response_containing(
+        &fake,
+        "erin",
+        "did not become ready within 3 seconds",
+        START,
+    )
+    .await
+    .with_context(|| ctl.logs())?;
+    assert!(
+        err.starts_with(":x:") && err.contains("/agent restart"),
+        "{err}"
+    );
+    wait_log(&ctl, "agent not ready in time", Duration::from_secs(10)).await?;
     Ok(())
 }

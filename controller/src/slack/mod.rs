@@ -163,6 +163,9 @@ pub struct SlackArgs {
     /// How long `/agent setup` waits for the agent to become ready.
     #[arg(long, env = "CLAWSWARM_SLACK_START_TIMEOUT", value_parser = parse_duration, default_value = "180s")]
     pub slack_start_timeout: Duration,
+    /// How often a slow start gets a "still starting" message (at most two).
+    #[arg(long, env = "CLAWSWARM_SLACK_PATIENCE_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    pub slack_patience_interval: Duration,
     /// Use chat.startStream/appendStream/stopStream (off: post + update only).
     #[arg(long, env = "CLAWSWARM_SLACK_NATIVE_STREAMING", default_value_t = true, action = clap::ArgAction::Set)]
     pub slack_native_streaming: bool,
@@ -336,7 +339,7 @@ pub async fn run_with<C: Connector>(
     let commands = CommandsConfig {
         default_template: args.slack_default_template.clone(),
         start_timeout: args.slack_start_timeout,
-        ..CommandsConfig::default()
+        patience_interval: args.slack_patience_interval,
     };
     let reply = ReplyConfig {
         native_streaming: args.slack_native_streaming,
