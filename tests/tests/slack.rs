@@ -251,6 +251,31 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
             .thread_text(&dm, Some("1700000400.000001"))
             .contains("beep")
     );
+
+    // Admin commands: only for admins; deprovision removes the person's agent.
+    let cmd = |user: &str, text: &str, id: &str| {
+        payloads::slash_command(user, &dm, "/agent", text, &fake.response_url(id))
+    };
+    fake.socket().send_command(cmd("U0ALICE", "list", "l1"))?;
+    response_containing(&fake, "l1", "Only admins", REPLY).await?;
+    fake.socket().send_command(cmd("U0ADMIN", "list", "l2"))?;
+    let list = response_containing(&fake, "l2", "u-u0alice", REPLY).await?;
+    assert!(list.contains("<@U0ALICE>"), "{list}");
+    fake.socket()
+        .send_command(cmd("U0ADMIN", "deprovision <@U0ALICE|alice>", "d1"))?;
+    response_containing(&fake, "d1", "Deleted <@U0ALICE>'s agent", REPLY).await?;
+    fake.socket().send_command(cmd("U0ALICE", "status", "s1"))?;
+    response_containing(&fake, "s1", "/agent setup", REPLY).await?;
+
+    let m = metrics(&ctl).await?;
+    for series in [
+        r#"clawswarm_slack_api_calls_total{method="chat.appendStream",result="rate_limited"} 1"#,
+        r#"clawswarm_slack_events_total{kind="event",result="duplicate"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="native",outcome="ok"} 3"#,
+        r#"clawswarm_slack_provisioning_decisions_total{decision="allow",reason="allowed"} 1"#,
+    ] {
+        assert!(m.contains(series), "missing {series} in:\n{m}");
+    }
     Ok(())
 }
 
