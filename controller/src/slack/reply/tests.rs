@@ -7,6 +7,7 @@ use clawswarm_proto::v1::Usage;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::slack::split::open_fence;
 
 #[derive(Default)]
 struct FakeApi {
