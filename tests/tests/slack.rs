@@ -252,6 +252,41 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
             .contains("beep")
     );
 
+    // A mention in a channel starts a thread; a plain reply in that thread follows.
+    fake.socket().send_event(payloads::event_callback(
+        "Ev7",
+        payloads::app_mention("U0ALICE", "C0GENERAL", "1700000600.000001", "in public"),
+    ))?;
+    let public = reply_in(&fake, &ctl, 4, "C0GENERAL", "1700000600.000001").await?;
+    assert!(
+        public.contains("in public") && !public.contains("U0BOT"),
+        "{public}"
+    );
+    let start = fake
+        .calls_to("chat.startStream")
+        .into_iter()
+        .find(|c| c.str_param("channel") == Some("C0GENERAL"))
+        .unwrap();
+    assert_eq!(
+        (
+            start.str_param("recipient_user_id"),
+            start.str_param("recipient_team_id")
+        ),
+        (Some("U0ALICE"), Some("T0FAKE"))
+    );
+    fake.socket().send_event(payloads::event_callback(
+        "Ev8",
+        payloads::thread_reply(
+            "U0ALICE",
+            "C0GENERAL",
+            "1700000600.000001",
+            "1700000600.000009",
+            "and more",
+        ),
+    ))?;
+    let followed = reply_in(&fake, &ctl, 5, "C0GENERAL", "1700000600.000001").await?;
+    assert!(followed.contains("and more"), "{followed}");
+
     // Admin commands: only for admins; deprovision removes the person's agent.
     let cmd = |user: &str, text: &str, id: &str| {
         payloads::slash_command(user, &dm, "/agent", text, &fake.response_url(id))
@@ -271,7 +306,7 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     for series in [
         r#"clawswarm_slack_api_calls_total{method="chat.appendStream",result="rate_limited"} 1"#,
         r#"clawswarm_slack_events_total{kind="event",result="duplicate"} 1"#,
-        r#"clawswarm_slack_replies_total{mode="native",outcome="ok"} 3"#,
+        r#"clawswarm_slack_replies_total{mode="native",outcome="ok"} 5"#,
         r#"clawswarm_slack_provisioning_decisions_total{decision="allow",reason="allowed"} 1"#,
     ] {
         assert!(m.contains(series), "missing {series} in:\n{m}");
