@@ -402,6 +402,16 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
         Duration::from_secs(10),
     )
     .await?;
+    let bad_interaction = poster
+        .post_interaction(&json!({"type": "block_actions", "user": 7}), &ok)
+        .await?;
+    assert_eq!(bad_interaction.status, 400);
+    wait_log(
+        &ctl,
+        "malformed interaction payload",
+        Duration::from_secs(10),
+    )
+    .await?;
     let odd = payloads::event_callback("EvB2", json!({"type": "brand_new_event"}));
     assert_eq!(poster.post_event(&odd, &ok).await?.status, 200);
     wait_log(&ctl, "ignoring slack event type", Duration::from_secs(10)).await?;
