@@ -531,6 +531,15 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
         "{opened:?}"
     );
     wait_log(&ctl, "notice delivered", Duration::from_secs(10)).await?;
+    let statuses: Vec<_> = fake
+        .calls_to("assistant.threads.setStatus")
+        .into_iter()
+        .filter_map(|c| c.str_param("status").map(str::to_owned))
+        .collect();
+    assert!(
+        statuses.iter().any(|s| s == "is waking your agent…"),
+        "the wake showed as status: {statuses:?}"
+    );
     Ok(())
 }
 

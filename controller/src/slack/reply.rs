@@ -195,7 +195,8 @@ pub async fn write_reply(
                 idle_deadline = Instant::now() + idle;
                 match ev {
                     Some(TurnEvent::Chunk { delta, .. }) => w.push(&delta, Instant::now()),
-                    Some(TurnEvent::Progress(_)) | Some(TurnEvent::Accepted { .. }) => {}
+                    Some(TurnEvent::Progress(p)) => w.progress(&p),
+                    Some(TurnEvent::Accepted { .. }) => {}
                     Some(TurnEvent::End(end)) => { outcome = end.outcome; w.end = Some(end); }
                     None => {
                         outcome = Outcome::Error;

@@ -397,3 +397,54 @@ async fn slack_refusing_everything_ends_the_reply_instead_of_looping() {
     assert!(report.gave_up);
     assert!(api.actions().len() < 20);
 }
+
+#[tokio::test(start_paused = true)]
+async fn waking_and_starting_show_as_thread_status_before_the_reply() {
+    let api = Arc::new(FakeApi::default());
+    let (tx, rx) = mpsc::channel(8);
+    let feeder = tokio::spawn(async move {
+        tx.send(TurnEvent::Progress("Waking agent local/u-u1…".into()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tx.send(TurnEvent::Progress(
+            "Agent local/u-u1 is starting; your message will be delivered when it is ready…".into(),
+        ))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tx.send(TurnEvent::Chunk {
+            seq: 0,
+            delta: "hi".into(),
+        })
+        .await
+        .unwrap();
+        tx.send(end(Outcome::Ok, "")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+    write_reply(
+        api.clone(),
+        place(),
+        ReplyConfig::default(),
+        &mut Events(rx),
+    )
+    .await;
+    feeder.abort();
+    let statuses: Vec<String> = api
+        .actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Status(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "is thinking…",
+            "is waking your agent…",
+            "is starting your agent…"
+        ]
+    );
+    assert_eq!(api.messages(), vec!["hi".to_owned()]);
+}

@@ -34,6 +34,8 @@ pub(super) struct Writer {
     last_write: Option<Instant>,
     pub(super) end: Option<TurnEnd>,
     status_sent: bool,
+    /// A progress status to show while nothing is written yet.
+    progress: Option<String>,
     note_sent: bool,
     /// A stream to close before writing elsewhere (after an append failed).
     abandon: Option<String>,
@@ -68,6 +70,7 @@ impl Writer {
             last_write: None,
             end: None,
             status_sent: false,
+            progress: None,
             note_sent: false,
             abandon: None,
             carry: String::new(),
@@ -78,6 +81,23 @@ impl Writer {
             done: false,
             used_native: false,
             closing: false,
+        }
+    }
+
+    /// The router's progress while the agent wakes or starts, as a thread
+    /// status ("<app> is waking your agent…"); shown only before any text.
+    pub(super) fn progress(&mut self, text: &str) {
+        let status = if text.starts_with("Waking") {
+            "is waking your agent…"
+        } else if text.starts_with("Still waiting") {
+            "is still starting your agent…"
+        } else if text.contains("is starting") {
+            "is starting your agent…"
+        } else {
+            return;
+        };
+        if self.messages == 0 {
+            self.progress = Some(status.to_owned());
         }
     }
 
@@ -151,6 +171,12 @@ impl Writer {
         if !self.status_sent {
             self.status_sent = true;
             return Some(Action::Status(self.cfg.thinking_status.clone()));
+        }
+        if self.cur.is_none()
+            && self.messages == 0
+            && let Some(status) = self.progress.take()
+        {
+            return Some(Action::Status(status));
         }
         if let Some(ts) = self.abandon.take() {
             return Some(Action::Stop {
