@@ -452,6 +452,23 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
         ctl.logs()
     );
 
+    // A turn that fails tells the person what happened, in the thread.
+    let failing = payloads::event_callback(
+        "EvB3",
+        payloads::dm(
+            "U0BOB",
+            &dm,
+            "1700001100.000001",
+            "[fail_before_content] please",
+        ),
+    );
+    assert_eq!(poster.post_event(&failing, &ok).await?.status, 200);
+    let told = reply_in(&fake, &ctl, 2, &dm, "1700001100.000001").await?;
+    assert!(
+        told.starts_with(":warning: Something went wrong while your agent was answering"),
+        "{told}"
+    );
+
     // Slash commands arrive form-encoded and answer through the response URL.
     let cmd = payloads::slash_command(
         "U0BOB",
@@ -472,6 +489,7 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
         r#"clawswarm_slack_events_total{kind="request",result="mismatch"} 1"#,
         r#"clawswarm_slack_api_calls_total{method="chat.startStream",result="api"} 1"#,
         r#"clawswarm_slack_replies_total{mode="fallback",outcome="ok"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="fallback",outcome="error"} 1"#,
     ] {
         assert!(m.contains(series), "missing {series} in:\n{m}");
     }
