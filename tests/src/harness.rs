@@ -145,6 +145,16 @@ impl Controller {
         Ok(c)
     }
 
+    /// Start with these agents (stub model workloads) and wait until every
+    /// one is connected and ready.
+    pub async fn start_ready(agents: &[&str]) -> Result<Self> {
+        let c = Self::start(ControllerOptions::with_agents(agents)).await?;
+        for a in agents {
+            c.wait_ready(a, Duration::from_secs(30)).await?;
+        }
+        Ok(c)
+    }
+
     async fn spawn(&mut self) -> Result<()> {
         let bins = binaries()?;
         let addr = |i: usize| match self.ports {

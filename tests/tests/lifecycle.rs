@@ -18,12 +18,7 @@ fn init() {
 #[tokio::test]
 async fn a_turn_is_cancelled_when_its_requester_goes_away() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let start = pb::ChatRequest {
         agent: "alice".into(),
@@ -63,13 +58,7 @@ async fn a_turn_is_cancelled_when_its_requester_goes_away() {
 #[tokio::test]
 async fn sigterm_stops_the_controller_and_its_agents_cleanly() {
     init();
-    let mut c = Controller::start(ControllerOptions::with_agents(&["alice", "bob"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
-    c.wait_ready("bob", Duration::from_secs(30)).await.unwrap();
+    let mut c = Controller::start_ready(&["alice", "bob"]).await.unwrap();
     let pids: Vec<i32> = ["alice", "bob"]
         .iter()
         .map(|a| c.sidecar_pid(a).unwrap())
@@ -90,12 +79,7 @@ async fn sigterm_stops_the_controller_and_its_agents_cleanly() {
 #[tokio::test]
 async fn metrics_report_streams_turns_and_latencies() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     chat(&mut gw, "alice", "dm", "[chunks=3]").await.unwrap();
     let failed = chat(&mut gw, "alice", "dm", "[fail_after=1]")
@@ -129,12 +113,7 @@ async fn metrics_report_streams_turns_and_latencies() {
 #[tokio::test]
 async fn a_message_wakes_a_suspended_agent_and_is_answered() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let pid = c.sidecar_pid("alice").unwrap();
     let suspended = gw
