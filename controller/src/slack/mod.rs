@@ -175,14 +175,17 @@ pub struct SlackArgs {
 }
 
 impl SlackArgs {
+    /// A bot token is set (an empty one counts as unset).
     pub fn enabled(&self) -> bool {
-        self.slack_bot_token.is_some()
+        self.slack_bot_token
+            .as_ref()
+            .is_some_and(|t| !t.expose().is_empty())
     }
 
     /// Check the configuration before anything starts; errors name the variable.
     pub fn validate(&self) -> Result<(), SlackError> {
         let bad = |m: &str| Err(SlackError::Config(m.to_owned()));
-        let Some(bot) = &self.slack_bot_token else {
+        let Some(bot) = self.slack_bot_token.as_ref().filter(|_| self.enabled()) else {
             return Ok(());
         };
         if !bot.expose().starts_with("xoxb-") {
@@ -415,4 +418,84 @@ pub async fn run_with<C: Connector>(
     let _ = tokio::time::timeout(Duration::from_secs(5), courier).await;
     info!(finished_in_grace = finished, "slack front door stopped");
     transport
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        slack: SlackArgs,
+    }
+
+    fn args(flags: &[&str]) -> SlackArgs {
+        let mut argv = vec!["clawswarm"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().slack
+    }
+
+    fn config_error(a: &SlackArgs) -> String {
+        match a.validate() {
+            Err(SlackError::Config(m)) => m,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_a_bot_token_slack_is_off_and_valid() {
+        assert!(!args(&[]).enabled());
+        assert!(!args(&["--slack-bot-token", ""]).enabled());
+        assert!(args(&[]).validate().is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_variable_to_fix() {
+        let e = config_error(&args(&[
+            "--slack-bot-token",
+            "xapp-wrong-kind",
+            "--slack-app-token",
+            "xapp-1",
+        ]));
+        assert!(e.contains("CLAWSWARM_SLACK_BOT_TOKEN"), "{e}");
+        let e = config_error(&args(&["--slack-bot-token", "xoxb-1"]));
+        assert!(e.contains("CLAWSWARM_SLACK_APP_TOKEN"), "{e}");
+        let e = config_error(&args(&[
+            "--slack-bot-token",
+            "xoxb-1",
+            "--slack-transport",
+            "events",
+        ]));
+        assert!(e.contains("CLAWSWARM_SLACK_SIGNING_SECRET"), "{e}");
+        let e = config_error(&args(&[
+            "--slack-bot-token",
+            "xoxb-1",
+            "--slack-app-token",
+            "xapp-1",
+            "--slack-api-url",
+            "http://slack.example.com/api",
+        ]));
+        assert!(e.contains("CLAWSWARM_SLACK_API_URL"), "{e}");
+        assert!(
+            args(&["--slack-bot-token", "xoxb-1", "--slack-app-token", "xapp-1"])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn tokens_never_print() {
+        let a = args(&[
+            "--slack-bot-token",
+            "xoxb-secret-value",
+            "--slack-app-token",
+            "xapp-secret-value",
+        ]);
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("secret-value"), "{shown}");
+    }
 }
