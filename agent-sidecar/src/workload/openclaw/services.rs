@@ -147,13 +147,11 @@ mod tests {
         cli.services
     }
 
-    /// What `main` will do: the sidecar's run flags and these side by side.
+    /// What `main` parses: the sidecar's run flags, which flatten these.
     #[derive(clap::Parser)]
     struct Flattened {
         #[command(flatten)]
         run: crate::config::RunArgs,
-        #[command(flatten)]
-        services: OpenClawServiceArgs,
     }
 
     #[test]
