@@ -61,21 +61,16 @@ fn locate() -> Result<Binaries> {
         // would otherwise run whatever controller binary is on disk. Under
         // `cargo test --workspace` it is a no-op.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // Exactly what `cargo test --workspace` builds, so feature
+        // unification matches and this is a no-op under it (a narrower
+        // `cargo build -p …` unifies features differently and rebuilds
+        // dependencies, flip-flopping with the outer run).
         let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "clawswarm-controller",
-                "-p",
-                "clawswarm-sidecar",
-                "-p",
-                "clawswarm-tests",
-            ])
+            .args(["test", "--workspace", "--no-run", "--quiet"])
             .status()
-            .context("running cargo build --bins")?;
+            .context("running cargo test --workspace --no-run")?;
         if !status.success() {
-            bail!("cargo build --bins failed");
+            bail!("cargo test --workspace --no-run failed");
         }
     }
     Ok(bins)
