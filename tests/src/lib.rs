@@ -1,1 +1,3 @@
-//! placeholder
+//! clawswarm's end-to-end harness.
+
+pub mod control_plane;
