@@ -2,6 +2,8 @@
 //! the TokenRequest/TokenReview behaviour the Kubernetes runtime relies on.
 //! Needs `eval "$(scripts/deps.sh kube)"`; fails (never skips) without it.
 
+#![allow(clippy::unwrap_used)]
+
 use clawswarm_tests::control_plane::{BoundPod, ControlPlane, TokenOptions};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};

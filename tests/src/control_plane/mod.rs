@@ -325,6 +325,28 @@ impl ControlPlane {
     }
 }
 
+/// Wait until `cond` holds for object `name` (or, for a condition that
+/// accepts `None`, until it is gone), failing after `timeout` with `what`.
+pub async fn wait_for<K, C>(
+    api: Api<K>,
+    name: &str,
+    cond: C,
+    timeout: Duration,
+    what: &str,
+) -> anyhow::Result<Option<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    C: kube::runtime::wait::Condition<K>,
+{
+    tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api, name, cond),
+    )
+    .await
+    .with_context(|| format!("timed out after {timeout:?} waiting for {what}"))?
+    .with_context(|| format!("watch while waiting for {what}"))
+}
+
 /// TokenRequest through any client allowed to `create serviceaccounts/token`.
 pub async fn request_token(
     client: &Client,
@@ -486,6 +508,7 @@ fn spawn_apiserver(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -114,6 +114,7 @@ pub fn service_account_key() -> anyhow::Result<(String, String)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use rustls_pki_types::pem::PemObject as _;
 
