@@ -1,1 +1,15 @@
-//! placeholder
+//! The clawswarm controller: identity service, mesh (AgentLink streams),
+//! router, runtimes, Gateway, metrics.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod identity;
+pub mod mesh;
+pub mod metrics;
+pub mod router;
+pub mod runtime;
+pub mod server;

@@ -1,7 +1,8 @@
-//! clawswarm's end-to-end harness.
+//! clawswarm end-to-end harness.
 
 pub mod control_plane;
 pub mod kubelet;
+pub mod stub_model;
 
 /// Route `tracing` output to the test's captured output (filter with
 /// `CLAWSWARM_LOG`; the default hides kube's error line for every `/readyz`

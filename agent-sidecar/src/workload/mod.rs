@@ -147,6 +147,12 @@ pub trait Workload: Send + Sync + 'static {
     /// sidecar; must not start a conversation or cost model tokens.
     fn check_ready(&self) -> BoxFuture<'_, Readiness>;
 
+    /// False when there is no workload at all: turns then fail at once with
+    /// the adapter's explanation instead of waiting for readiness.
+    fn is_configured(&self) -> bool {
+        true
+    }
+
     /// Start answering one turn.
     fn start_turn(&self, turn: TurnRequest) -> ReplyStream;
 

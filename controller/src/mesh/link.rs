@@ -133,8 +133,10 @@ fn attach(mesh: &Mesh, entry: &Arc<AgentEntry>, handle: LinkHandle, pending: Vec
             let _ = old.tx.try_send(Err(Status::aborted("superseded by a newer connection from the same agent")));
             old.cancel.cancel();
         }
-        None => mesh.inner.metrics.link_streams.inc(),
-    };
+        None => {
+            mesh.inner.metrics.link_streams.inc();
+        }
+    }
     entry.state.send_modify(|s| {
         s.connected = true;
         s.conn_id = conn_id;
@@ -208,34 +210,43 @@ fn reject(mesh: &Mesh, entry: &AgentEntry, reason: &'static str, detail: &str) {
 }
 
 async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
-    let (tx, first_chunk_after) = {
+    enum Next {
+        Deliver(mpsc::Sender<TurnEvent>, Option<std::time::Duration>),
+        Replay(u64),
+        Skip,
+    }
+    // Decide under the lock, act after it: nothing awaits while it is held.
+    let next = {
         let mut turns = lock(&entry.turns);
-        let Some(sink) = turns.get_mut(&c.turn_id) else {
+        match turns.get_mut(&c.turn_id) {
             // A cancelled turn's last chunks, or a turn another controller
             // asked for; never forwarded anywhere.
-            debug!(agent = %entry.id, turn_id = %c.turn_id, "chunk for a turn nobody here is waiting for");
-            return;
-        };
-        if c.seq < sink.next_seq {
-            return; // replayed after a resume: already delivered
+            None => Next::Skip,
+            // Replayed after a resume: already delivered.
+            Some(sink) if c.seq < sink.next_seq => Next::Skip,
+            Some(sink) if c.seq > sink.next_seq => Next::Replay(sink.next_seq),
+            Some(sink) => {
+                sink.next_seq += 1;
+                let first = (!sink.first_chunk_seen).then(|| sink.started.elapsed());
+                sink.first_chunk_seen = true;
+                Next::Deliver(sink.tx.clone(), first)
+            }
         }
-        if c.seq > sink.next_seq {
-            let from_seq = sink.next_seq;
-            drop(turns);
+    };
+    match next {
+        Next::Skip => debug!(agent = %entry.id, turn_id = %c.turn_id, seq = c.seq, "chunk not forwarded"),
+        Next::Replay(from_seq) => {
             reject(mesh, entry, "sequence_gap", "chunk skips ahead; asking for a replay");
             let resume = Out::Resume(pb::Resume { turn_id: c.turn_id, from_seq });
             let _ = mesh.send_frame(entry, resume).await;
-            return;
         }
-        sink.next_seq += 1;
-        let first = (!sink.first_chunk_seen).then(|| sink.started.elapsed());
-        sink.first_chunk_seen = true;
-        (sink.tx.clone(), first)
-    };
-    if let Some(t) = first_chunk_after {
-        mesh.inner.metrics.turn_first_chunk_seconds.observe(t.as_secs_f64());
+        Next::Deliver(tx, first) => {
+            if let Some(t) = first {
+                mesh.inner.metrics.turn_first_chunk_seconds.observe(t.as_secs_f64());
+            }
+            mesh.deliver(entry, &c.turn_id, tx, TurnEvent::Chunk { seq: c.seq, delta: c.delta }).await;
+        }
     }
-    mesh.deliver(entry, &c.turn_id, tx, TurnEvent::Chunk { seq: c.seq, delta: c.delta }).await;
 }
 
 async fn on_end(mesh: &Mesh, entry: &Arc<AgentEntry>, e: pb::ReplyEnd) {

@@ -81,6 +81,15 @@ pub struct LinkState {
     pub conn_id: u64,
 }
 
+/// Streams out of the mesh, each bounded.
+pub struct MeshOutputs {
+    /// Agents' notices (when nobody drains it, sidecars keep their notices
+    /// and resend later).
+    pub notices: mpsc::Receiver<InboundNotice>,
+    /// Token usage of every finished turn, for the runtime's persisted totals.
+    pub usage: mpsc::Receiver<(AgentId, pb::Usage)>,
+}
+
 /// A proactive message from an agent, to be delivered to its owner and then
 /// acknowledged with [`Mesh::ack_notice`].
 #[derive(Clone, Debug)]
@@ -166,6 +175,7 @@ struct Inner {
     agents: RwLock<HashMap<AgentId, Arc<AgentEntry>>>,
     metrics: Arc<Metrics>,
     notices: mpsc::Sender<InboundNotice>,
+    usage: mpsc::Sender<(AgentId, pb::Usage)>,
     next_conn: AtomicU64,
     accepting: AtomicBool,
     tasks: TaskTracker,
@@ -185,21 +195,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Mesh {
-    /// The mesh and the receiving end of agents' notices (bounded: when
-    /// nobody drains it, sidecars keep their notices and resend later).
-    pub fn new(cfg: MeshConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> (Self, mpsc::Receiver<InboundNotice>) {
-        let (notices, rx) = mpsc::channel(1024);
+    /// The mesh and what flows out of it besides replies.
+    pub fn new(cfg: MeshConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> (Self, MeshOutputs) {
+        let (notices, notices_rx) = mpsc::channel(1024);
+        let (usage, usage_rx) = mpsc::channel(4096);
         let inner = Inner {
             cfg,
             agents: RwLock::default(),
             metrics,
             notices,
+            usage,
             next_conn: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
             tasks: TaskTracker::new(),
             shutdown,
         };
-        (Self { inner: Arc::new(inner) }, rx)
+        (Self { inner: Arc::new(inner) }, MeshOutputs { notices: notices_rx, usage: usage_rx })
     }
 
     pub fn config(&self) -> &MeshConfig {
@@ -373,6 +384,11 @@ impl Mesh {
         m.turn_duration_seconds.observe(sink.started.elapsed().as_secs_f64());
         if let Some(usage) = &end.usage {
             m.add_tokens(&entry.label, usage);
+            if self.inner.usage.try_send((entry.id.clone(), *usage)).is_err() {
+                // Metrics still have it; only the persisted total misses it.
+                m.frames_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: "usage_backlog" }).inc();
+                warn!(agent = %entry.id, "usage backlog full; persisted token totals will miss this turn");
+            }
         }
     }
 }

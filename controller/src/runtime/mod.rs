@@ -62,6 +62,35 @@ pub struct AgentRecord {
     pub mode: AgentMode,
     pub phase: AgentPhase,
     pub detail: String,
+    /// Tokens used over the agent's life, as its turns reported them.
+    pub usage: TokenTotals,
+}
+
+/// Token totals by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenTotals {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl TokenTotals {
+    pub fn add(&mut self, u: &clawswarm_proto::v1::Usage) {
+        self.input += u.input_tokens;
+        self.output += u.output_tokens;
+        self.cache_read += u.cache_read_tokens;
+        self.cache_write += u.cache_write_tokens;
+    }
+
+    pub fn to_proto(self) -> clawswarm_proto::v1::Usage {
+        clawswarm_proto::v1::Usage {
+            input_tokens: self.input,
+            output_tokens: self.output,
+            cache_read_tokens: self.cache_read,
+            cache_write_tokens: self.cache_write,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +175,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Note that the agent did something (for idle suspension).
     async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError>;
+
+    /// Add tokens a turn reported to the agent's persisted totals (the
+    /// controller batches calls; totals survive controller restarts).
+    async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError>;
 
     /// Supervise until `shutdown` fires; then stop what this runtime owns
     /// (the local runtime stops its processes; Kubernetes leaves pods alone).

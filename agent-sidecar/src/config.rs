@@ -1,0 +1,143 @@
+//! The sidecar's configuration: flags and `CLAWSWARM_*` environment, read
+//! once in `main` and validated before any port is bound.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+#[derive(Clone, Args)]
+pub struct RunArgs {
+    /// The agent this sidecar serves, `<namespace>/<name>`.
+    #[arg(long, env = "CLAWSWARM_AGENT")]
+    pub agent: String,
+
+    /// AgentLink endpoint, e.g. https://clawswarm-controller.clawswarm:7443.
+    #[arg(long, env = "CLAWSWARM_CONTROLLER_URL")]
+    pub controller_url: String,
+
+    /// Identity.Certify endpoint.
+    #[arg(long, env = "CLAWSWARM_IDENTITY_URL")]
+    pub identity_url: String,
+
+    /// PEM trust anchors (the mesh's root).
+    #[arg(long, env = "CLAWSWARM_TRUST_BUNDLE")]
+    pub trust_bundle: PathBuf,
+
+    #[arg(long, env = "CLAWSWARM_TRUST_DOMAIN", default_value = "clawswarm.local")]
+    pub trust_domain: String,
+
+    /// Namespace of the controller's SPIFFE id; default: the agent's namespace.
+    #[arg(long, env = "CLAWSWARM_CONTROLLER_NAMESPACE")]
+    pub controller_namespace: Option<String>,
+
+    /// Proof of identity for the first certificate: a bootstrap token (local)
+    /// or a projected ServiceAccount token (Kubernetes). Re-read on every
+    /// request, since Kubernetes rotates it.
+    #[arg(long, env = "CLAWSWARM_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The sidecar's debug gRPC endpoint (mTLS; `kubectl port-forward` to it).
+    #[arg(long, env = "CLAWSWARM_DEBUG_ADDR", default_value = "127.0.0.1:7445")]
+    pub debug_addr: SocketAddr,
+
+    /// Plain HTTP: /metrics, /healthz, /readyz.
+    #[arg(long, env = "CLAWSWARM_HTTP_ADDR", default_value = "0.0.0.0:9464")]
+    pub http_addr: SocketAddr,
+
+    /// Where to record the ports actually bound (`ports.json`).
+    #[arg(long, env = "CLAWSWARM_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// The agent's persistent data (undelivered notices live here).
+    #[arg(long, env = "CLAWSWARM_DATA_DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+impl fmt::Debug for RunArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunArgs")
+            .field("agent", &self.agent)
+            .field("controller_url", &self.controller_url)
+            .field("identity_url", &self.identity_url)
+            .field("workload", &self.workload)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Args)]
+pub struct WorkloadArgs {
+    /// `responses` (any OpenAI-style /v1/responses server), `openclaw`, or
+    /// `none` (no workload yet: turns fail with a message saying so).
+    #[arg(long = "workload", env = "CLAWSWARM_WORKLOAD", default_value = "responses")]
+    pub kind: String,
+
+    /// Base URL of the workload (without /v1/responses).
+    #[arg(long = "workload-url", env = "CLAWSWARM_WORKLOAD_URL")]
+    pub url: Option<String>,
+
+    /// Bearer token for the workload. Never logged.
+    #[arg(long = "workload-token", env = "CLAWSWARM_WORKLOAD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    #[arg(long = "workload-model", env = "CLAWSWARM_WORKLOAD_MODEL", default_value = "default")]
+    pub model: String,
+
+    /// Readiness path; empty = only check that the server answers.
+    #[arg(long = "workload-ready-path", env = "CLAWSWARM_WORKLOAD_READY_PATH", default_value = "/readyz")]
+    pub ready_path: String,
+}
+
+impl fmt::Debug for WorkloadArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadArgs")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RelayArgs {
+    /// Turns waiting per conversation before new ones are refused.
+    #[arg(long, env = "CLAWSWARM_RELAY_CONVERSATION_QUEUE", default_value_t = 8)]
+    pub conversation_queue: usize,
+    /// Turns running at once (different conversations).
+    #[arg(long, env = "CLAWSWARM_RELAY_MAX_ACTIVE", default_value_t = 64)]
+    pub max_active: usize,
+    /// Longest silence from the workload while a reply streams.
+    #[arg(long, env = "CLAWSWARM_RELAY_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "150s")]
+    pub idle_timeout: Duration,
+    /// Longest whole turn.
+    #[arg(long, env = "CLAWSWARM_RELAY_TURN_TIMEOUT", value_parser = parse_duration, default_value = "15m")]
+    pub turn_timeout: Duration,
+    /// How long a turn waits for the workload to become ready.
+    #[arg(long, env = "CLAWSWARM_RELAY_READY_WAIT", value_parser = parse_duration, default_value = "120s")]
+    pub ready_wait: Duration,
+    /// How long a finished reply is kept for a controller that has not acknowledged it.
+    #[arg(long, env = "CLAWSWARM_RELAY_RETENTION", value_parser = parse_duration, default_value = "10m")]
+    pub retention: Duration,
+}
+
+/// `500ms`, `10s`, `5m`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    }
+}

@@ -1,0 +1,161 @@
+//! Client commands of the `clawswarm` binary: talk to a running
+//! controller's Gateway with the admin credentials it wrote.
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Args, Subcommand};
+use clawswarm_certs::{ChannelOptions, CredentialStore, Credentials, ServerIdentity};
+use clawswarm_proto::v1::{self as pb, chat_event::Event, chat_request::Kind, gateway_client::GatewayClient};
+use tonic::transport::Channel;
+
+use crate::{
+    admin::{AdminFiles, Endpoints},
+    config::default_state_dir,
+};
+
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// The controller's state directory (for its address and admin credentials).
+    #[arg(long, env = "CLAWSWARM_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Gateway address; default: what the controller recorded in its state directory.
+    #[arg(long, env = "CLAWSWARM_GATEWAY_URL", global = true)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Agent to talk to.
+    pub agent: String,
+    /// What to say (omit with --resume).
+    pub text: Option<String>,
+    #[arg(long, default_value = "cli")]
+    pub conversation: String,
+    /// Resume this turn instead of starting one.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// With --resume: first chunk wanted.
+    #[arg(long, default_value_t = 0)]
+    pub from_seq: u64,
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// List agents.
+    List,
+    /// Create an agent for a person.
+    Provision {
+        name: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value = "default")]
+        template: String,
+    },
+    Suspend { name: String },
+    Resume { name: String },
+    /// Delete an agent (its data too with --delete-data).
+    Delete {
+        name: String,
+        #[arg(long)]
+        delete_data: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("turn ended: {0}")]
+    TurnFailed(String),
+}
+
+async fn gateway(args: &ClientArgs) -> Result<GatewayClient<Channel>, CliError> {
+    let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let files = AdminFiles::in_state_dir(&state);
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .map_err(|e| CliError::Setup(format!("{}: {e} (is the controller running with this state dir?)", p.display())))
+    };
+    let creds = Credentials::from_pem(&read(&files.cert)?, &read(&files.key)?).map_err(|e| CliError::Setup(e.to_string()))?;
+    let bundle = read(&files.ca)?;
+    let url = match &args.gateway {
+        Some(u) => u.clone(),
+        None => {
+            let text = read(&Endpoints::path(&state))?;
+            let ep: Endpoints = serde_json::from_str(&text).map_err(|e| CliError::Setup(format!("controller.json: {e}")))?;
+            format!("https://{}", ep.mesh)
+        }
+    };
+    let host = url.trim_start_matches("https://").rsplit_once(':').map(|(h, _)| h).unwrap_or("localhost").trim_matches(['[', ']']);
+    let tls = clawswarm_certs::client_config(Some(CredentialStore::new(creds)), &bundle, ServerIdentity::DnsName(host.to_owned()))
+        .map_err(|e| CliError::Setup(e.to_string()))?;
+    let channel = clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default()).await.map_err(|e| CliError::Setup(e.to_string()))?;
+    Ok(GatewayClient::new(channel))
+}
+
+/// Stream a reply to stdout as it is written; progress goes to stderr.
+pub async fn chat(args: ChatArgs) -> Result<(), CliError> {
+    let mut client = gateway(&args.client).await?;
+    let kind = match (&args.resume, &args.text) {
+        (Some(turn_id), _) => Kind::Resume(pb::ResumeTurn { turn_id: turn_id.clone(), from_seq: args.from_seq }),
+        (None, Some(text)) => Kind::Start(pb::StartTurn { conversation: args.conversation.clone(), text: text.clone(), turn_id: String::new() }),
+        (None, None) => return Err(CliError::Setup("say something: clawswarm chat <agent> \"<text>\"".into())),
+    };
+    let mut stream = client.chat(pb::ChatRequest { agent: args.agent.clone(), kind: Some(kind) }).await?.into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = stream.message().await? {
+        match ev.event {
+            Some(Event::Accepted(a)) => eprintln!("[turn {}]", a.turn_id),
+            Some(Event::Progress(p)) => eprintln!("[{}]", p.text),
+            Some(Event::Chunk(c)) => {
+                let _ = out.write_all(c.delta.as_bytes());
+                let _ = out.flush();
+            }
+            Some(Event::End(end)) => {
+                let _ = writeln!(out);
+                let u = end.usage.unwrap_or_default();
+                eprintln!(
+                    "[{:?}; tokens in {} out {} cache read {} write {}]",
+                    end.outcome(),
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cache_read_tokens,
+                    u.cache_write_tokens
+                );
+                if end.outcome() != pb::Outcome::Ok {
+                    return Err(CliError::TurnFailed(end.error));
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+pub async fn agents(client_args: ClientArgs, cmd: AgentsCommand) -> Result<(), CliError> {
+    let mut client = gateway(&client_args).await?;
+    let print = |a: &pb::Agent| {
+        let u = a.usage.unwrap_or_default();
+        println!(
+            "{:<24} owner={:<14} phase={:<10} connected={:<5} ready={:<5} tokens(in/out)={}/{} {}",
+            a.name, a.owner, a.phase, a.connected, a.workload_ready, u.input_tokens, u.output_tokens, a.detail
+        );
+    };
+    match cmd {
+        AgentsCommand::List => client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.iter().for_each(print),
+        AgentsCommand::Provision { name, owner, template } => {
+            print(&client.provision_agent(pb::ProvisionAgentRequest { name, owner, template }).await?.into_inner())
+        }
+        AgentsCommand::Suspend { name } => print(&client.suspend_agent(pb::SuspendAgentRequest { name }).await?.into_inner()),
+        AgentsCommand::Resume { name } => print(&client.resume_agent(pb::ResumeAgentRequest { name }).await?.into_inner()),
+        AgentsCommand::Delete { name, delete_data } => {
+            client.deprovision_agent(pb::DeprovisionAgentRequest { name: name.clone(), delete_data }).await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `clawswarm.v1.Gateway`: the controller's second front door (beside
+//! Slack). Chat with any agent and administer agents; admin certificates
+//! only.
+
+use std::pin::Pin;
+
+use clawswarm_certs::{AgentId, SpiffeId, TrustDomain};
+use clawswarm_proto::v1::{
+    self as pb, ChatEvent, ChatRequest, chat_event::Event, chat_request::Kind, gateway_server::Gateway,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::{
+    mesh::{TurnEvent, TurnSpec, TurnStream},
+    router::Router,
+    runtime::{AgentMode, AgentRecord, AgentSpec},
+};
+
+/// Conversation used when a Gateway caller does not name one.
+pub const DEFAULT_CONVERSATION: &str = "gateway";
+/// Reply target for turns whose requester is a Gateway client: nobody but
+/// that client (resuming by turn id) can finish them.
+pub const GATEWAY_REPLY_TARGET: &[u8] = b"gateway";
+
+pub struct GatewayService {
+    router: Router,
+    trust_domain: TrustDomain,
+    namespace: String,
+}
+
+impl GatewayService {
+    pub fn new(router: Router, trust_domain: TrustDomain, namespace: String) -> Self {
+        Self { router, trust_domain, namespace }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("Gateway requires an admin client certificate"))?;
+        match clawswarm_certs::peer_spiffe_id(&certs) {
+            Ok(SpiffeId::Admin { trust_domain, name }) if trust_domain == self.trust_domain => Ok(name),
+            Ok(other) => Err(Status::permission_denied(format!("{other} is not an admin identity"))),
+            Err(e) => Err(Status::unauthenticated(format!("client certificate has no usable SPIFFE id: {e}"))),
+        }
+    }
+
+    fn agent_id(&self, name: &str) -> Result<AgentId, Status> {
+        AgentId::new(self.namespace.clone(), name)
+            .map_err(|e| Status::invalid_argument(format!("agent {name:?} is not a valid agent name: {e}")))
+    }
+
+    fn to_proto(&self, r: AgentRecord) -> pb::Agent {
+        let state = self.router.mesh().state(&r.id);
+        pb::Agent {
+            name: r.id.name().to_owned(),
+            owner: r.owner,
+            template: r.template,
+            mode: match r.mode {
+                AgentMode::Running => pb::AgentMode::Running,
+                AgentMode::Suspended => pb::AgentMode::Suspended,
+            } as i32,
+            phase: r.phase.to_string(),
+            connected: state.connected,
+            workload_ready: state.workload_ready,
+            detail: if state.detail.is_empty() { r.detail } else { state.detail },
+            usage: Some(r.usage.to_proto()),
+        }
+    }
+}
+
+type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Status>> + Send>>;
+
+fn chat_events(turn: TurnStream) -> ChatStream {
+    Box::pin(futures::stream::unfold(Some(turn), |turn| async move {
+        let mut turn = turn?;
+        let ev = turn.next().await?;
+        let item = match ev {
+            TurnEvent::Accepted { turn_id } => Ok(Event::Accepted(pb::TurnAccepted { turn_id })),
+            TurnEvent::Progress(text) => Ok(Event::Progress(pb::Progress { text })),
+            TurnEvent::Chunk { seq, delta } => Ok(Event::Chunk(pb::Chunk { seq, delta })),
+            TurnEvent::End(end) if end.outcome == pb::Outcome::NotFound => Err(Status::not_found(end.error)),
+            TurnEvent::End(end) => Ok(Event::End(pb::TurnEnd {
+                outcome: end.outcome as i32,
+                error: end.error,
+                usage: Some(end.usage),
+                chunks: end.chunks,
+            })),
+        };
+        let item = item.map(|e| ChatEvent { event: Some(e) });
+        Some((item, Some(turn)))
+    }))
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    type ChatStream = ChatStream;
+
+    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let agent = self.agent_id(&req.agent)?;
+        let turn = match req.kind {
+            Some(Kind::Start(s)) => {
+                let spec = TurnSpec {
+                    turn_id: (!s.turn_id.is_empty()).then_some(s.turn_id),
+                    conversation: if s.conversation.is_empty() { DEFAULT_CONVERSATION.to_owned() } else { s.conversation },
+                    text: s.text,
+                    reply_target: GATEWAY_REPLY_TARGET.to_vec(),
+                };
+                self.router.send_turn(&agent, spec).await?
+            }
+            Some(Kind::Resume(r)) => self.router.resume_turn(&agent, &r.turn_id, r.from_seq).await?,
+            None => return Err(Status::invalid_argument("ChatRequest needs `start` or `resume`")),
+        };
+        info!(agent = %agent, turn_id = %turn.turn_id(), admin = %admin, "gateway chat");
+        Ok(Response::new(chat_events(turn)))
+    }
+
+    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.authorize(&request)?;
+        let agents = self.router.runtime().list().await?;
+        Ok(Response::new(pb::ListAgentsResponse { agents: agents.into_iter().map(|a| self.to_proto(a)).collect() }))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&request)?;
+        let id = self.agent_id(&request.get_ref().name)?;
+        let rec = self.router.runtime().get(&id).await?.ok_or_else(|| Status::not_found(format!("no agent named {id}")))?;
+        Ok(Response::new(self.to_proto(rec)))
+    }
+
+    async fn provision_agent(&self, request: Request<pb::ProvisionAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let id = self.agent_id(&req.name)?;
+        if req.owner.trim().is_empty() {
+            return Err(Status::invalid_argument("owner is required"));
+        }
+        let template = if req.template.is_empty() { "default".to_owned() } else { req.template };
+        let rec = self.router.runtime().provision(AgentSpec { id: id.clone(), owner: req.owner, template }).await?;
+        info!(agent = %id, admin = %admin, "agent provisioned through the gateway");
+        Ok(Response::new(self.to_proto(rec)))
+    }
+
+    async fn suspend_agent(&self, request: Request<pb::SuspendAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&request)?;
+        let id = self.agent_id(&request.get_ref().name)?;
+        Ok(Response::new(self.to_proto(self.router.runtime().suspend(&id).await?)))
+    }
+
+    async fn resume_agent(&self, request: Request<pb::ResumeAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        self.authorize(&request)?;
+        let id = self.agent_id(&request.get_ref().name)?;
+        Ok(Response::new(self.to_proto(self.router.runtime().resume(&id).await?)))
+    }
+
+    async fn deprovision_agent(
+        &self,
+        request: Request<pb::DeprovisionAgentRequest>,
+    ) -> Result<Response<pb::DeprovisionAgentResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let id = self.agent_id(&req.name)?;
+        self.router.runtime().deprovision(&id, req.delete_data).await?;
+        info!(agent = %id, admin = %admin, delete_data = req.delete_data, "agent deprovisioned through the gateway");
+        Ok(Response::new(pb::DeprovisionAgentResponse {}))
+    }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::UsageReport>, Status> {
+        self.authorize(&request)?;
+        let name = request.get_ref().name.clone();
+        let agents = if name.is_empty() {
+            self.router.runtime().list().await?
+        } else {
+            let id = self.agent_id(&name)?;
+            vec![self.router.runtime().get(&id).await?.ok_or_else(|| Status::not_found(format!("no agent named {id}")))?]
+        };
+        let by_agent = agents.into_iter().map(|a| (a.id.name().to_owned(), a.usage.to_proto())).collect();
+        Ok(Response::new(pb::UsageReport { by_agent }))
+    }
+}

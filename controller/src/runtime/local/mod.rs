@@ -1,0 +1,441 @@
+//! The embedded default runtime: each agent is a sidecar process (plus,
+//! when configured, a workload process) on this machine, with its own data
+//! directory standing in for the persistent volume.
+
+mod process;
+mod store;
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use clawswarm_certs::AgentId;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use self::{
+    process::{Launch, Proc, free_port, write_atomic},
+    store::{AgentDirs, StoredAgent, load_all, now_unix},
+};
+use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
+use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metrics::Metrics};
+
+/// How to start an agent's workload next to its sidecar.
+#[derive(Clone, Debug)]
+pub struct WorkloadLaunch {
+    /// Run with `sh -c`; `{port}`, `{data_dir}`, `{agent}` are substituted.
+    pub command: String,
+    /// The URL the sidecar uses to reach it; `{port}` is substituted.
+    pub url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub state_dir: PathBuf,
+    pub namespace: String,
+    pub sidecar_bin: PathBuf,
+    /// Environment every sidecar gets (controller address, trust bundle,
+    /// workload settings); per-agent variables are added on top.
+    pub sidecar_env: Vec<(String, String)>,
+    pub workload: Option<WorkloadLaunch>,
+    pub supervise_interval: Duration,
+    pub restart_backoff_max: Duration,
+    pub stop_grace: Duration,
+    /// Suspend agents with no turn for this long; `None` never.
+    pub idle_timeout: Option<Duration>,
+}
+
+struct LocalAgent {
+    id: AgentId,
+    dirs: AgentDirs,
+    stored: StoredAgent,
+    sidecar: Option<Proc>,
+    workload: Option<Proc>,
+    workload_port: Option<u16>,
+    phase: AgentPhase,
+    detail: String,
+    failures: u32,
+    not_before: Option<Instant>,
+    last_activity: Instant,
+    dirty: bool,
+}
+
+impl LocalAgent {
+    fn record(&self) -> AgentRecord {
+        AgentRecord {
+            id: self.id.clone(),
+            owner: self.stored.owner.clone(),
+            template: self.stored.template.clone(),
+            mode: self.stored.mode,
+            phase: self.phase,
+            detail: self.detail.clone(),
+            usage: self.stored.usage,
+        }
+    }
+
+    fn take_procs(&mut self) -> Vec<Proc> {
+        self.sidecar.take().into_iter().chain(self.workload.take()).collect()
+    }
+}
+
+pub struct LocalRuntime {
+    cfg: LocalConfig,
+    tokens: Arc<BootstrapTokens>,
+    agents: Mutex<HashMap<AgentId, LocalAgent>>,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LocalRuntime {
+    /// Load every recorded agent and adopt the processes that survived a
+    /// previous controller; nothing is started until [`Runtime::run`].
+    pub fn open(cfg: LocalConfig, metrics: Arc<Metrics>) -> Result<Self, RuntimeError> {
+        let mut agents = HashMap::new();
+        for (id, dirs, stored) in load_all(&cfg.state_dir, &cfg.namespace)? {
+            let sidecar = Proc::adopt("sidecar", &dirs.run.join("sidecar.pid"));
+            let workload = Proc::adopt("workload", &dirs.run.join("workload.pid"));
+            let workload_port = std::fs::read_to_string(dirs.run.join("workload.port")).ok().and_then(|s| s.trim().parse().ok());
+            if sidecar.is_some() {
+                info!(agent = %id, workload = workload.is_some(), "adopted running agent processes");
+            }
+            let phase = match (stored.mode, sidecar.is_some()) {
+                (AgentMode::Suspended, _) => AgentPhase::Suspended,
+                (AgentMode::Running, true) => AgentPhase::Running,
+                (AgentMode::Running, false) => AgentPhase::Pending,
+            };
+            let agent = LocalAgent {
+                id: id.clone(),
+                dirs,
+                stored,
+                sidecar,
+                workload,
+                workload_port,
+                phase,
+                detail: String::new(),
+                failures: 0,
+                not_before: None,
+                last_activity: Instant::now(),
+                dirty: false,
+            };
+            agents.insert(id, agent);
+        }
+        Ok(Self { cfg, tokens: Arc::new(BootstrapTokens::new()), agents: Mutex::new(agents), metrics })
+    }
+
+    fn start(&self, a: &mut LocalAgent) -> Result<(), RuntimeError> {
+        let failed = |message: String| RuntimeError::Failed { agent: a.id.clone(), message };
+        a.dirs.create()?;
+        let mut env = self.cfg.sidecar_env.clone();
+        if let Some(w) = &self.cfg.workload {
+            let alive = a.workload.as_mut().is_some_and(|p| p.alive());
+            let port = match a.workload_port {
+                Some(p) => p,
+                None => free_port().map_err(|e| failed(format!("no free port for the workload: {e}")))?,
+            };
+            a.workload_port = Some(port);
+            write_atomic(&a.dirs.run.join("workload.port"), port.to_string().as_bytes()).map_err(|e| failed(e.to_string()))?;
+            if !alive {
+                let command = substitute(&w.command, port, a);
+                let sh = PathBuf::from("/bin/sh");
+                let proc = Proc::spawn(Launch {
+                    name: "workload",
+                    program: &sh,
+                    args: vec!["-c".into(), format!("exec {command}")],
+                    env: vec![
+                        ("PORT".into(), port.to_string()),
+                        ("CLAWSWARM_AGENT".into(), a.id.to_string()),
+                        ("CLAWSWARM_DATA_DIR".into(), a.dirs.data.display().to_string()),
+                    ],
+                    cwd: &a.dirs.data,
+                    log_file: a.dirs.run.join("workload.log"),
+                    pid_file: a.dirs.run.join("workload.pid"),
+                })
+                .map_err(|e| failed(e.to_string()))?;
+                a.workload = Some(proc);
+            }
+            env.push(("CLAWSWARM_WORKLOAD_URL".into(), substitute(&w.url, port, a)));
+        }
+        if !a.sidecar.as_mut().is_some_and(|p| p.alive()) {
+            let token = self.tokens.mint(&a.id).map_err(|e| failed(e.to_string()))?;
+            let token_file = a.dirs.run.join("bootstrap-token");
+            write_secret(&token_file, &token).map_err(|e| failed(format!("{}: {e}", token_file.display())))?;
+            env.extend([
+                ("CLAWSWARM_AGENT".into(), a.id.to_string()),
+                ("CLAWSWARM_TOKEN_FILE".into(), token_file.display().to_string()),
+                ("CLAWSWARM_DATA_DIR".into(), a.dirs.data.display().to_string()),
+                ("CLAWSWARM_RUN_DIR".into(), a.dirs.run.display().to_string()),
+            ]);
+            let proc = Proc::spawn(Launch {
+                name: "sidecar",
+                program: &self.cfg.sidecar_bin,
+                args: vec!["run".into()],
+                env,
+                cwd: &a.dirs.run,
+                log_file: a.dirs.run.join("sidecar.log"),
+                pid_file: a.dirs.run.join("sidecar.pid"),
+            })
+            .map_err(|e| failed(e.to_string()))?;
+            a.sidecar = Some(proc);
+        }
+        a.phase = AgentPhase::Starting;
+        a.detail.clear();
+        Ok(())
+    }
+
+    /// Start what should run and is not running, with backoff per agent.
+    fn supervise(&self) -> Vec<Proc> {
+        let mut to_stop = Vec::new();
+        let now = Instant::now();
+        let mut agents = lock(&self.agents);
+        for a in agents.values_mut() {
+            if a.stored.mode != AgentMode::Running {
+                continue;
+            }
+            if let Some(idle) = self.cfg.idle_timeout
+                && now.duration_since(a.last_activity) >= idle
+            {
+                info!(agent = %a.id, idle = ?idle, "suspending idle agent");
+                a.stored.mode = AgentMode::Suspended;
+                a.phase = AgentPhase::Suspended;
+                a.dirty = true;
+                to_stop.extend(a.take_procs());
+                continue;
+            }
+            let sidecar_ok = a.sidecar.as_mut().is_some_and(|p| p.alive());
+            let workload_ok = self.cfg.workload.is_none() || a.workload.as_mut().is_some_and(|p| p.alive());
+            if sidecar_ok && workload_ok {
+                if a.phase == AgentPhase::Starting || a.phase == AgentPhase::Pending {
+                    a.phase = AgentPhase::Running;
+                }
+                continue;
+            }
+            if a.not_before.is_some_and(|t| now < t) {
+                continue;
+            }
+            let was_running = a.sidecar.is_some() || a.workload.is_some();
+            if was_running {
+                warn!(agent = %a.id, sidecar_alive = sidecar_ok, workload_alive = workload_ok, "agent process died; restarting");
+                self.metrics.agent_restarts.inc();
+            }
+            match self.start(a) {
+                Ok(()) => {
+                    a.failures = if was_running { a.failures + 1 } else { 0 };
+                }
+                Err(e) => {
+                    a.failures += 1;
+                    a.phase = AgentPhase::Failed;
+                    a.detail = e.to_string();
+                    error!(agent = %a.id, error = %e, "agent could not be started");
+                }
+            }
+            // Crash loops back off: 0.5 s, 1 s, 2 s, … up to the cap.
+            let backoff = Duration::from_millis(500)
+                .saturating_mul(1u32 << a.failures.min(10))
+                .min(self.cfg.restart_backoff_max);
+            a.not_before = Some(now + backoff);
+        }
+        for a in agents.values_mut().filter(|a| a.dirty) {
+            a.stored.last_activity_unix = now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
+            match a.dirs.save(&a.stored) {
+                Ok(()) => a.dirty = false,
+                Err(e) => warn!(agent = %a.id, error = %e, "could not persist agent record"),
+            }
+        }
+        to_stop
+    }
+
+    async fn stop_all(&self, procs: Vec<Proc>) {
+        let grace = self.cfg.stop_grace;
+        futures::future::join_all(procs.into_iter().map(|p| p.stop(grace))).await;
+    }
+
+    fn with_agent<T>(&self, id: &AgentId, f: impl FnOnce(&mut LocalAgent) -> T) -> Result<T, RuntimeError> {
+        let mut agents = lock(&self.agents);
+        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        Ok(f(a))
+    }
+}
+
+fn substitute(template: &str, port: u16, a: &LocalAgent) -> String {
+    template
+        .replace("{port}", &port.to_string())
+        .replace("{data_dir}", &a.dirs.data.display().to_string())
+        .replace("{agent}", a.id.name())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, secret)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn authenticator(&self) -> Arc<dyn Authenticator> {
+        self.tokens.clone()
+    }
+
+    async fn provision(&self, spec: AgentSpec) -> Result<AgentRecord, RuntimeError> {
+        if spec.id.namespace() != self.cfg.namespace {
+            return Err(RuntimeError::Invalid(format!("agents live in namespace {:?}", self.cfg.namespace)));
+        }
+        let mut agents = lock(&self.agents);
+        if agents.contains_key(&spec.id) {
+            return Err(RuntimeError::AlreadyExists(spec.id));
+        }
+        if let Some(other) = agents.values().find(|a| a.stored.owner == spec.owner) {
+            return Err(RuntimeError::OwnerHasAgent { owner: spec.owner, agent: other.id.clone() });
+        }
+        let dirs = AgentDirs::new(&self.cfg.state_dir, &spec.id);
+        dirs.create()?;
+        let stored = StoredAgent {
+            owner: spec.owner,
+            template: spec.template,
+            mode: AgentMode::Running,
+            usage: TokenTotals::default(),
+            last_activity_unix: now_unix(),
+        };
+        dirs.save(&stored)?;
+        let mut a = LocalAgent {
+            id: spec.id.clone(),
+            dirs,
+            stored,
+            sidecar: None,
+            workload: None,
+            workload_port: None,
+            phase: AgentPhase::Pending,
+            detail: String::new(),
+            failures: 0,
+            not_before: None,
+            last_activity: Instant::now(),
+            dirty: false,
+        };
+        if let Err(e) = self.start(&mut a) {
+            a.phase = AgentPhase::Failed;
+            a.detail = e.to_string();
+        }
+        let rec = a.record();
+        agents.insert(spec.id.clone(), a);
+        info!(agent = %spec.id, "agent provisioned");
+        Ok(rec)
+    }
+
+    async fn deprovision(&self, id: &AgentId, delete_data: bool) -> Result<(), RuntimeError> {
+        let mut a = lock(&self.agents).remove(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        self.stop_all(a.take_procs()).await;
+        a.dirs.remove(delete_data)?;
+        info!(agent = %id, delete_data, "agent deprovisioned");
+        Ok(())
+    }
+
+    async fn suspend(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError> {
+        let procs = self.with_agent(id, |a| {
+            a.stored.mode = AgentMode::Suspended;
+            a.phase = AgentPhase::Suspended;
+            a.dirty = true;
+            a.take_procs()
+        })?;
+        self.stop_all(procs).await;
+        info!(agent = %id, "agent suspended");
+        self.with_agent(id, |a| a.record())
+    }
+
+    async fn resume(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError> {
+        let mut agents = lock(&self.agents);
+        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        if a.stored.mode == AgentMode::Running && a.sidecar.is_some() {
+            return Ok(a.record());
+        }
+        a.stored.mode = AgentMode::Running;
+        a.last_activity = Instant::now();
+        a.dirty = true;
+        a.not_before = None;
+        self.start(a)?;
+        info!(agent = %id, "agent resumed");
+        Ok(a.record())
+    }
+
+    async fn restart(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError> {
+        let procs = self.with_agent(id, |a| a.take_procs())?;
+        self.stop_all(procs).await;
+        let mut agents = lock(&self.agents);
+        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        a.stored.mode = AgentMode::Running;
+        a.dirty = true;
+        self.start(a)?;
+        Ok(a.record())
+    }
+
+    async fn get(&self, id: &AgentId) -> Result<Option<AgentRecord>, RuntimeError> {
+        Ok(lock(&self.agents).get(id).map(LocalAgent::record))
+    }
+
+    async fn list(&self) -> Result<Vec<AgentRecord>, RuntimeError> {
+        let mut all: Vec<_> = lock(&self.agents).values().map(LocalAgent::record).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError> {
+        // In memory only; persisted with the next supervision tick.
+        self.with_agent(id, |a| {
+            a.last_activity = Instant::now();
+            a.dirty = true;
+        })
+    }
+
+    async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError> {
+        self.with_agent(id, |a| {
+            let s = &mut a.stored.usage;
+            s.input += usage.input;
+            s.output += usage.output;
+            s.cache_read += usage.cache_read;
+            s.cache_write += usage.cache_write;
+            a.dirty = true;
+        })
+    }
+
+    async fn run(&self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+        let mut tick = tokio::time::interval(self.cfg.supervise_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let idle = self.supervise();
+                    self.stop_all(idle).await;
+                }
+            }
+        }
+        // Persist what changed, then stop every process this runtime owns.
+        let _ = self.supervise_persist_only();
+        let procs: Vec<Proc> = lock(&self.agents).values_mut().flat_map(LocalAgent::take_procs).collect();
+        info!(processes = procs.len(), "stopping local agents");
+        self.stop_all(procs).await;
+        Ok(())
+    }
+}
+
+impl LocalRuntime {
+    fn supervise_persist_only(&self) -> Result<(), RuntimeError> {
+        let mut agents = lock(&self.agents);
+        for a in agents.values_mut().filter(|a| a.dirty) {
+            a.dirs.save(&a.stored)?;
+            a.dirty = false;
+        }
+        Ok(())
+    }
+}

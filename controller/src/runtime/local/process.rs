@@ -1,0 +1,206 @@
+//! Local processes: start, adopt after a controller restart, watch, stop.
+//!
+//! Each process runs in its own process group so a terminal's Ctrl-C or the
+//! controller's death does not take agents down with it; the controller
+//! stops them itself on shutdown, and a restarted controller adopts the ones
+//! still running (pid file + start time, so a recycled pid is not mistaken
+//! for ours).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use tokio::process::{Child, Command};
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start {what}: {source}")]
+    Spawn { what: String, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What to run.
+pub struct Launch<'a> {
+    pub name: &'static str,
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: &'a Path,
+    pub log_file: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+/// A process we started or adopted.
+pub struct Proc {
+    pub name: &'static str,
+    pub pid: i32,
+    start_time: u64,
+    /// Present when we started it (we must reap it); absent when adopted.
+    child: Option<Child>,
+    pid_file: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(l: Launch<'_>) -> Result<Self, ProcessError> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&l.log_file)
+            .map_err(|source| ProcessError::Io { path: l.log_file.clone(), source })?;
+        let log_err = log.try_clone().map_err(|source| ProcessError::Io { path: l.log_file.clone(), source })?;
+        let mut cmd = Command::new(l.program);
+        cmd.args(&l.args)
+            .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(l.cwd)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { what: format!("{} ({})", l.name, l.program.display()), source })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        let start_time = proc_start_time(pid).unwrap_or(0);
+        let record = format!("{pid} {start_time}\n");
+        write_atomic(&l.pid_file, record.as_bytes())?;
+        debug!(process = l.name, pid, "process started");
+        Ok(Self { name: l.name, pid, start_time, child: Some(child), pid_file: l.pid_file })
+    }
+
+    /// The process recorded in `pid_file`, if it is still the same one and alive.
+    pub fn adopt(name: &'static str, pid_file: &Path) -> Option<Self> {
+        let text = fs::read_to_string(pid_file).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: i32 = it.next()?.parse().ok()?;
+        let start_time: u64 = it.next()?.parse().ok()?;
+        if pid <= 0 || proc_start_time(pid)? != start_time || is_zombie(pid) {
+            return None;
+        }
+        Some(Self { name, pid, start_time, child: None, pid_file: pid_file.to_owned() })
+    }
+
+    #[cfg(test)]
+    pub fn adopted(&self) -> bool {
+        self.child.is_none()
+    }
+
+    /// Whether it is still running (reaps our own children).
+    pub fn alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => proc_start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid),
+        }
+    }
+
+    /// SIGTERM the process group, then SIGKILL after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        let pgid = Pid::from_raw(self.pid);
+        if self.alive() {
+            let _ = killpg(pgid, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + grace;
+            while self.alive() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.alive() {
+                warn!(process = self.name, pid = self.pid, "did not stop in time; killing");
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+        if let Some(child) = &mut self.child {
+            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        }
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Process start time in clock ticks since boot (field 22 of /proc/pid/stat).
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume
+    // after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3).map(|c| c == "Z")))
+        .unwrap_or(true)
+}
+
+/// Write via a temporary file and rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProcessError> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| ProcessError::Io { path: path.to_owned(), source };
+    fs::write(&tmp, bytes).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// A free loopback port, for a workload that needs one chosen for it.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch<'a>(dir: &'a Path, program: &'a Path, args: &[&str]) -> Launch<'a> {
+        Launch {
+            name: "test",
+            program,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: dir,
+            log_file: dir.join("log"),
+            pid_file: dir.join("pid"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_process_is_adoptable_until_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = PathBuf::from("/bin/sleep");
+        let mut p = Proc::spawn(launch(dir.path(), &sleep, &["30"])).unwrap();
+        assert!(p.alive());
+        let mut adopted = Proc::adopt("test", &dir.path().join("pid")).expect("adoptable");
+        assert!(adopted.adopted() && adopted.alive());
+        p.stop(Duration::from_secs(2)).await;
+        assert!(!adopted.alive());
+        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pid_file_naming_another_process_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid 1 is alive but started at a different time than recorded.
+        fs::write(dir.path().join("pid"), "1 12345\n").unwrap();
+        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+        fs::write(dir.path().join("pid"), "garbage").unwrap();
+        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_is_seen_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = PathBuf::from("/bin/true");
+        let mut p = Proc::spawn(launch(dir.path(), &t, &[])).unwrap();
+        for _ in 0..100 {
+            if !p.alive() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("/bin/true still alive after 2 s");
+    }
+}
