@@ -122,6 +122,19 @@ impl TestKubelet {
         names
     }
 
+    /// The local directory of volume `volume` of pod `pod` (uid `uid`):
+    /// where a projected token or config map landed.
+    pub fn volume_dir(&self, pod: &str, uid: &str, volume: &str) -> PathBuf {
+        self.shared
+            .config
+            .root
+            .join("pods")
+            .join(pod)
+            .join(uid)
+            .join("volumes")
+            .join(volume)
+    }
+
     /// The local directory of PVC `claim` (to look at what an agent stored).
     pub fn pvc_dir(&self, claim: &str) -> PathBuf {
         pvc_root(&self.shared.config.root)

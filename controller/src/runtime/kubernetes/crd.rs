@@ -34,6 +34,8 @@ pub enum Retention {
 }
 
 /// One person's agent.
+// The lint mistakes the fields of separate printcolumn(...) groups for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "clawswarm.dev",
@@ -137,6 +139,7 @@ pub struct TokenUsage {
 
 /// A role's agent: image, base configuration, security baseline,
 /// resources, storage, idle timeout.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "clawswarm.dev",

@@ -47,6 +47,8 @@ const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Last activity and token totals are written at most this often per agent.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(15);
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest wait for each step of stopping (leading work, final flush, caches).
+const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of the Kubernetes runtime (flags and `CLAWSWARM_*` env).
 #[derive(Clone, Debug, clap::Args)]
@@ -638,7 +640,7 @@ impl Runtime for KubernetesRuntime {
             .iter()
             .filter_map(|a| self.record(a))
             .collect();
-        out.sort_by(|a, b| a.id.to_string().cmp(&b.id.to_string()));
+        out.sort_by_key(|a| a.id.to_string());
         Ok(out)
     }
 
@@ -778,7 +780,7 @@ impl Runtime for KubernetesRuntime {
                         }
                         (false, Some((stop, handle))) => {
                             stop.cancel();
-                            let _ = handle.await;
+                            stop_within("leading work", handle).await;
                         }
                         (_, other) => lead_stop = other,
                     }
@@ -787,14 +789,36 @@ impl Runtime for KubernetesRuntime {
         }
         if let Some((stop, handle)) = lead_stop {
             stop.cancel();
-            let _ = handle.await;
+            stop_within("leading work", handle).await;
         }
-        self.flush().await;
+        if tokio::time::timeout(STOP_STEP_TIMEOUT, self.flush())
+            .await
+            .is_err()
+        {
+            warn!("final flush of activity/usage timed out; those updates are lost");
+        }
         leader_stop.cancel();
         tasks.close();
-        tasks.wait().await;
+        if tokio::time::timeout(STOP_STEP_TIMEOUT, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("caches or lease task did not stop in time");
+        }
         info!("kubernetes runtime stopped");
         Ok(())
+    }
+}
+
+/// Wait for a task to finish after its stop signal; abort it past the limit.
+async fn stop_within(what: &str, mut handle: tokio::task::JoinHandle<()>) {
+    match tokio::time::timeout(STOP_STEP_TIMEOUT, &mut handle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(task = what, error = %e, "task failed"),
+        Err(_) => {
+            warn!(task = what, "did not stop in time; aborting it");
+            handle.abort();
+        }
     }
 }
 

@@ -333,7 +333,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
     }
     let current = match alive.first() {
         Some(p) => Some((**p).clone()),
-        None => match live_pod(agent, ctx, &pods_api).await? {
+        None => match live_pod(agent, &pods_api).await? {
             Some(p) => Some(p),
             None => {
                 let had_pod = agent.status.as_ref().is_some_and(|s| s.pod.is_some());
@@ -519,11 +519,7 @@ async fn ensure_volume_claim(
 }
 
 /// The live (uncached) view, consulted only when the cache shows no pod.
-async fn live_pod(
-    agent: &Agent,
-    ctx: &Context,
-    api: &Api<Pod>,
-) -> Result<Option<Pod>, ReconcileError> {
+async fn live_pod(agent: &Agent, api: &Api<Pod>) -> Result<Option<Pod>, ReconcileError> {
     let lp = ListParams::default().labels(&format!("{LABEL_AGENT}={}", agent.name_any()));
     let uid = agent.uid();
     Ok(api
@@ -536,11 +532,7 @@ async fn live_pod(
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref())
         })
-        .find(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
-        .map(|p| {
-            let _ = &ctx.namespace;
-            p
-        }))
+        .find(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p)))
 }
 
 async fn create_pod(

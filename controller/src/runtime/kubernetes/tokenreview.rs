@@ -167,8 +167,17 @@ impl TokenReviewAuthenticator {
         if pod.metadata.deletion_timestamp.is_some() {
             return deny(format!("pod {pod_name} is terminating"));
         }
+        // Label and owner both: a label alone could be set by anyone who may
+        // create pods; the controller-owner reference names the Agent.
+        let owned = pod.owner_references().iter().any(|o| {
+            o.kind == "Agent" && o.controller == Some(true) && o.name == claim.requested.name()
+        });
         match pod.labels().get(LABEL_AGENT) {
-            Some(agent) if agent == claim.requested.name() => Ok(Decision::Allow),
+            Some(agent) if agent == claim.requested.name() && owned => Ok(Decision::Allow),
+            Some(agent) if agent == claim.requested.name() => Ok(Decision::Deny(
+                DenyKind::WrongAgent,
+                format!("pod {pod_name}, labelled for the agent but not owned by it"),
+            )),
             Some(agent) => Ok(Decision::Deny(
                 DenyKind::WrongAgent,
                 format!("pod {pod_name} of agent {}/{agent}", self.cfg.namespace),
