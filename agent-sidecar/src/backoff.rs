@@ -15,12 +15,19 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), attempt: 0 }
+        Self {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
     }
 
     /// The next wait: uniform in [min, min·2^attempt] capped at max.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.min.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        let ceiling = self
+            .min
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         if ceiling <= self.min {
             return self.min;
@@ -48,7 +55,10 @@ mod tests {
             assert!(d >= min && d <= max, "{d:?}");
             ceiling_seen = ceiling_seen.max(d);
         }
-        assert!(ceiling_seen > Duration::from_secs(1), "jitter never reached the upper range: {ceiling_seen:?}");
+        assert!(
+            ceiling_seen > Duration::from_secs(1),
+            "jitter never reached the upper range: {ceiling_seen:?}"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(200));
     }

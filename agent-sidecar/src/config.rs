@@ -23,7 +23,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLAWSWARM_TRUST_BUNDLE")]
     pub trust_bundle: PathBuf,
 
-    #[arg(long, env = "CLAWSWARM_TRUST_DOMAIN", default_value = "clawswarm.local")]
+    #[arg(
+        long,
+        env = "CLAWSWARM_TRUST_DOMAIN",
+        default_value = "clawswarm.local"
+    )]
     pub trust_domain: String,
 
     /// Namespace of the controller's SPIFFE id; default: the agent's namespace.
@@ -74,7 +78,11 @@ impl fmt::Debug for RunArgs {
 pub struct WorkloadArgs {
     /// `responses` (any OpenAI-style /v1/responses server), `openclaw`, or
     /// `none` (no workload yet: turns fail with a message saying so).
-    #[arg(long = "workload", env = "CLAWSWARM_WORKLOAD", default_value = "responses")]
+    #[arg(
+        long = "workload",
+        env = "CLAWSWARM_WORKLOAD",
+        default_value = "responses"
+    )]
     pub kind: String,
 
     /// Base URL of the workload (without /v1/responses).
@@ -82,14 +90,26 @@ pub struct WorkloadArgs {
     pub url: Option<String>,
 
     /// Bearer token for the workload. Never logged.
-    #[arg(long = "workload-token", env = "CLAWSWARM_WORKLOAD_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "workload-token",
+        env = "CLAWSWARM_WORKLOAD_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
-    #[arg(long = "workload-model", env = "CLAWSWARM_WORKLOAD_MODEL", default_value = "default")]
+    #[arg(
+        long = "workload-model",
+        env = "CLAWSWARM_WORKLOAD_MODEL",
+        default_value = "default"
+    )]
     pub model: String,
 
     /// Readiness path; empty = only check that the server answers.
-    #[arg(long = "workload-ready-path", env = "CLAWSWARM_WORKLOAD_READY_PATH", default_value = "/readyz")]
+    #[arg(
+        long = "workload-ready-path",
+        env = "CLAWSWARM_WORKLOAD_READY_PATH",
+        default_value = "/readyz"
+    )]
     pub ready_path: String,
 }
 
@@ -129,10 +149,18 @@ pub struct RelayArgs {
 /// `500ms`, `10s`, `5m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h)"))?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h)"))?;
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
-    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = |k: u64| {
+        n.checked_mul(k)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),

@@ -9,8 +9,8 @@
 use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 
 use clawswarm_certs::{
-    AgentId, ChannelOptions, CredentialStore, Credentials, ServerIdentity, SpiffeId, TrustDomain, error_chain,
-    generate_csr,
+    AgentId, ChannelOptions, CredentialStore, Credentials, ServerIdentity, SpiffeId, TrustDomain,
+    error_chain, generate_csr,
 };
 use clawswarm_proto::v1::{CertifyRequest, identity_client::IdentityClient as Client};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,10 @@ pub enum IdentityError {
     #[error("cannot make a CSR: {0}")]
     Csr(String),
     #[error("cannot read token file {path}: {source}")]
-    Token { path: PathBuf, source: std::io::Error },
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot reach the identity service: {0}")]
     Connect(String),
     #[error("identity service refused: {code:?}: {message}")]
@@ -64,37 +67,67 @@ impl IdentityClient {
     }
 
     /// One certificate request; `current` authenticates a renewal.
-    pub async fn certify(&self, current: Option<Arc<CredentialStore>>) -> Result<Credentials, IdentityError> {
-        let (key, csr_pem) = generate_csr(&self.spiffe_id()).map_err(|e| IdentityError::Csr(e.to_string()))?;
+    pub async fn certify(
+        &self,
+        current: Option<Arc<CredentialStore>>,
+    ) -> Result<Credentials, IdentityError> {
+        let (key, csr_pem) =
+            generate_csr(&self.spiffe_id()).map_err(|e| IdentityError::Csr(e.to_string()))?;
         let token = match &self.token_file {
             // A consumed bootstrap token may be gone; renewals do not need it.
             Some(path) if path.exists() || current.is_none() => std::fs::read_to_string(path)
-                .map_err(|source| IdentityError::Token { path: path.clone(), source })?
+                .map_err(|source| IdentityError::Token {
+                    path: path.clone(),
+                    source,
+                })?
                 .trim()
                 .to_owned(),
             _ => String::new(),
         };
-        let tls = clawswarm_certs::client_config(current, &self.trust_bundle_pem, ServerIdentity::Spiffe(self.controller.clone()))
-            .map_err(|e| IdentityError::Connect(e.to_string()))?;
+        let tls = clawswarm_certs::client_config(
+            current,
+            &self.trust_bundle_pem,
+            ServerIdentity::Spiffe(self.controller.clone()),
+        )
+        .map_err(|e| IdentityError::Connect(e.to_string()))?;
         let channel = clawswarm_certs::mtls_channel(&self.url, tls, &ChannelOptions::default())
             .await
             .map_err(|e| IdentityError::Connect(e.to_string()))?;
-        let req = CertifyRequest { identity: self.agent.to_string(), csr_pem, token };
-        let resp = Client::new(channel).certify(req).await.map_err(|s| IdentityError::Refused {
-            code: s.code(),
-            message: if s.message().is_empty() { error_chain(&s) } else { s.message().to_owned() },
-        })?;
+        let req = CertifyRequest {
+            identity: self.agent.to_string(),
+            csr_pem,
+            token,
+        };
+        let resp = Client::new(channel)
+            .certify(req)
+            .await
+            .map_err(|s| IdentityError::Refused {
+                code: s.code(),
+                message: if s.message().is_empty() {
+                    error_chain(&s)
+                } else {
+                    s.message().to_owned()
+                },
+            })?;
         let creds = key
             .into_credentials(&resp.into_inner().certificate_chain_pem)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
         if creds.spiffe_id() != &self.spiffe_id() {
-            return Err(IdentityError::BadCertificate(format!("issued for {}, not {}", creds.spiffe_id(), self.spiffe_id())));
+            return Err(IdentityError::BadCertificate(format!(
+                "issued for {}, not {}",
+                creds.spiffe_id(),
+                self.spiffe_id()
+            )));
         }
         Ok(creds)
     }
 
     /// Keep asking until a first certificate arrives (or shutdown).
-    pub async fn certify_until_done(&self, metrics: &SidecarMetrics, shutdown: &CancellationToken) -> Option<Credentials> {
+    pub async fn certify_until_done(
+        &self,
+        metrics: &SidecarMetrics,
+        shutdown: &CancellationToken,
+    ) -> Option<Credentials> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
             match self.certify(None).await {
@@ -117,7 +150,12 @@ impl IdentityClient {
 
     /// Renew before expiry, forever. New handshakes pick up the new
     /// certificate through the store; open streams are untouched.
-    pub async fn renew_forever(self, store: Arc<CredentialStore>, metrics: Arc<SidecarMetrics>, shutdown: CancellationToken) {
+    pub async fn renew_forever(
+        self,
+        store: Arc<CredentialStore>,
+        metrics: Arc<SidecarMetrics>,
+        shutdown: CancellationToken,
+    ) {
         let mut failures = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let mut wait = next_renewal(&store);
         loop {
@@ -145,13 +183,24 @@ impl IdentityClient {
 
 fn next_renewal(store: &CredentialStore) -> Duration {
     let c = store.current();
-    clawswarm_certs::refresh_delay(c.not_before(), c.not_after(), SystemTime::now(), Duration::from_secs(1), Duration::from_secs(24 * 3600))
+    clawswarm_certs::refresh_delay(
+        c.not_before(),
+        c.not_after(),
+        SystemTime::now(),
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    )
 }
 
 fn record(metrics: &SidecarMetrics, r: Result<&Credentials, &IdentityError>) {
     let result = if r.is_ok() { "ok" } else { "error" };
-    metrics.cert_refreshes.get_or_create(&ResultLabel { result }).inc();
+    metrics
+        .cert_refreshes
+        .get_or_create(&ResultLabel { result })
+        .inc();
     if let Ok(c) = r {
-        metrics.cert_expiration_timestamp_seconds.set(c.expiry_unix_seconds());
+        metrics
+            .cert_expiration_timestamp_seconds
+            .set(c.expiry_unix_seconds());
     }
 }

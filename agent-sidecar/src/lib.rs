@@ -1,4 +1,15 @@
-//! The clawswarm agent sidecar.
+//! The clawswarm agent sidecar: identity client, controller link, relay to
+//! the workload, debug endpoint, metrics.
 
+pub mod app;
+pub mod backoff;
+pub mod config;
+pub mod debug;
+pub mod http;
+pub mod identity;
+pub mod link;
 pub mod metrics;
+pub mod notices;
+pub mod readiness;
+pub mod relay;
 pub mod workload;

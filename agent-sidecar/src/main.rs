@@ -1,1 +1,87 @@
-fn main() {}
+//! `clawswarm-sidecar`: one per agent pod, beside the workload.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use clawswarm_sidecar::{app, config::RunArgs};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "clawswarm-sidecar",
+    version,
+    about = "Connects one agent's workload to the clawswarm controller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Obtain a certificate, connect to the controller and relay turns.
+    Run(Box<RunArgs>),
+}
+
+const EX_USAGE: u8 = 64;
+const EX_SOFTWARE: u8 = 70;
+
+fn main() -> ExitCode {
+    clawswarm_certs::install_default_crypto_provider();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWSWARM_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let shutdown = CancellationToken::new();
+                let on_signal = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    on_signal.cancel();
+                });
+                match app::run(*args, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e @ (app::AppError::Config(_) | app::AppError::Bind { .. })) => {
+                        error!(error = %e, "cannot start");
+                        ExitCode::from(EX_USAGE)
+                    }
+                    Err(e) => {
+                        error!(error = %e, "sidecar failed");
+                        ExitCode::from(EX_SOFTWARE)
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => info!(signal = "SIGINT", "stopping"),
+    }
+}

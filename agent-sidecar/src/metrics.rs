@@ -68,28 +68,59 @@ impl SidecarMetrics {
             notices: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("tokens", "Model tokens used by this agent, by kind", m.tokens.clone());
+        registry.register(
+            "tokens",
+            "Model tokens used by this agent, by kind",
+            m.tokens.clone(),
+        );
         registry.register("turns", "Turns finished, by outcome", m.turns.clone());
         registry.register(
             "turn_first_token_seconds",
             "Time from receiving a turn to the workload's first reply text",
             m.turn_first_token_seconds.clone(),
         );
-        registry.register("turn_duration_seconds", "Time from receiving a turn to its end", m.turn_duration_seconds.clone());
-        registry.register("model_calls", "Model API calls forwarded by the sidecar, by API and result", m.model_calls.clone());
-        registry.register("workload_up", "1 when the workload answers its readiness check", m.workload_up.clone());
-        registry.register("link_connected", "1 while the AgentLink stream to the controller is up", m.link_connected.clone());
+        registry.register(
+            "turn_duration_seconds",
+            "Time from receiving a turn to its end",
+            m.turn_duration_seconds.clone(),
+        );
+        registry.register(
+            "model_calls",
+            "Model API calls forwarded by the sidecar, by API and result",
+            m.model_calls.clone(),
+        );
+        registry.register(
+            "workload_up",
+            "1 when the workload answers its readiness check",
+            m.workload_up.clone(),
+        );
+        registry.register(
+            "link_connected",
+            "1 while the AgentLink stream to the controller is up",
+            m.link_connected.clone(),
+        );
         registry.register(
             "identity_cert_expiration_timestamp_seconds",
             "Expiry of the current workload certificate (Unix seconds)",
             m.cert_expiration_timestamp_seconds.clone(),
         );
-        registry.register("identity_cert_refreshes", "Certificate requests, by result", m.cert_refreshes.clone());
+        registry.register(
+            "identity_cert_refreshes",
+            "Certificate requests, by result",
+            m.cert_refreshes.clone(),
+        );
         registry.register("notices", "Proactive notices, by result", m.notices.clone());
         for kind in TOKEN_KINDS {
             let _ = m.tokens.get_or_create(&KindLabel { kind });
         }
-        for result in ["ok", "error", "cancelled", "timeout", "rejected", "not_found"] {
+        for result in [
+            "ok",
+            "error",
+            "cancelled",
+            "timeout",
+            "rejected",
+            "not_found",
+        ] {
             let _ = m.turns.get_or_create(&ResultLabel { result });
         }
         for result in ["ok", "error"] {
@@ -125,10 +156,24 @@ mod tests {
     fn token_series_exist_at_zero_and_count_by_kind() {
         let m = SidecarMetrics::new();
         let text = m.encode();
-        assert!(text.contains("clawswarm_tokens_total{kind=\"cache_write\"} 0"), "{text}");
-        m.add_usage(&Usage { input_tokens: 7, output_tokens: 2, cache_read_tokens: 3, cache_write_tokens: 0 });
+        assert!(
+            text.contains("clawswarm_tokens_total{kind=\"cache_write\"} 0"),
+            "{text}"
+        );
+        m.add_usage(&Usage {
+            input_tokens: 7,
+            output_tokens: 2,
+            cache_read_tokens: 3,
+            cache_write_tokens: 0,
+        });
         let text = m.encode();
-        assert!(text.contains("clawswarm_tokens_total{kind=\"input\"} 7"), "{text}");
-        assert!(text.contains("clawswarm_tokens_total{kind=\"cache_read\"} 3"), "{text}");
+        assert!(
+            text.contains("clawswarm_tokens_total{kind=\"input\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clawswarm_tokens_total{kind=\"cache_read\"} 3"),
+            "{text}"
+        );
     }
 }

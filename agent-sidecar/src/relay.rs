@@ -112,8 +112,14 @@ impl TurnState {
     /// the end if reached.
     pub fn read_from(&self, from: u64) -> (Vec<(u64, String)>, Option<pb::ReplyEnd>) {
         let b = lock(&self.buf);
-        let start = usize::try_from(from).unwrap_or(usize::MAX).min(b.chunks.len());
-        let chunks = b.chunks[start..].iter().enumerate().map(|(i, c)| ((start + i) as u64, c.clone())).collect();
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(b.chunks.len());
+        let chunks = b.chunks[start..]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ((start + i) as u64, c.clone()))
+            .collect();
         (chunks, b.end.clone())
     }
 
@@ -161,7 +167,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(cfg: RelayConfig, workload: Arc<dyn Workload>, readiness: watch::Receiver<Readiness>, metrics: Arc<SidecarMetrics>) -> Self {
+    pub fn new(
+        cfg: RelayConfig,
+        workload: Arc<dyn Workload>,
+        readiness: watch::Receiver<Readiness>,
+        metrics: Arc<SidecarMetrics>,
+    ) -> Self {
         let active = Arc::new(Semaphore::new(cfg.max_active.max(1)));
         Self {
             inner: Arc::new(Inner {
@@ -179,13 +190,15 @@ impl Relay {
 
     /// Accept a turn and start answering it. A repeated turn id returns the
     /// turn already known (the controller re-sent it after a reconnect).
-    pub fn start(&self, t: pb::Turn) -> Result<Arc<TurnState>, pb::ReplyEnd> {
-        let reject = |msg: String| pb::ReplyEnd {
-            turn_id: t.turn_id.clone(),
-            outcome: Outcome::Rejected as i32,
-            error: msg,
-            reply_target: t.reply_target.clone(),
-            ..Default::default()
+    pub fn start(&self, t: pb::Turn) -> Result<Arc<TurnState>, Box<pb::ReplyEnd>> {
+        let reject = |msg: String| {
+            Box::new(pb::ReplyEnd {
+                turn_id: t.turn_id.clone(),
+                outcome: Outcome::Rejected as i32,
+                error: msg,
+                reply_target: t.reply_target.clone(),
+                ..Default::default()
+            })
         };
         if t.turn_id.is_empty() || t.turn_id.len() > 128 {
             return Err(reject("turn_id must be 1..=128 bytes".into()));
@@ -194,7 +207,10 @@ impl Relay {
             return Err(reject("conversation must be 1..=256 bytes".into()));
         }
         if t.text.len() > MAX_TURN_TEXT_BYTES {
-            return Err(reject(format!("text is {} bytes; the limit is {MAX_TURN_TEXT_BYTES}", t.text.len())));
+            return Err(reject(format!(
+                "text is {} bytes; the limit is {MAX_TURN_TEXT_BYTES}",
+                t.text.len()
+            )));
         }
         if let Some(existing) = lock(&self.inner.turns).get(&t.turn_id) {
             return Ok(existing.clone());
@@ -203,7 +219,10 @@ impl Relay {
             let mut convs = lock(&self.inner.conversations);
             let c = convs
                 .entry(t.conversation.clone())
-                .or_insert_with(|| Conversation { turn_lock: Arc::default(), waiting: 0 });
+                .or_insert_with(|| Conversation {
+                    turn_lock: Arc::default(),
+                    waiting: 0,
+                });
             if c.waiting >= self.inner.cfg.conversation_queue {
                 return Err(reject(format!(
                     "conversation already has {} turns waiting; try again when the agent has answered",
@@ -213,13 +232,23 @@ impl Relay {
             c.waiting += 1;
             c.turn_lock.clone()
         };
-        let state = TurnState::new(t.turn_id.clone(), t.conversation.clone(), t.reply_target.clone());
+        let state = TurnState::new(
+            t.turn_id.clone(),
+            t.conversation.clone(),
+            t.reply_target.clone(),
+        );
         lock(&self.inner.turns).insert(t.turn_id.clone(), state.clone());
-        let req = TurnRequest { turn_id: t.turn_id, conversation: t.conversation, text: t.text };
+        let req = TurnRequest {
+            turn_id: t.turn_id,
+            conversation: t.conversation,
+            text: t.text,
+        };
         let inner = self.inner.clone();
         let span = info_span!("turn", turn_id = %req.turn_id);
         let s = state.clone();
-        self.inner.tasks.spawn(async move { run_turn(inner, s, req, turn_lock).await }.instrument(span));
+        self.inner
+            .tasks
+            .spawn(async move { run_turn(inner, s, req, turn_lock).await }.instrument(span));
         Ok(state)
     }
 
@@ -246,7 +275,10 @@ impl Relay {
 
     /// Turns still held, for Hello.
     pub fn pending(&self) -> Vec<pb::PendingTurn> {
-        lock(&self.inner.turns).values().map(|t| t.pending()).collect()
+        lock(&self.inner.turns)
+            .values()
+            .map(|t| t.pending())
+            .collect()
     }
 
     /// Drop finished replies nobody acknowledged within the retention
@@ -294,7 +326,12 @@ impl Relay {
     }
 }
 
-async fn run_turn(inner: Arc<Inner>, state: Arc<TurnState>, req: TurnRequest, turn_lock: Arc<tokio::sync::Mutex<()>>) {
+async fn run_turn(
+    inner: Arc<Inner>,
+    state: Arc<TurnState>,
+    req: TurnRequest,
+    turn_lock: Arc<tokio::sync::Mutex<()>>,
+) {
     let started = Instant::now();
     let queued = tokio::select! {
         _ = state.cancel.cancelled() => None,
@@ -310,7 +347,14 @@ async fn run_turn(inner: Arc<Inner>, state: Arc<TurnState>, req: TurnRequest, tu
         }
     }
     let Some(_conversation_guard) = queued else {
-        return finish(&inner, &state, Outcome::Cancelled, "cancelled while queued".into(), None, started);
+        return finish(
+            &inner,
+            &state,
+            Outcome::Cancelled,
+            "cancelled while queued".into(),
+            None,
+            started,
+        );
     };
     let _permit = tokio::select! {
         _ = state.cancel.cancelled() => return finish(&inner, &state, Outcome::Cancelled, "cancelled while queued".into(), None, started),
@@ -352,12 +396,18 @@ async fn run_turn(inner: Arc<Inner>, state: Arc<TurnState>, req: TurnRequest, tu
             };
             match next {
                 Err(_) => {
-                    let msg = format!("the agent's workload sent nothing for {:?}", inner.cfg.idle_timeout);
+                    let msg = format!(
+                        "the agent's workload sent nothing for {:?}",
+                        inner.cfg.idle_timeout
+                    );
                     return finish(&inner, &state, Outcome::Timeout, msg, None, started);
                 }
                 Ok(Some(Ok(WorkloadEvent::Delta(d)))) => {
                     if !produced {
-                        inner.metrics.turn_first_token_seconds.observe(started.elapsed().as_secs_f64());
+                        inner
+                            .metrics
+                            .turn_first_token_seconds
+                            .observe(started.elapsed().as_secs_f64());
                         produced = true;
                     }
                     state.push(d);
@@ -372,14 +422,25 @@ async fn run_turn(inner: Arc<Inner>, state: Arc<TurnState>, req: TurnRequest, tu
                         cache_read_tokens: u.cache_read_tokens,
                         cache_write_tokens: u.cache_write_tokens,
                     };
-                    return finish(&inner, &state, Outcome::Ok, String::new(), Some(usage), started);
+                    return finish(
+                        &inner,
+                        &state,
+                        Outcome::Ok,
+                        String::new(),
+                        Some(usage),
+                        started,
+                    );
                 }
                 Ok(Some(Err(e))) if attempt == 1 && !produced && e.is_retryable() => {
                     warn!(error = %e, kind = e.metric_label(), "workload failed before any content; retrying once");
                     break;
                 }
                 Ok(Some(Err(e))) => {
-                    let outcome = if matches!(e, WorkloadError::Timeout(_)) { Outcome::Timeout } else { Outcome::Error };
+                    let outcome = if matches!(e, WorkloadError::Timeout(_)) {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Error
+                    };
                     return finish(&inner, &state, outcome, e.to_string(), None, started);
                 }
                 Ok(None) => {
@@ -389,10 +450,24 @@ async fn run_turn(inner: Arc<Inner>, state: Arc<TurnState>, req: TurnRequest, tu
             }
         }
     }
-    finish(&inner, &state, Outcome::Error, "the workload failed twice before answering".into(), None, started);
+    finish(
+        &inner,
+        &state,
+        Outcome::Error,
+        "the workload failed twice before answering".into(),
+        None,
+        started,
+    );
 }
 
-fn finish(inner: &Inner, state: &TurnState, outcome: Outcome, error: String, usage: Option<pb::Usage>, started: Instant) {
+fn finish(
+    inner: &Inner,
+    state: &TurnState,
+    outcome: Outcome,
+    error: String,
+    usage: Option<pb::Usage>,
+    started: Instant,
+) {
     let end = state.finish(outcome, error, usage);
     let result = match end.outcome() {
         Outcome::Ok => "ok",
@@ -402,8 +477,15 @@ fn finish(inner: &Inner, state: &TurnState, outcome: Outcome, error: String, usa
         Outcome::NotFound => "not_found",
         Outcome::Error | Outcome::Unspecified => "error",
     };
-    inner.metrics.turns.get_or_create(&ResultLabel { result }).inc();
-    inner.metrics.turn_duration_seconds.observe(started.elapsed().as_secs_f64());
+    inner
+        .metrics
+        .turns
+        .get_or_create(&ResultLabel { result })
+        .inc();
+    inner
+        .metrics
+        .turn_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
     if result == "ok" {
         debug!(chunks = end.chunks, "turn finished");
     } else {

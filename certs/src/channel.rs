@@ -50,15 +50,30 @@ impl Default for ChannelOptions {
 }
 
 /// A channel to `url` (`https://host:port`), TLS by `tls`.
-pub async fn mtls_channel(url: &str, tls: Arc<rustls::ClientConfig>, opts: &ChannelOptions) -> Result<Channel, ChannelError> {
-    let invalid = |reason: String| ChannelError::InvalidUrl { url: url.to_owned(), reason };
-    let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+pub async fn mtls_channel(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+    opts: &ChannelOptions,
+) -> Result<Channel, ChannelError> {
+    let invalid = |reason: String| ChannelError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
     if uri.scheme_str() != Some("https") {
         return Err(invalid("scheme must be https".into()));
     }
-    let host = uri.host().ok_or_else(|| invalid("no host".into()))?.trim_matches(['[', ']']).to_owned();
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("no host".into()))?
+        .trim_matches(['[', ']'])
+        .to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let server_name = ServerName::try_from(host.clone()).map_err(|e| invalid(e.to_string()))?.to_owned();
+    let server_name = ServerName::try_from(host.clone())
+        .map_err(|e| invalid(e.to_string()))?
+        .to_owned();
     // tonic must not try TLS itself: hand it a plain-http URI and do TLS in
     // the connector.
     let plain = format!("http://{}:{port}", uri.host().unwrap_or_default());
@@ -87,7 +102,10 @@ pub async fn mtls_channel(url: &str, tls: Arc<rustls::ClientConfig>, opts: &Chan
     endpoint
         .connect_with_connector(connect)
         .await
-        .map_err(|e| ChannelError::Connect { url: url.to_owned(), reason: error_chain(&e) })
+        .map_err(|e| ChannelError::Connect {
+            url: url.to_owned(),
+            reason: error_chain(&e),
+        })
 }
 
 /// The whole cause chain on one line; TLS refusals hide two levels down.

@@ -11,6 +11,7 @@ mod channel;
 mod credentials;
 mod csr;
 mod id;
+mod incoming;
 mod pem;
 mod refresh;
 mod rotation;
@@ -18,11 +19,12 @@ mod rotation;
 mod testing;
 mod tls;
 
-pub use channel::{ChannelError, ChannelOptions, error_chain, mtls_channel};
 pub use authority::{Authority, AuthorityError, AuthorityPem, Issued, LeafPolicy};
+pub use channel::{ChannelError, ChannelOptions, error_chain, mtls_channel};
 pub use credentials::{Credentials, CredentialsError};
 pub use csr::{CsrError, PendingKey, generate_csr};
 pub use id::{AgentId, IdError, SpiffeId, TrustDomain};
+pub use incoming::tls_incoming;
 pub use refresh::refresh_delay;
 pub use rotation::CredentialStore;
 pub use tls::{

@@ -22,7 +22,11 @@ pub struct AdminFiles {
 impl AdminFiles {
     pub fn in_state_dir(state: &Path) -> Self {
         let dir = state.join("admin");
-        Self { ca: dir.join("ca.pem"), cert: dir.join("admin.pem"), key: dir.join("admin-key.pem") }
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("admin.pem"),
+            key: dir.join("admin-key.pem"),
+        }
     }
 }
 
@@ -31,14 +35,24 @@ pub enum AdminError {
     #[error("cannot issue admin certificate: {0}")]
     Issue(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Issue a fresh admin certificate and write it (and the trust bundle).
-pub fn write_admin_credentials(state: &Path, authority: &Authority, policy: &LeafPolicy) -> Result<AdminFiles, AdminError> {
+pub fn write_admin_credentials(
+    state: &Path,
+    authority: &Authority,
+    policy: &LeafPolicy,
+) -> Result<AdminFiles, AdminError> {
     let files = AdminFiles::in_state_dir(state);
-    let id = SpiffeId::admin(authority.trust_domain().clone(), "local").map_err(|e| AdminError::Issue(e.to_string()))?;
-    let creds = authority.issue(&id, policy, SystemTime::now()).map_err(|e| AdminError::Issue(e.to_string()))?;
+    let id = SpiffeId::admin(authority.trust_domain().clone(), "local")
+        .map_err(|e| AdminError::Issue(e.to_string()))?;
+    let creds = authority
+        .issue(&id, policy, SystemTime::now())
+        .map_err(|e| AdminError::Issue(e.to_string()))?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| AdminError::Io { path, source }

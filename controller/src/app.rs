@@ -11,8 +11,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use clawswarm_certs::{AgentId, Authority, ClientAuth, CredentialStore, LeafPolicy, SpiffeId, TrustDomain};
-use clawswarm_proto::v1::{agent_link_server::AgentLinkServer, gateway_server::GatewayServer, identity_server::IdentityServer};
+use clawswarm_certs::{
+    AgentId, Authority, ClientAuth, CredentialStore, LeafPolicy, SpiffeId, TrustDomain,
+};
+use clawswarm_proto::v1::{
+    agent_link_server::AgentLinkServer, gateway_server::GatewayServer,
+    identity_server::IdentityServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, info, info_span, warn};
@@ -30,15 +35,20 @@ use crate::{
         AgentSpec, Runtime, RuntimeError, TokenTotals,
         local::{LocalConfig, LocalRuntime, WorkloadLaunch},
     },
-    server::{tls_incoming, with_introspection},
 };
+use clawswarm_certs::tls_incoming;
+use clawswarm_proto::introspection::with_introspection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("cannot bind {what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("certificate authority: {0}")]
     Authority(String),
     #[error("runtime: {0}")]
@@ -53,28 +63,48 @@ pub enum AppError {
 /// when to stop.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppError> {
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    std::fs::create_dir_all(&state_dir).map_err(|e| AppError::Io(format!("{}: {e}", state_dir.display())))?;
-    let td = TrustDomain::new(args.trust_domain.clone()).map_err(|e| AppError::Config(format!("CLAWSWARM_TRUST_DOMAIN: {e}")))?;
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| AppError::Io(format!("{}: {e}", state_dir.display())))?;
+    let td = TrustDomain::new(args.trust_domain.clone())
+        .map_err(|e| AppError::Config(format!("CLAWSWARM_TRUST_DOMAIN: {e}")))?;
     let ns = args.namespace.clone();
-    AgentId::new(ns.clone(), "probe").map_err(|e| AppError::Config(format!("CLAWSWARM_NAMESPACE: {e}")))?;
+    AgentId::new(ns.clone(), "probe")
+        .map_err(|e| AppError::Config(format!("CLAWSWARM_NAMESPACE: {e}")))?;
     let ca_dir = state_dir.join("ca");
-    let authority = Authority::load_or_create(&ca_dir, &td).map_err(|e| AppError::Authority(e.to_string()))?;
+    let authority =
+        Authority::load_or_create(&ca_dir, &td).map_err(|e| AppError::Authority(e.to_string()))?;
     let metrics = Metrics::new();
 
     // Our own serving certificate, renewed in the background.
     let server_policy = server_policy(&args);
-    let controller_id = SpiffeId::controller(td.clone(), ns.clone()).map_err(|e| AppError::Config(e.to_string()))?;
-    let creds = authority.issue(&controller_id, &server_policy, SystemTime::now()).map_err(|e| AppError::Authority(e.to_string()))?;
+    let controller_id = SpiffeId::controller(td.clone(), ns.clone())
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    let creds = authority
+        .issue(&controller_id, &server_policy, SystemTime::now())
+        .map_err(|e| AppError::Authority(e.to_string()))?;
     let store = CredentialStore::new(creds);
-    let admin_policy = LeafPolicy { lifetime: args.cert_lifetime, server_auth: false, ..LeafPolicy::default() };
-    let admin_files = write_admin_credentials(&state_dir, &authority, &admin_policy).map_err(|e| AppError::Io(e.to_string()))?;
+    let admin_policy = LeafPolicy {
+        lifetime: args.cert_lifetime,
+        server_auth: false,
+        ..LeafPolicy::default()
+    };
+    let admin_files = write_admin_credentials(&state_dir, &authority, &admin_policy)
+        .map_err(|e| AppError::Io(e.to_string()))?;
 
-    let bind = |what, addr| async move { TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr, source }) };
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { what, addr, source })
+    };
     let mesh_listener = bind("mesh", args.mesh_addr).await?;
     let identity_listener = bind("identity", args.identity_addr).await?;
     let http_listener = bind("http", args.http_addr).await?;
     let local = |l: &TcpListener| l.local_addr().map_err(|e| AppError::Io(e.to_string()));
-    let (mesh_addr, identity_addr, http_addr) = (local(&mesh_listener)?, local(&identity_listener)?, local(&http_listener)?);
+    let (mesh_addr, identity_addr, http_addr) = (
+        local(&mesh_listener)?,
+        local(&identity_listener)?,
+        local(&http_listener)?,
+    );
 
     let runtime: Arc<dyn Runtime> = match args.runtime {
         RuntimeKind::Local => {
@@ -83,20 +113,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             Arc::new(LocalRuntime::open(cfg, metrics.clone())?)
         }
         RuntimeKind::Kubernetes => {
-            return Err(AppError::Config("CLAWSWARM_RUNTIME=kubernetes is not available in this build yet".into()));
+            return Err(AppError::Config(
+                "CLAWSWARM_RUNTIME=kubernetes is not available in this build yet".into(),
+            ));
         }
     };
     for pair in &args.local.agents {
         let (name, owner) = parse_agent_pair(pair).map_err(AppError::Config)?;
-        let id = AgentId::new(ns.clone(), name).map_err(|e| AppError::Config(format!("CLAWSWARM_LOCAL_AGENTS: {e}")))?;
+        let id = AgentId::new(ns.clone(), name)
+            .map_err(|e| AppError::Config(format!("CLAWSWARM_LOCAL_AGENTS: {e}")))?;
         if runtime.get(&id).await?.is_none() {
-            runtime.provision(AgentSpec { id, owner, template: "default".into() }).await?;
+            runtime
+                .provision(AgentSpec {
+                    id,
+                    owner,
+                    template: "default".into(),
+                })
+                .await?;
         }
     }
 
     let tasks = TaskTracker::new();
     let stop_serving = CancellationToken::new();
-    let (mesh, outputs) = Mesh::new(MeshConfig::new(td.clone(), ns.clone()), metrics.clone(), stop_serving.clone());
+    let (mesh, outputs) = Mesh::new(
+        MeshConfig::new(td.clone(), ns.clone()),
+        metrics.clone(),
+        stop_serving.clone(),
+    );
     let router = Router::new(runtime.clone(), mesh.clone(), RouterConfig::default());
     let max_frame = mesh.config().max_frame_bytes;
 
@@ -108,48 +151,103 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
                 .max_decoding_message_size(max_frame)
                 .max_encoding_message_size(max_frame),
         )
-        .add_service(GatewayServer::new(GatewayService::new(router.clone(), td.clone(), ns.clone())).max_decoding_message_size(max_frame));
-    let (mesh_server, _mesh_health) = with_introspection(mesh_server, &["clawswarm.v1.AgentLink", "clawswarm.v1.Gateway"])
-        .await
-        .map_err(|e| AppError::Serve("mesh", e.to_string()))?;
+        .add_service(
+            GatewayServer::new(GatewayService::new(router.clone(), td.clone(), ns.clone()))
+                .max_decoding_message_size(max_frame),
+        );
+    let (mesh_server, _mesh_health) = with_introspection(
+        mesh_server,
+        &["clawswarm.v1.AgentLink", "clawswarm.v1.Gateway"],
+    )
+    .await
+    .map_err(|e| AppError::Serve("mesh", e.to_string()))?;
     let identity_service = IdentityService::new(
         authority.clone(),
         runtime.authenticator(),
         ns.clone(),
-        LeafPolicy { lifetime: args.cert_lifetime, ..LeafPolicy::default() },
+        LeafPolicy {
+            lifetime: args.cert_lifetime,
+            ..LeafPolicy::default()
+        },
         metrics.clone(),
     );
-    let identity_server = tonic::transport::Server::builder().add_service(IdentityServer::new(identity_service).max_decoding_message_size(64 * 1024));
-    let (identity_server, _identity_health) = with_introspection(identity_server, &["clawswarm.v1.Identity"])
-        .await
-        .map_err(|e| AppError::Serve("identity", e.to_string()))?;
+    let identity_server = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity_service).max_decoding_message_size(64 * 1024));
+    let (identity_server, _identity_health) =
+        with_introspection(identity_server, &["clawswarm.v1.Identity"])
+            .await
+            .map_err(|e| AppError::Serve("identity", e.to_string()))?;
 
     let bundle = authority.trust_bundle_pem().to_owned();
     let tls_err = |e: clawswarm_certs::TlsError| AppError::Authority(e.to_string());
-    let mesh_tls = clawswarm_certs::server_config(store.clone(), &bundle, ClientAuth::Required).map_err(tls_err)?;
-    let identity_tls = clawswarm_certs::server_config(store.clone(), &bundle, ClientAuth::Optional).map_err(tls_err)?;
-    let mesh_incoming = tls_incoming("mesh", mesh_listener, mesh_tls, stop_serving.clone(), &tasks);
-    let identity_incoming = tls_incoming("identity", identity_listener, identity_tls, stop_serving.clone(), &tasks);
+    let mesh_tls = clawswarm_certs::server_config(store.clone(), &bundle, ClientAuth::Required)
+        .map_err(tls_err)?;
+    let identity_tls = clawswarm_certs::server_config(store.clone(), &bundle, ClientAuth::Optional)
+        .map_err(tls_err)?;
+    let mesh_incoming = tls_incoming(
+        "mesh",
+        mesh_listener,
+        mesh_tls,
+        stop_serving.clone(),
+        &tasks,
+    );
+    let identity_incoming = tls_incoming(
+        "identity",
+        identity_listener,
+        identity_tls,
+        stop_serving.clone(),
+        &tasks,
+    );
     let stop = stop_serving.clone();
-    let mesh_task = tokio::spawn(async move { mesh_server.serve_with_incoming_shutdown(mesh_incoming, stop.cancelled_owned()).await });
+    let mesh_task = tokio::spawn(async move {
+        mesh_server
+            .serve_with_incoming_shutdown(mesh_incoming, stop.cancelled_owned())
+            .await
+    });
     let stop = stop_serving.clone();
-    let identity_task = tokio::spawn(async move { identity_server.serve_with_incoming_shutdown(identity_incoming, stop.cancelled_owned()).await });
+    let identity_task = tokio::spawn(async move {
+        identity_server
+            .serve_with_incoming_shutdown(identity_incoming, stop.cancelled_owned())
+            .await
+    });
     let ready = Arc::new(AtomicBool::new(true));
-    let http_state = HttpState { metrics: metrics.clone(), ready: ready.clone() };
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
     let stop = stop_serving.clone();
     let http_task = tokio::spawn(async move { serve_http(http_listener, http_state, stop).await });
 
     let runtime_stop = CancellationToken::new();
     let rt = runtime.clone();
     let rt_stop = runtime_stop.clone();
-    let runtime_task = tokio::spawn(async move { rt.run(rt_stop).await }.instrument(info_span!("runtime")));
-    tasks.spawn(renew_own_certificates(authority.clone(), store, controller_id, server_policy, state_dir.clone(), admin_policy, stop_serving.clone()).instrument(info_span!("renewal")));
+    let runtime_task =
+        tokio::spawn(async move { rt.run(rt_stop).await }.instrument(info_span!("runtime")));
+    tasks.spawn(
+        renew_own_certificates(
+            authority.clone(),
+            store,
+            controller_id,
+            server_policy,
+            state_dir.clone(),
+            admin_policy,
+            stop_serving.clone(),
+        )
+        .instrument(info_span!("renewal")),
+    );
     tasks.spawn(record_usage(outputs.usage, runtime.clone()).instrument(info_span!("usage")));
     tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
 
-    let endpoints = Endpoints { mesh: mesh_addr.to_string(), identity: identity_addr.to_string(), http: http_addr.to_string(), pid: std::process::id() };
-    let endpoints_json = serde_json::to_vec_pretty(&endpoints).map_err(|e| AppError::Io(e.to_string()))?;
-    std::fs::write(Endpoints::path(&state_dir), endpoints_json).map_err(|e| AppError::Io(e.to_string()))?;
+    let endpoints = Endpoints {
+        mesh: mesh_addr.to_string(),
+        identity: identity_addr.to_string(),
+        http: http_addr.to_string(),
+        pid: std::process::id(),
+    };
+    let endpoints_json =
+        serde_json::to_vec_pretty(&endpoints).map_err(|e| AppError::Io(e.to_string()))?;
+    std::fs::write(Endpoints::path(&state_dir), endpoints_json)
+        .map_err(|e| AppError::Io(e.to_string()))?;
     info!(
         mesh = %mesh_addr, identity = %identity_addr, http = %http_addr, runtime = runtime.kind(),
         state_dir = %state_dir.display(), admin_cert = %admin_files.cert.display(), "controller serving"
@@ -182,7 +280,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     }
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(mesh.closed(), router.closed()) }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(mesh.closed(), router.closed())
+    })
+    .await;
     info!(unfinished_turns = unfinished, "controller stopped");
     Ok(())
 }
@@ -196,7 +297,12 @@ fn server_policy(args: &RunArgs) -> LeafPolicy {
         Err(_) => dns.push(args.advertise_host.clone()),
     }
     dns.extend(args.server_names.iter().filter(|n| !n.is_empty()).cloned());
-    LeafPolicy { lifetime: args.cert_lifetime, dns_names: dns, ip_addresses: ips, ..LeafPolicy::default() }
+    LeafPolicy {
+        lifetime: args.cert_lifetime,
+        dns_names: dns,
+        ip_addresses: ips,
+        ..LeafPolicy::default()
+    }
 }
 
 fn local_config(
@@ -213,9 +319,13 @@ fn local_config(
         None => std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("clawswarm-sidecar")))
-            .ok_or_else(|| AppError::Config("cannot locate clawswarm-sidecar; set CLAWSWARM_SIDECAR_BIN".into()))?,
+            .ok_or_else(|| {
+                AppError::Config(
+                    "cannot locate clawswarm-sidecar; set CLAWSWARM_SIDECAR_BIN".into(),
+                )
+            })?,
     };
-    if !sidecar_bin.is_file() {
+    if l.processes && !sidecar_bin.is_file() {
         return Err(AppError::Config(format!(
             "sidecar binary {} not found; build it (cargo build --bins) or set CLAWSWARM_SIDECAR_BIN",
             sidecar_bin.display()
@@ -223,11 +333,23 @@ fn local_config(
     }
     let host = &args.advertise_host;
     let mut env = vec![
-        ("CLAWSWARM_CONTROLLER_URL".to_owned(), format!("https://{host}:{}", mesh.port())),
-        ("CLAWSWARM_IDENTITY_URL".to_owned(), format!("https://{host}:{}", identity.port())),
-        ("CLAWSWARM_TRUST_BUNDLE".to_owned(), trust_bundle_path(ca_dir).display().to_string()),
+        (
+            "CLAWSWARM_CONTROLLER_URL".to_owned(),
+            format!("https://{host}:{}", mesh.port()),
+        ),
+        (
+            "CLAWSWARM_IDENTITY_URL".to_owned(),
+            format!("https://{host}:{}", identity.port()),
+        ),
+        (
+            "CLAWSWARM_TRUST_BUNDLE".to_owned(),
+            trust_bundle_path(ca_dir).display().to_string(),
+        ),
         ("CLAWSWARM_TRUST_DOMAIN".to_owned(), td.to_string()),
-        ("CLAWSWARM_CONTROLLER_NAMESPACE".to_owned(), args.namespace.clone()),
+        (
+            "CLAWSWARM_CONTROLLER_NAMESPACE".to_owned(),
+            args.namespace.clone(),
+        ),
         ("CLAWSWARM_WORKLOAD".to_owned(), l.workload.clone()),
     ];
     if let Some(m) = &l.workload_model {
@@ -240,7 +362,11 @@ fn local_config(
     }
     // Settings meant for the sidecars pass through unchanged (the workload
     // token, logging), so an operator sets them once on the controller.
-    for key in ["CLAWSWARM_WORKLOAD_TOKEN", "CLAWSWARM_LOG", "CLAWSWARM_RELAY_IDLE_TIMEOUT"] {
+    for key in [
+        "CLAWSWARM_WORKLOAD_TOKEN",
+        "CLAWSWARM_LOG",
+        "CLAWSWARM_RELAY_IDLE_TIMEOUT",
+    ] {
         if let Some(v) = std::env::var_os(key) {
             env.push((key.to_owned(), v.to_string_lossy().into_owned()));
         }
@@ -250,11 +376,15 @@ fn local_config(
         namespace: args.namespace.clone(),
         sidecar_bin,
         sidecar_env: env,
-        workload: l.workload_command.clone().map(|command| WorkloadLaunch { command, url: l.workload_url_template.clone() }),
+        workload: l.workload_command.clone().map(|command| WorkloadLaunch {
+            command,
+            url: l.workload_url_template.clone(),
+        }),
         supervise_interval: Duration::from_millis(500),
         restart_backoff_max: Duration::from_secs(30),
         stop_grace: Duration::from_secs(5),
         idle_timeout: l.idle_timeout,
+        manage_processes: l.processes,
     })
 }
 
@@ -264,7 +394,10 @@ fn trust_bundle_path(ca_dir: &Path) -> PathBuf {
 
 /// Say plainly what is missing instead of pretending to answer.
 fn describe_workload(cfg: &LocalConfig) {
-    let has_url = cfg.sidecar_env.iter().any(|(k, _)| k == "CLAWSWARM_WORKLOAD_URL");
+    let has_url = cfg
+        .sidecar_env
+        .iter()
+        .any(|(k, _)| k == "CLAWSWARM_WORKLOAD_URL");
     if cfg.workload.is_none() && !has_url {
         warn!(
             "no workload configured: agents will start and connect, but cannot answer until you set \
@@ -310,7 +443,10 @@ async fn renew_own_certificates(
 }
 
 /// Batch token usage into the runtime's persisted totals.
-async fn record_usage(mut rx: tokio::sync::mpsc::Receiver<(AgentId, clawswarm_proto::v1::Usage)>, runtime: Arc<dyn Runtime>) {
+async fn record_usage(
+    mut rx: tokio::sync::mpsc::Receiver<(AgentId, clawswarm_proto::v1::Usage)>,
+    runtime: Arc<dyn Runtime>,
+) {
     while let Some((agent, usage)) = rx.recv().await {
         let mut batch = std::collections::HashMap::<AgentId, TokenTotals>::new();
         batch.entry(agent).or_default().add(&usage);

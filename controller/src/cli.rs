@@ -5,7 +5,9 @@ use std::{io::Write, path::PathBuf};
 
 use clap::{Args, Subcommand};
 use clawswarm_certs::{ChannelOptions, CredentialStore, Credentials, ServerIdentity};
-use clawswarm_proto::v1::{self as pb, chat_event::Event, chat_request::Kind, gateway_client::GatewayClient};
+use clawswarm_proto::v1::{
+    self as pb, chat_event::Event, chat_request::Kind, gateway_client::GatewayClient,
+};
 use tonic::transport::Channel;
 
 use crate::{
@@ -53,8 +55,12 @@ pub enum AgentsCommand {
         #[arg(long, default_value = "default")]
         template: String,
     },
-    Suspend { name: String },
-    Resume { name: String },
+    Suspend {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
     /// Delete an agent (its data too with --delete-data).
     Delete {
         name: String,
@@ -77,23 +83,40 @@ async fn gateway(args: &ClientArgs) -> Result<GatewayClient<Channel>, CliError> 
     let state = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let files = AdminFiles::in_state_dir(&state);
     let read = |p: &PathBuf| {
-        std::fs::read_to_string(p)
-            .map_err(|e| CliError::Setup(format!("{}: {e} (is the controller running with this state dir?)", p.display())))
+        std::fs::read_to_string(p).map_err(|e| {
+            CliError::Setup(format!(
+                "{}: {e} (is the controller running with this state dir?)",
+                p.display()
+            ))
+        })
     };
-    let creds = Credentials::from_pem(&read(&files.cert)?, &read(&files.key)?).map_err(|e| CliError::Setup(e.to_string()))?;
+    let creds = Credentials::from_pem(&read(&files.cert)?, &read(&files.key)?)
+        .map_err(|e| CliError::Setup(e.to_string()))?;
     let bundle = read(&files.ca)?;
     let url = match &args.gateway {
         Some(u) => u.clone(),
         None => {
             let text = read(&Endpoints::path(&state))?;
-            let ep: Endpoints = serde_json::from_str(&text).map_err(|e| CliError::Setup(format!("controller.json: {e}")))?;
+            let ep: Endpoints = serde_json::from_str(&text)
+                .map_err(|e| CliError::Setup(format!("controller.json: {e}")))?;
             format!("https://{}", ep.mesh)
         }
     };
-    let host = url.trim_start_matches("https://").rsplit_once(':').map(|(h, _)| h).unwrap_or("localhost").trim_matches(['[', ']']);
-    let tls = clawswarm_certs::client_config(Some(CredentialStore::new(creds)), &bundle, ServerIdentity::DnsName(host.to_owned()))
+    let host = url
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or("localhost")
+        .trim_matches(['[', ']']);
+    let tls = clawswarm_certs::client_config(
+        Some(CredentialStore::new(creds)),
+        &bundle,
+        ServerIdentity::DnsName(host.to_owned()),
+    )
+    .map_err(|e| CliError::Setup(e.to_string()))?;
+    let channel = clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default())
+        .await
         .map_err(|e| CliError::Setup(e.to_string()))?;
-    let channel = clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default()).await.map_err(|e| CliError::Setup(e.to_string()))?;
     Ok(GatewayClient::new(channel))
 }
 
@@ -101,11 +124,28 @@ async fn gateway(args: &ClientArgs) -> Result<GatewayClient<Channel>, CliError> 
 pub async fn chat(args: ChatArgs) -> Result<(), CliError> {
     let mut client = gateway(&args.client).await?;
     let kind = match (&args.resume, &args.text) {
-        (Some(turn_id), _) => Kind::Resume(pb::ResumeTurn { turn_id: turn_id.clone(), from_seq: args.from_seq }),
-        (None, Some(text)) => Kind::Start(pb::StartTurn { conversation: args.conversation.clone(), text: text.clone(), turn_id: String::new() }),
-        (None, None) => return Err(CliError::Setup("say something: clawswarm chat <agent> \"<text>\"".into())),
+        (Some(turn_id), _) => Kind::Resume(pb::ResumeTurn {
+            turn_id: turn_id.clone(),
+            from_seq: args.from_seq,
+        }),
+        (None, Some(text)) => Kind::Start(pb::StartTurn {
+            conversation: args.conversation.clone(),
+            text: text.clone(),
+            turn_id: String::new(),
+        }),
+        (None, None) => {
+            return Err(CliError::Setup(
+                "say something: clawswarm chat <agent> \"<text>\"".into(),
+            ));
+        }
     };
-    let mut stream = client.chat(pb::ChatRequest { agent: args.agent.clone(), kind: Some(kind) }).await?.into_inner();
+    let mut stream = client
+        .chat(pb::ChatRequest {
+            agent: args.agent.clone(),
+            kind: Some(kind),
+        })
+        .await?
+        .into_inner();
     let mut out = std::io::stdout().lock();
     while let Some(ev) = stream.message().await? {
         match ev.event {
@@ -142,18 +182,57 @@ pub async fn agents(client_args: ClientArgs, cmd: AgentsCommand) -> Result<(), C
         let u = a.usage.unwrap_or_default();
         println!(
             "{:<24} owner={:<14} phase={:<10} connected={:<5} ready={:<5} tokens(in/out)={}/{} {}",
-            a.name, a.owner, a.phase, a.connected, a.workload_ready, u.input_tokens, u.output_tokens, a.detail
+            a.name,
+            a.owner,
+            a.phase,
+            a.connected,
+            a.workload_ready,
+            u.input_tokens,
+            u.output_tokens,
+            a.detail
         );
     };
     match cmd {
-        AgentsCommand::List => client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.iter().for_each(print),
-        AgentsCommand::Provision { name, owner, template } => {
-            print(&client.provision_agent(pb::ProvisionAgentRequest { name, owner, template }).await?.into_inner())
-        }
-        AgentsCommand::Suspend { name } => print(&client.suspend_agent(pb::SuspendAgentRequest { name }).await?.into_inner()),
-        AgentsCommand::Resume { name } => print(&client.resume_agent(pb::ResumeAgentRequest { name }).await?.into_inner()),
+        AgentsCommand::List => client
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents
+            .iter()
+            .for_each(print),
+        AgentsCommand::Provision {
+            name,
+            owner,
+            template,
+        } => print(
+            &client
+                .provision_agent(pb::ProvisionAgentRequest {
+                    name,
+                    owner,
+                    template,
+                })
+                .await?
+                .into_inner(),
+        ),
+        AgentsCommand::Suspend { name } => print(
+            &client
+                .suspend_agent(pb::SuspendAgentRequest { name })
+                .await?
+                .into_inner(),
+        ),
+        AgentsCommand::Resume { name } => print(
+            &client
+                .resume_agent(pb::ResumeAgentRequest { name })
+                .await?
+                .into_inner(),
+        ),
         AgentsCommand::Delete { name, delete_data } => {
-            client.deprovision_agent(pb::DeprovisionAgentRequest { name: name.clone(), delete_data }).await?;
+            client
+                .deprovision_agent(pb::DeprovisionAgentRequest {
+                    name: name.clone(),
+                    delete_data,
+                })
+                .await?;
             println!("deleted {name}");
         }
     }

@@ -21,7 +21,11 @@ pub struct RunArgs {
     pub state_dir: Option<PathBuf>,
 
     /// SPIFFE trust domain of every identity this controller issues.
-    #[arg(long, env = "CLAWSWARM_TRUST_DOMAIN", default_value = "clawswarm.local")]
+    #[arg(
+        long,
+        env = "CLAWSWARM_TRUST_DOMAIN",
+        default_value = "clawswarm.local"
+    )]
     pub trust_domain: String,
 
     /// Namespace agents live in (the Kubernetes namespace, or a name for local agents).
@@ -33,7 +37,11 @@ pub struct RunArgs {
     pub mesh_addr: SocketAddr,
 
     /// Identity.Certify (TLS; a client certificate is optional, for renewals).
-    #[arg(long, env = "CLAWSWARM_IDENTITY_ADDR", default_value = "127.0.0.1:7444")]
+    #[arg(
+        long,
+        env = "CLAWSWARM_IDENTITY_ADDR",
+        default_value = "127.0.0.1:7444"
+    )]
     pub identity_addr: SocketAddr,
 
     /// Plain HTTP: /metrics, /healthz, /readyz.
@@ -82,7 +90,11 @@ pub struct LocalArgs {
     pub workload_command: Option<String>,
 
     /// URL of the workload started by --workload-command (`{port}` substituted).
-    #[arg(long, env = "CLAWSWARM_WORKLOAD_URL_TEMPLATE", default_value = "http://127.0.0.1:{port}")]
+    #[arg(
+        long,
+        env = "CLAWSWARM_WORKLOAD_URL_TEMPLATE",
+        default_value = "http://127.0.0.1:{port}"
+    )]
     pub workload_url_template: String,
 
     /// A shared /v1/responses endpoint all agents use instead of a per-agent
@@ -98,6 +110,11 @@ pub struct LocalArgs {
     #[arg(long, env = "CLAWSWARM_LOCAL_AGENTS", value_delimiter = ',')]
     pub agents: Vec<String>,
 
+    /// Start and supervise each agent's processes (false: agents are records
+    /// only and their sidecars are run elsewhere).
+    #[arg(long, env = "CLAWSWARM_LOCAL_PROCESSES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub processes: bool,
+
     /// Suspend agents idle this long (e.g. `2h`); unset = never.
     #[arg(long, env = "CLAWSWARM_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
@@ -106,10 +123,18 @@ pub struct LocalArgs {
 /// `500ms`, `10s`, `5m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h, d)"))?;
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit (ms, s, m, h, d)"))?;
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
-    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too large"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
+    let secs = |k: u64| {
+        n.checked_mul(k)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
@@ -134,8 +159,12 @@ pub fn default_state_dir() -> PathBuf {
 /// Parse `name=owner`.
 pub fn parse_agent_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((n, o)) if !n.trim().is_empty() && !o.trim().is_empty() => Ok((n.trim().to_owned(), o.trim().to_owned())),
-        _ => Err(format!("CLAWSWARM_LOCAL_AGENTS entry {s:?} is not name=owner")),
+        Some((n, o)) if !n.trim().is_empty() && !o.trim().is_empty() => {
+            Ok((n.trim().to_owned(), o.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "CLAWSWARM_LOCAL_AGENTS entry {s:?} is not name=owner"
+        )),
     }
 }
 
@@ -154,7 +183,10 @@ mod tests {
 
     #[test]
     fn agent_pairs_need_both_halves() {
-        assert_eq!(parse_agent_pair("alice=U1").unwrap(), ("alice".into(), "U1".into()));
+        assert_eq!(
+            parse_agent_pair("alice=U1").unwrap(),
+            ("alice".into(), "U1".into())
+        );
         assert!(parse_agent_pair("alice").is_err());
         assert!(parse_agent_pair("=U1").is_err());
     }

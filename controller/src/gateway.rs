@@ -6,7 +6,8 @@ use std::pin::Pin;
 
 use clawswarm_certs::{AgentId, SpiffeId, TrustDomain};
 use clawswarm_proto::v1::{
-    self as pb, ChatEvent, ChatRequest, chat_event::Event, chat_request::Kind, gateway_server::Gateway,
+    self as pb, ChatEvent, ChatRequest, chat_event::Event, chat_request::Kind,
+    gateway_server::Gateway,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -32,21 +33,34 @@ pub struct GatewayService {
 
 impl GatewayService {
     pub fn new(router: Router, trust_domain: TrustDomain, namespace: String) -> Self {
-        Self { router, trust_domain, namespace }
+        Self {
+            router,
+            trust_domain,
+            namespace,
+        }
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("Gateway requires an admin client certificate"))?;
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("Gateway requires an admin client certificate")
+        })?;
         match clawswarm_certs::peer_spiffe_id(&certs) {
-            Ok(SpiffeId::Admin { trust_domain, name }) if trust_domain == self.trust_domain => Ok(name),
-            Ok(other) => Err(Status::permission_denied(format!("{other} is not an admin identity"))),
-            Err(e) => Err(Status::unauthenticated(format!("client certificate has no usable SPIFFE id: {e}"))),
+            Ok(SpiffeId::Admin { trust_domain, name }) if trust_domain == self.trust_domain => {
+                Ok(name)
+            }
+            Ok(other) => Err(Status::permission_denied(format!(
+                "{other} is not an admin identity"
+            ))),
+            Err(e) => Err(Status::unauthenticated(format!(
+                "client certificate has no usable SPIFFE id: {e}"
+            ))),
         }
     }
 
     fn agent_id(&self, name: &str) -> Result<AgentId, Status> {
-        AgentId::new(self.namespace.clone(), name)
-            .map_err(|e| Status::invalid_argument(format!("agent {name:?} is not a valid agent name: {e}")))
+        AgentId::new(self.namespace.clone(), name).map_err(|e| {
+            Status::invalid_argument(format!("agent {name:?} is not a valid agent name: {e}"))
+        })
     }
 
     fn to_proto(&self, r: AgentRecord) -> pb::Agent {
@@ -62,7 +76,11 @@ impl GatewayService {
             phase: r.phase.to_string(),
             connected: state.connected,
             workload_ready: state.workload_ready,
-            detail: if state.detail.is_empty() { r.detail } else { state.detail },
+            detail: if state.detail.is_empty() {
+                r.detail
+            } else {
+                state.detail
+            },
             usage: Some(r.usage.to_proto()),
         }
     }
@@ -78,7 +96,9 @@ fn chat_events(turn: TurnStream) -> ChatStream {
             TurnEvent::Accepted { turn_id } => Ok(Event::Accepted(pb::TurnAccepted { turn_id })),
             TurnEvent::Progress(text) => Ok(Event::Progress(pb::Progress { text })),
             TurnEvent::Chunk { seq, delta } => Ok(Event::Chunk(pb::Chunk { seq, delta })),
-            TurnEvent::End(end) if end.outcome == pb::Outcome::NotFound => Err(Status::not_found(end.error)),
+            TurnEvent::End(end) if end.outcome == pb::Outcome::NotFound => {
+                Err(Status::not_found(end.error))
+            }
             TurnEvent::End(end) => Ok(Event::End(pb::TurnEnd {
                 outcome: end.outcome as i32,
                 error: end.error,
@@ -95,7 +115,10 @@ fn chat_events(turn: TurnStream) -> ChatStream {
 impl Gateway for GatewayService {
     type ChatStream = ChatStream;
 
-    async fn chat(&self, request: Request<ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
+    async fn chat(
+        &self,
+        request: Request<ChatRequest>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
         let admin = self.authorize(&request)?;
         let req = request.into_inner();
         let agent = self.agent_id(&req.agent)?;
@@ -103,55 +126,105 @@ impl Gateway for GatewayService {
             Some(Kind::Start(s)) => {
                 let spec = TurnSpec {
                     turn_id: (!s.turn_id.is_empty()).then_some(s.turn_id),
-                    conversation: if s.conversation.is_empty() { DEFAULT_CONVERSATION.to_owned() } else { s.conversation },
+                    conversation: if s.conversation.is_empty() {
+                        DEFAULT_CONVERSATION.to_owned()
+                    } else {
+                        s.conversation
+                    },
                     text: s.text,
                     reply_target: GATEWAY_REPLY_TARGET.to_vec(),
                 };
                 self.router.send_turn(&agent, spec).await?
             }
-            Some(Kind::Resume(r)) => self.router.resume_turn(&agent, &r.turn_id, r.from_seq).await?,
-            None => return Err(Status::invalid_argument("ChatRequest needs `start` or `resume`")),
+            Some(Kind::Resume(r)) => {
+                self.router
+                    .resume_turn(&agent, &r.turn_id, r.from_seq)
+                    .await?
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "ChatRequest needs `start` or `resume`",
+                ));
+            }
         };
         info!(agent = %agent, turn_id = %turn.turn_id(), admin = %admin, "gateway chat");
         Ok(Response::new(chat_events(turn)))
     }
 
-    async fn list_agents(&self, request: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.authorize(&request)?;
         let agents = self.router.runtime().list().await?;
-        Ok(Response::new(pb::ListAgentsResponse { agents: agents.into_iter().map(|a| self.to_proto(a)).collect() }))
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.into_iter().map(|a| self.to_proto(a)).collect(),
+        }))
     }
 
-    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         self.authorize(&request)?;
         let id = self.agent_id(&request.get_ref().name)?;
-        let rec = self.router.runtime().get(&id).await?.ok_or_else(|| Status::not_found(format!("no agent named {id}")))?;
+        let rec = self
+            .router
+            .runtime()
+            .get(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no agent named {id}")))?;
         Ok(Response::new(self.to_proto(rec)))
     }
 
-    async fn provision_agent(&self, request: Request<pb::ProvisionAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn provision_agent(
+        &self,
+        request: Request<pb::ProvisionAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         let admin = self.authorize(&request)?;
         let req = request.into_inner();
         let id = self.agent_id(&req.name)?;
         if req.owner.trim().is_empty() {
             return Err(Status::invalid_argument("owner is required"));
         }
-        let template = if req.template.is_empty() { "default".to_owned() } else { req.template };
-        let rec = self.router.runtime().provision(AgentSpec { id: id.clone(), owner: req.owner, template }).await?;
+        let template = if req.template.is_empty() {
+            "default".to_owned()
+        } else {
+            req.template
+        };
+        let rec = self
+            .router
+            .runtime()
+            .provision(AgentSpec {
+                id: id.clone(),
+                owner: req.owner,
+                template,
+            })
+            .await?;
         info!(agent = %id, admin = %admin, "agent provisioned through the gateway");
         Ok(Response::new(self.to_proto(rec)))
     }
 
-    async fn suspend_agent(&self, request: Request<pb::SuspendAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn suspend_agent(
+        &self,
+        request: Request<pb::SuspendAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         self.authorize(&request)?;
         let id = self.agent_id(&request.get_ref().name)?;
-        Ok(Response::new(self.to_proto(self.router.runtime().suspend(&id).await?)))
+        Ok(Response::new(
+            self.to_proto(self.router.runtime().suspend(&id).await?),
+        ))
     }
 
-    async fn resume_agent(&self, request: Request<pb::ResumeAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn resume_agent(
+        &self,
+        request: Request<pb::ResumeAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         self.authorize(&request)?;
         let id = self.agent_id(&request.get_ref().name)?;
-        Ok(Response::new(self.to_proto(self.router.runtime().resume(&id).await?)))
+        Ok(Response::new(
+            self.to_proto(self.router.runtime().resume(&id).await?),
+        ))
     }
 
     async fn deprovision_agent(
@@ -161,21 +234,36 @@ impl Gateway for GatewayService {
         let admin = self.authorize(&request)?;
         let req = request.into_inner();
         let id = self.agent_id(&req.name)?;
-        self.router.runtime().deprovision(&id, req.delete_data).await?;
+        self.router
+            .runtime()
+            .deprovision(&id, req.delete_data)
+            .await?;
         info!(agent = %id, admin = %admin, delete_data = req.delete_data, "agent deprovisioned through the gateway");
         Ok(Response::new(pb::DeprovisionAgentResponse {}))
     }
 
-    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::UsageReport>, Status> {
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
         self.authorize(&request)?;
         let name = request.get_ref().name.clone();
         let agents = if name.is_empty() {
             self.router.runtime().list().await?
         } else {
             let id = self.agent_id(&name)?;
-            vec![self.router.runtime().get(&id).await?.ok_or_else(|| Status::not_found(format!("no agent named {id}")))?]
+            vec![
+                self.router
+                    .runtime()
+                    .get(&id)
+                    .await?
+                    .ok_or_else(|| Status::not_found(format!("no agent named {id}")))?,
+            ]
         };
-        let by_agent = agents.into_iter().map(|a| (a.id.name().to_owned(), a.usage.to_proto())).collect();
+        let by_agent = agents
+            .into_iter()
+            .map(|a| (a.id.name().to_owned(), a.usage.to_proto()))
+            .collect();
         Ok(Response::new(pb::UsageReport { by_agent }))
     }
 }

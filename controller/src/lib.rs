@@ -12,4 +12,3 @@ pub mod mesh;
 pub mod metrics;
 pub mod router;
 pub mod runtime;
-pub mod server;

@@ -57,21 +57,52 @@ impl Metrics {
         let certify = Family::<ResultLabel, Counter>::default();
         let agent_restarts = Counter::default();
 
-        registry.register("link_streams", "Agent sidecars connected over AgentLink", link_streams.clone());
+        registry.register(
+            "link_streams",
+            "Agent sidecars connected over AgentLink",
+            link_streams.clone(),
+        );
         registry.register("turns", "Turns finished, by outcome", turns.clone());
         registry.register(
             "turn_first_chunk_seconds",
             "Time from dispatching a turn to its first reply chunk",
             turn_first_chunk_seconds.clone(),
         );
-        registry.register("turn_duration_seconds", "Time from dispatching a turn to its end", turn_duration_seconds.clone());
-        registry.register("tokens", "Model tokens reported by agents' turns, by kind", tokens.clone());
-        registry.register("link_frames_rejected", "Sidecar frames refused, by reason", frames_rejected.clone());
-        registry.register("identity_certify", "Certificate requests, by result", certify.clone());
-        registry.register("local_agent_restarts", "Local agent processes restarted after dying", agent_restarts.clone());
+        registry.register(
+            "turn_duration_seconds",
+            "Time from dispatching a turn to its end",
+            turn_duration_seconds.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Model tokens reported by agents' turns, by kind",
+            tokens.clone(),
+        );
+        registry.register(
+            "link_frames_rejected",
+            "Sidecar frames refused, by reason",
+            frames_rejected.clone(),
+        );
+        registry.register(
+            "identity_certify",
+            "Certificate requests, by result",
+            certify.clone(),
+        );
+        registry.register(
+            "local_agent_restarts",
+            "Local agent processes restarted after dying",
+            agent_restarts.clone(),
+        );
 
         // Series that must read 0 exist from startup.
-        for result in ["ok", "error", "cancelled", "timeout", "rejected", "not_found"] {
+        for result in [
+            "ok",
+            "error",
+            "cancelled",
+            "timeout",
+            "rejected",
+            "not_found",
+        ] {
             let _ = turns.get_or_create(&ResultLabel { result });
         }
         for result in ["ok", "error"] {
@@ -99,7 +130,12 @@ impl Metrics {
             ("cache_write", usage.cache_write_tokens),
         ] {
             if n > 0 {
-                self.tokens.get_or_create(&TokenLabels { agent: agent.to_owned(), kind }).inc_by(n);
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        agent: agent.to_owned(),
+                        kind,
+                    })
+                    .inc_by(n);
             }
         }
     }

@@ -32,7 +32,10 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(180), patience_interval: Duration::from_secs(15) }
+        Self {
+            connect_timeout: Duration::from_secs(180),
+            patience_interval: Duration::from_secs(15),
+        }
     }
 }
 
@@ -76,7 +79,12 @@ pub struct Router {
 
 impl Router {
     pub fn new(runtime: Arc<dyn Runtime>, mesh: Mesh, cfg: RouterConfig) -> Self {
-        Self { runtime, mesh, cfg, tasks: TaskTracker::new() }
+        Self {
+            runtime,
+            mesh,
+            cfg,
+            tasks: TaskTracker::new(),
+        }
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -95,17 +103,35 @@ impl Router {
     /// Start a turn. Returns at once with a stream whose first event is
     /// `Accepted`; waking and connecting are reported as `Progress`, and
     /// every failure arrives as the `End` event.
-    pub async fn send_turn(&self, agent: &AgentId, spec: TurnSpec) -> Result<TurnStream, RouteError> {
+    pub async fn send_turn(
+        &self,
+        agent: &AgentId,
+        spec: TurnSpec,
+    ) -> Result<TurnStream, RouteError> {
         spec.validate()?;
-        let record = self.runtime.get(agent).await?.ok_or_else(|| RouteError::UnknownAgent(agent.clone()))?;
-        let turn_id = spec.turn_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let record = self
+            .runtime
+            .get(agent)
+            .await?
+            .ok_or_else(|| RouteError::UnknownAgent(agent.clone()))?;
+        let turn_id = spec
+            .turn_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let (stream, tx, dispatched, delivery) = self.open_stream(agent, &turn_id);
         let router = self.clone();
         let span = info_span!("turn", agent = %agent, turn_id = %turn_id);
         let agent = agent.clone();
         self.tasks.spawn(
             async move {
-                let work = router.deliver(&agent, &record, &turn_id, Delivery::Start(spec), &tx, &dispatched);
+                let work = router.deliver(
+                    &agent,
+                    &record,
+                    &turn_id,
+                    Delivery::Start(spec),
+                    &tx,
+                    &dispatched,
+                );
                 tokio::select! {
                     _ = delivery.cancelled() => {}
                     result = work => if let Err(end) = result {
@@ -121,9 +147,18 @@ impl Router {
 
     /// Pick up a turn started earlier (perhaps through a controller that has
     /// since died) from chunk `from_seq` on.
-    pub async fn resume_turn(&self, agent: &AgentId, turn_id: &str, from_seq: u64) -> Result<TurnStream, RouteError> {
+    pub async fn resume_turn(
+        &self,
+        agent: &AgentId,
+        turn_id: &str,
+        from_seq: u64,
+    ) -> Result<TurnStream, RouteError> {
         crate::mesh::turn::validate_turn_id(turn_id)?;
-        let record = self.runtime.get(agent).await?.ok_or_else(|| RouteError::UnknownAgent(agent.clone()))?;
+        let record = self
+            .runtime
+            .get(agent)
+            .await?
+            .ok_or_else(|| RouteError::UnknownAgent(agent.clone()))?;
         let (stream, tx, dispatched, delivery) = self.open_stream(agent, turn_id);
         let router = self.clone();
         let span = info_span!("turn", agent = %agent, turn_id = %turn_id);
@@ -131,7 +166,14 @@ impl Router {
         let turn_id = turn_id.to_owned();
         self.tasks.spawn(
             async move {
-                let work = router.deliver(&agent, &record, &turn_id, Delivery::Resume(from_seq), &tx, &dispatched);
+                let work = router.deliver(
+                    &agent,
+                    &record,
+                    &turn_id,
+                    Delivery::Resume(from_seq),
+                    &tx,
+                    &dispatched,
+                );
                 tokio::select! {
                     _ = delivery.cancelled() => {}
                     result = work => if let Err(end) = result {
@@ -144,10 +186,21 @@ impl Router {
         Ok(stream)
     }
 
-    fn open_stream(&self, agent: &AgentId, turn_id: &str) -> (TurnStream, mpsc::Sender<TurnEvent>, Arc<AtomicBool>, CancellationToken) {
+    fn open_stream(
+        &self,
+        agent: &AgentId,
+        turn_id: &str,
+    ) -> (
+        TurnStream,
+        mpsc::Sender<TurnEvent>,
+        Arc<AtomicBool>,
+        CancellationToken,
+    ) {
         let (tx, rx) = mpsc::channel(self.mesh.config().turn_queue.max(2));
         // Room for one event is guaranteed on a fresh channel.
-        let _ = tx.try_send(TurnEvent::Accepted { turn_id: turn_id.to_owned() });
+        let _ = tx.try_send(TurnEvent::Accepted {
+            turn_id: turn_id.to_owned(),
+        });
         let dispatched = Arc::new(AtomicBool::new(false));
         let delivery = CancellationToken::new();
         let stream = TurnStream {
@@ -173,9 +226,14 @@ impl Router {
     ) -> Result<(), TurnEnd> {
         let fail = |outcome, msg: String| TurnEnd::failed(outcome, msg);
         if record.mode == AgentMode::Suspended {
-            let _ = tx.send(TurnEvent::Progress(format!("Waking agent {agent}…"))).await;
+            let _ = tx
+                .send(TurnEvent::Progress(format!("Waking agent {agent}…")))
+                .await;
             info!("waking suspended agent for a turn");
-            self.runtime.resume(agent).await.map_err(|e| fail(Outcome::Error, format!("could not wake agent {agent}: {e}")))?;
+            self.runtime
+                .resume(agent)
+                .await
+                .map_err(|e| fail(Outcome::Error, format!("could not wake agent {agent}: {e}")))?;
         }
         if !self.mesh.state(agent).connected {
             self.wait_for_agent(agent, tx).await?;
@@ -185,7 +243,9 @@ impl Router {
         dispatched.store(true, Ordering::Release);
         let sent = match what {
             Delivery::Start(spec) => self.mesh.dispatch(agent, turn_id, &spec, tx.clone()).await,
-            Delivery::Resume(from_seq) => self.mesh.resume(agent, turn_id, from_seq, tx.clone()).await,
+            Delivery::Resume(from_seq) => {
+                self.mesh.resume(agent, turn_id, from_seq, tx.clone()).await
+            }
         };
         sent.map_err(|e| match e {
             MeshError::DuplicateTurn(_) => fail(Outcome::Rejected, e.to_string()),
@@ -197,21 +257,40 @@ impl Router {
         Ok(())
     }
 
-    async fn wait_for_agent(&self, agent: &AgentId, tx: &mpsc::Sender<TurnEvent>) -> Result<(), TurnEnd> {
-        let _ = tx.send(TurnEvent::Progress(format!("Agent {agent} is starting; your message will be delivered when it is ready…"))).await;
+    async fn wait_for_agent(
+        &self,
+        agent: &AgentId,
+        tx: &mpsc::Sender<TurnEvent>,
+    ) -> Result<(), TurnEnd> {
+        let _ = tx
+            .send(TurnEvent::Progress(format!(
+                "Agent {agent} is starting; your message will be delivered when it is ready…"
+            )))
+            .await;
         let deadline = tokio::time::Instant::now() + self.cfg.connect_timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(TurnEnd::failed(
                     Outcome::Timeout,
-                    format!("agent {agent} did not connect within {:?}", self.cfg.connect_timeout),
+                    format!(
+                        "agent {agent} did not connect within {:?}",
+                        self.cfg.connect_timeout
+                    ),
                 ));
             }
-            match self.mesh.wait_connected(agent, left.min(self.cfg.patience_interval)).await {
+            match self
+                .mesh
+                .wait_connected(agent, left.min(self.cfg.patience_interval))
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(_) if !left.is_zero() => {
-                    let _ = tx.send(TurnEvent::Progress(format!("Still waiting for agent {agent} to start…"))).await;
+                    let _ = tx
+                        .send(TurnEvent::Progress(format!(
+                            "Still waiting for agent {agent} to start…"
+                        )))
+                        .await;
                 }
                 Err(e) => return Err(TurnEnd::failed(Outcome::Error, e.to_string())),
             }

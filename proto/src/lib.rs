@@ -1,12 +1,15 @@
 //! The `clawswarm.v1` wire protocol: generated code and the encoded file
 //! descriptor set that feeds gRPC server reflection. No logic lives here.
 
-#![allow(clippy::all, missing_docs)]
+pub mod introspection;
 
+/// Generated code: lints are the generator's business.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("clawswarm.v1");
 }
 
 /// Encoded `FileDescriptorSet` of every clawswarm.v1 file (and the
 /// well-known types they import), for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/clawswarm_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/clawswarm_descriptor.bin"));

@@ -1,6 +1,7 @@
 //! clawswarm end-to-end harness.
 
 pub mod control_plane;
+pub mod harness;
 pub mod kubelet;
 pub mod stub_model;
 

@@ -7,6 +7,7 @@
 //! cancellation, buffering for resume — so an adapter only translates one
 //! request into a stream of [`WorkloadEvent`]s.
 
+pub mod none;
 pub mod responses;
 pub mod sse;
 
@@ -73,10 +74,16 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn ready(detail: impl Into<String>) -> Self {
-        Self { ready: true, detail: detail.into() }
+        Self {
+            ready: true,
+            detail: detail.into(),
+        }
     }
     pub fn not_ready(detail: impl Into<String>) -> Self {
-        Self { ready: false, detail: detail.into() }
+        Self {
+            ready: false,
+            detail: detail.into(),
+        }
     }
 }
 

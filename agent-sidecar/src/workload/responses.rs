@@ -42,7 +42,10 @@ impl fmt::Debug for ResponsesConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponsesConfig")
             .field("base_url", &self.base_url)
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("model", &self.model)
             .field("session", &self.session)
             .field("ready_path", &self.ready_path)
@@ -65,7 +68,11 @@ impl ResponsesWorkload {
             .build()
             .map_err(|e| WorkloadError::NotConfigured(format!("http client: {e}")))?;
         let endpoint = format!("{}/v1/responses", cfg.base_url.trim_end_matches('/'));
-        Ok(Self { http, cfg, endpoint })
+        Ok(Self {
+            http,
+            cfg,
+            endpoint,
+        })
     }
 
     fn request(&self, turn: &TurnRequest) -> reqwest::RequestBuilder {
@@ -98,9 +105,20 @@ impl Workload for ResponsesWorkload {
                 Some(p) => format!("{base}{p}"),
                 None => base.to_owned(),
             };
-            let resp = match self.http.get(&url).timeout(self.cfg.connect_timeout).send().await {
+            let resp = match self
+                .http
+                .get(&url)
+                .timeout(self.cfg.connect_timeout)
+                .send()
+                .await
+            {
                 Ok(r) => r,
-                Err(e) => return Readiness::not_ready(format!("workload not reachable at {base}: {}", short(&e))),
+                Err(e) => {
+                    return Readiness::not_ready(format!(
+                        "workload not reachable at {base}: {}",
+                        short(&e)
+                    ));
+                }
             };
             let status = resp.status();
             if self.cfg.ready_path.is_none() {
@@ -109,11 +127,22 @@ impl Workload for ResponsesWorkload {
             // Some servers answer unknown paths with 200 (a UI), so a JSON
             // `ready` field wins over the status code when present.
             let body = resp.bytes().await.unwrap_or_default();
-            match serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("ready").and_then(|r| r.as_bool())) {
+            match serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("ready").and_then(|r| r.as_bool()))
+            {
                 Some(true) => Readiness::ready("workload ready"),
-                Some(false) => Readiness::not_ready(format!("workload reports not ready (HTTP {})", status.as_u16())),
-                None if status.is_success() => Readiness::ready(format!("workload answered HTTP {}", status.as_u16())),
-                None => Readiness::not_ready(format!("workload readiness check answered HTTP {}", status.as_u16())),
+                Some(false) => Readiness::not_ready(format!(
+                    "workload reports not ready (HTTP {})",
+                    status.as_u16()
+                )),
+                None if status.is_success() => {
+                    Readiness::ready(format!("workload answered HTTP {}", status.as_u16()))
+                }
+                None => Readiness::not_ready(format!(
+                    "workload readiness check answered HTTP {}",
+                    status.as_u16()
+                )),
             }
         })
     }
@@ -128,7 +157,10 @@ impl Workload for ResponsesWorkload {
 
 enum ReplyState {
     Pending(reqwest::RequestBuilder),
-    Streaming { body: BoxStream<'static, reqwest::Result<bytes::Bytes>>, parser: SseParser },
+    Streaming {
+        body: BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        parser: SseParser,
+    },
     Finished,
 }
 
@@ -141,20 +173,36 @@ async fn next(state: ReplyState, idle: Duration) -> Option<(Item, ReplyState)> {
         ReplyState::Pending(req) => {
             let resp = match tokio::time::timeout(idle, req.send()).await {
                 Err(_) => return Some((Err(WorkloadError::Timeout(idle)), ReplyState::Finished)),
-                Ok(Err(e)) => return Some((Err(WorkloadError::Unavailable(short(&e))), ReplyState::Finished)),
+                Ok(Err(e)) => {
+                    return Some((
+                        Err(WorkloadError::Unavailable(short(&e))),
+                        ReplyState::Finished,
+                    ));
+                }
                 Ok(Ok(r)) => r,
             };
             let status = resp.status();
             if !status.is_success() {
                 let message = error_body(resp).await;
-                return Some((Err(WorkloadError::Http { status: status.as_u16(), message }), ReplyState::Finished));
+                return Some((
+                    Err(WorkloadError::Http {
+                        status: status.as_u16(),
+                        message,
+                    }),
+                    ReplyState::Finished,
+                ));
             }
             (resp.bytes_stream().boxed(), SseParser::default())
         }
     };
     loop {
         match parser.next_event() {
-            Err(e) => return Some((Err(WorkloadError::Protocol(e.to_string())), ReplyState::Finished)),
+            Err(e) => {
+                return Some((
+                    Err(WorkloadError::Protocol(e.to_string())),
+                    ReplyState::Finished,
+                ));
+            }
             Ok(Some(ev)) => match interpret(&ev) {
                 Ok(None) => continue,
                 Ok(Some(WorkloadEvent::Done(usage))) => {
@@ -171,7 +219,12 @@ async fn next(state: ReplyState, idle: Duration) -> Option<(Item, ReplyState)> {
                 let e = WorkloadError::Protocol("stream ended before response.completed".into());
                 return Some((Err(e), ReplyState::Finished));
             }
-            Ok(Some(Err(e))) => return Some((Err(WorkloadError::Unavailable(short(&e))), ReplyState::Finished)),
+            Ok(Some(Err(e))) => {
+                return Some((
+                    Err(WorkloadError::Unavailable(short(&e))),
+                    ReplyState::Finished,
+                ));
+            }
             Ok(Some(Ok(bytes))) => parser.push(&bytes),
         }
     }
@@ -223,19 +276,27 @@ struct InputDetails {
 /// skipped: the Responses API adds new ones over time.
 fn interpret(ev: &SseEvent) -> Result<Option<WorkloadEvent>, WorkloadError> {
     if ev.data == "[DONE]" {
-        return Err(WorkloadError::Protocol("stream ended before response.completed".into()));
+        return Err(WorkloadError::Protocol(
+            "stream ended before response.completed".into(),
+        ));
     }
     let body: EventBody = serde_json::from_str(&ev.data)
         .map_err(|e| WorkloadError::Protocol(format!("event is not JSON: {e}")))?;
     if let Some(err) = &body.error {
         return Err(WorkloadError::Failed(error_text(err)));
     }
-    let kind = if body.kind.is_empty() { ev.event.as_deref().unwrap_or_default() } else { body.kind.as_str() };
+    let kind = if body.kind.is_empty() {
+        ev.event.as_deref().unwrap_or_default()
+    } else {
+        body.kind.as_str()
+    };
     match kind {
         "response.output_text.delta" => match body.delta {
             Some(d) if d.is_empty() => Ok(None),
             Some(d) => Ok(Some(WorkloadEvent::Delta(d))),
-            None => Err(WorkloadError::Protocol("output_text.delta without delta".into())),
+            None => Err(WorkloadError::Protocol(
+                "output_text.delta without delta".into(),
+            )),
         },
         "response.completed" | "response.incomplete" => {
             let usage = body.response.and_then(|r| r.usage).unwrap_or_default();
@@ -296,7 +357,10 @@ mod tests {
     use super::*;
 
     fn ev(data: &str) -> SseEvent {
-        SseEvent { event: None, data: data.into() }
+        SseEvent {
+            event: None,
+            data: data.into(),
+        }
     }
 
     #[test]
@@ -308,26 +372,43 @@ mod tests {
         let done = r#"{"type":"response.completed","response":{"usage":{"input_tokens":10,"input_tokens_details":{"cached_tokens":3,"cache_write_tokens":4},"output_tokens":5,"total_tokens":15}}}"#;
         assert_eq!(
             interpret(&ev(done)).unwrap(),
-            Some(WorkloadEvent::Done(Usage { input_tokens: 10, output_tokens: 5, cache_read_tokens: 3, cache_write_tokens: 4 }))
+            Some(WorkloadEvent::Done(Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                cache_read_tokens: 3,
+                cache_write_tokens: 4
+            }))
         );
     }
 
     #[test]
     fn in_band_failures_become_errors_with_the_upstream_message() {
-        let failed = r#"{"type":"response.failed","response":{"error":{"message":"model overloaded"}}}"#;
-        assert!(matches!(interpret(&ev(failed)), Err(WorkloadError::Failed(m)) if m == "model overloaded"));
+        let failed =
+            r#"{"type":"response.failed","response":{"error":{"message":"model overloaded"}}}"#;
+        assert!(
+            matches!(interpret(&ev(failed)), Err(WorkloadError::Failed(m)) if m == "model overloaded")
+        );
         let raw = r#"{"error":{"message":"bad key","type":"auth"}}"#;
         assert!(matches!(interpret(&ev(raw)), Err(WorkloadError::Failed(m)) if m == "bad key"));
     }
 
     #[test]
     fn done_marker_before_completion_is_a_protocol_error() {
-        assert!(matches!(interpret(&ev("[DONE]")), Err(WorkloadError::Protocol(_))));
-        assert!(matches!(interpret(&ev("not json")), Err(WorkloadError::Protocol(_))));
+        assert!(matches!(
+            interpret(&ev("[DONE]")),
+            Err(WorkloadError::Protocol(_))
+        ));
+        assert!(matches!(
+            interpret(&ev("not json")),
+            Err(WorkloadError::Protocol(_))
+        ));
     }
 
     #[test]
     fn unknown_event_types_are_skipped() {
-        assert_eq!(interpret(&ev(r#"{"type":"response.output_item.added"}"#)).unwrap(), None);
+        assert_eq!(
+            interpret(&ev(r#"{"type":"response.output_item.added"}"#)).unwrap(),
+            None
+        );
     }
 }

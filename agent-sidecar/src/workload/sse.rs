@@ -117,9 +117,18 @@ mod tests {
             assert_eq!(
                 got,
                 vec![
-                    SseEvent { event: Some("a".into()), data: "{\"x\":1}".into() },
-                    SseEvent { event: None, data: "two\nlines".into() },
-                    SseEvent { event: None, data: "[DONE]".into() },
+                    SseEvent {
+                        event: Some("a".into()),
+                        data: "{\"x\":1}".into()
+                    },
+                    SseEvent {
+                        event: None,
+                        data: "two\nlines".into()
+                    },
+                    SseEvent {
+                        event: None,
+                        data: "[DONE]".into()
+                    },
                 ],
                 "cut at {cut}"
             );

@@ -39,7 +39,9 @@ impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
         let msg = e.to_string();
         match e {
-            AuthError::MissingToken | AuthError::InvalidToken(_) => tonic::Status::unauthenticated(msg),
+            AuthError::MissingToken | AuthError::InvalidToken(_) => {
+                tonic::Status::unauthenticated(msg)
+            }
             AuthError::WrongAgent { .. } => tonic::Status::permission_denied(msg),
             AuthError::Unavailable(_) => tonic::Status::unavailable(msg),
         }

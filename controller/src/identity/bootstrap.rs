@@ -45,10 +45,15 @@ impl BootstrapTokens {
             let now = Instant::now();
             map.retain(|_, (_, exp)| *exp > now);
             if map.len() >= MAX_OUTSTANDING {
-                return Err(AuthError::Unavailable("too many outstanding bootstrap tokens".into()));
+                return Err(AuthError::Unavailable(
+                    "too many outstanding bootstrap tokens".into(),
+                ));
             }
         }
-        map.insert(digest(&token), (agent.clone(), Instant::now() + BOOTSTRAP_TOKEN_TTL));
+        map.insert(
+            digest(&token),
+            (agent.clone(), Instant::now() + BOOTSTRAP_TOKEN_TTL),
+        );
         Ok(token)
     }
 
@@ -56,7 +61,9 @@ impl BootstrapTokens {
         let key = digest(token);
         let mut map = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
         let Some((agent, expires)) = map.get(&key) else {
-            return Err(AuthError::InvalidToken("bootstrap token is unknown or already used".into()));
+            return Err(AuthError::InvalidToken(
+                "bootstrap token is unknown or already used".into(),
+            ));
         };
         if *expires <= Instant::now() {
             map.remove(&key);
@@ -64,7 +71,10 @@ impl BootstrapTokens {
         }
         if agent != requested {
             // Keep it: the rightful owner may still use it.
-            return Err(AuthError::WrongAgent { requested: requested.clone(), actual: agent.to_string() });
+            return Err(AuthError::WrongAgent {
+                requested: requested.clone(),
+                actual: agent.to_string(),
+            });
         }
         map.remove(&key);
         Ok(())
@@ -98,7 +108,11 @@ mod tests {
     }
 
     async fn auth(t: &BootstrapTokens, token: &str, who: &AgentId) -> Result<(), AuthError> {
-        t.authenticate(&CertifyClaim { requested: who, token }).await
+        t.authenticate(&CertifyClaim {
+            requested: who,
+            token,
+        })
+        .await
     }
 
     #[tokio::test]
@@ -106,16 +120,28 @@ mod tests {
         let tokens = BootstrapTokens::new();
         let alice = agent("alice");
         let token = tokens.mint(&alice).unwrap();
-        assert!(matches!(auth(&tokens, &token, &agent("bob")).await, Err(AuthError::WrongAgent { .. })));
+        assert!(matches!(
+            auth(&tokens, &token, &agent("bob")).await,
+            Err(AuthError::WrongAgent { .. })
+        ));
         auth(&tokens, &token, &alice).await.unwrap();
-        assert!(matches!(auth(&tokens, &token, &alice).await, Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            auth(&tokens, &token, &alice).await,
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 
     #[tokio::test]
     async fn garbage_and_empty_tokens_are_refused() {
         let tokens = BootstrapTokens::new();
-        assert!(matches!(auth(&tokens, "", &agent("a")).await, Err(AuthError::MissingToken)));
-        assert!(matches!(auth(&tokens, "\u{0}garbage🙂", &agent("a")).await, Err(AuthError::InvalidToken(_))));
+        assert!(matches!(
+            auth(&tokens, "", &agent("a")).await,
+            Err(AuthError::MissingToken)
+        ));
+        assert!(matches!(
+            auth(&tokens, "\u{0}garbage🙂", &agent("a")).await,
+            Err(AuthError::InvalidToken(_))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -125,7 +151,14 @@ mod tests {
         let token = tokens.mint(&a).unwrap();
         tokio::time::advance(BOOTSTRAP_TOKEN_TTL + Duration::from_secs(1)).await;
         // std Instant does not follow tokio's paused clock; age the entry by hand.
-        tokens.outstanding.lock().unwrap().values_mut().for_each(|(_, e)| *e = Instant::now());
-        assert!(matches!(auth(&tokens, &token, &a).await, Err(AuthError::InvalidToken(m)) if m.contains("expired")));
+        tokens
+            .outstanding
+            .lock()
+            .unwrap()
+            .values_mut()
+            .for_each(|(_, e)| *e = Instant::now());
+        assert!(
+            matches!(auth(&tokens, &token, &a).await, Err(AuthError::InvalidToken(m)) if m.contains("expired"))
+        );
     }
 }

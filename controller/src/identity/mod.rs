@@ -33,17 +33,34 @@ pub struct IdentityService {
 }
 
 impl IdentityService {
-    pub fn new(authority: Authority, authenticator: Arc<dyn Authenticator>, namespace: String, policy: LeafPolicy, metrics: Arc<Metrics>) -> Self {
-        Self { authority, authenticator, namespace, policy, metrics }
+    pub fn new(
+        authority: Authority,
+        authenticator: Arc<dyn Authenticator>,
+        namespace: String,
+        policy: LeafPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            authority,
+            authenticator,
+            namespace,
+            policy,
+            metrics,
+        }
     }
 
-    async fn certify_inner(&self, request: Request<CertifyRequest>) -> Result<CertifyResponse, Status> {
+    async fn certify_inner(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<CertifyResponse, Status> {
         let peer = request.peer_certs();
         let req = request.into_inner();
-        let agent: AgentId = req
-            .identity
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("identity {:?} is not <namespace>/<name>: {e}", req.identity)))?;
+        let agent: AgentId = req.identity.parse().map_err(|e| {
+            Status::invalid_argument(format!(
+                "identity {:?} is not <namespace>/<name>: {e}",
+                req.identity
+            ))
+        })?;
         if agent.namespace() != self.namespace {
             return Err(Status::permission_denied(format!(
                 "this controller certifies agents in namespace {:?}, not {:?}",
@@ -52,19 +69,30 @@ impl IdentityService {
             )));
         }
         if req.csr_pem.len() > MAX_CSR_BYTES {
-            return Err(Status::invalid_argument(format!("csr_pem is {} bytes; the limit is {MAX_CSR_BYTES}", req.csr_pem.len())));
+            return Err(Status::invalid_argument(format!(
+                "csr_pem is {} bytes; the limit is {MAX_CSR_BYTES}",
+                req.csr_pem.len()
+            )));
         }
         if req.token.len() > MAX_TOKEN_BYTES {
-            return Err(Status::invalid_argument(format!("token is {} bytes; the limit is {MAX_TOKEN_BYTES}", req.token.len())));
+            return Err(Status::invalid_argument(format!(
+                "token is {} bytes; the limit is {MAX_TOKEN_BYTES}",
+                req.token.len()
+            )));
         }
         let id = SpiffeId::agent(self.authority.trust_domain().clone(), agent.clone());
 
         let renewal = match peer.as_deref().and_then(|c| (!c.is_empty()).then_some(c)) {
             Some(chain) => {
-                let peer_id = clawswarm_certs::peer_spiffe_id(chain)
-                    .map_err(|e| Status::unauthenticated(format!("client certificate has no usable SPIFFE id: {e}")))?;
+                let peer_id = clawswarm_certs::peer_spiffe_id(chain).map_err(|e| {
+                    Status::unauthenticated(format!(
+                        "client certificate has no usable SPIFFE id: {e}"
+                    ))
+                })?;
                 if peer_id != id {
-                    return Err(Status::permission_denied(format!("certificate for {peer_id} cannot obtain one for {id}")));
+                    return Err(Status::permission_denied(format!(
+                        "certificate for {peer_id} cannot obtain one for {id}"
+                    )));
                 }
                 true
             }
@@ -72,18 +100,24 @@ impl IdentityService {
         };
         if !renewal {
             self.authenticator
-                .authenticate(&CertifyClaim { requested: &agent, token: &req.token })
+                .authenticate(&CertifyClaim {
+                    requested: &agent,
+                    token: &req.token,
+                })
                 .await
                 .map_err(Status::from)?;
         }
 
-        let issued = self.authority.sign_csr(&req.csr_pem, &id, &self.policy, SystemTime::now()).map_err(|e| {
-            if e.is_bad_request() {
-                Status::invalid_argument(format!("csr_pem refused: {e}"))
-            } else {
-                Status::internal(format!("could not sign: {e}"))
-            }
-        })?;
+        let issued = self
+            .authority
+            .sign_csr(&req.csr_pem, &id, &self.policy, SystemTime::now())
+            .map_err(|e| {
+                if e.is_bad_request() {
+                    Status::invalid_argument(format!("csr_pem refused: {e}"))
+                } else {
+                    Status::internal(format!("could not sign: {e}"))
+                }
+            })?;
         info!(agent = %agent, spiffe_id = %id, renewal, "certificate issued");
         Ok(CertifyResponse {
             certificate_chain_pem: issued.chain_pem,
@@ -97,15 +131,24 @@ impl IdentityService {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
         match self.certify_inner(request).await {
             Ok(resp) => {
-                self.metrics.certify.get_or_create(&ResultLabel { result: "ok" }).inc();
+                self.metrics
+                    .certify
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
                 Ok(Response::new(resp))
             }
             Err(status) => {
                 warn!(code = ?status.code(), error = %status.message(), authenticator = self.authenticator.kind(), "certify refused");
-                self.metrics.certify.get_or_create(&ResultLabel { result: "error" }).inc();
+                self.metrics
+                    .certify
+                    .get_or_create(&ResultLabel { result: "error" })
+                    .inc();
                 Err(status)
             }
         }

@@ -5,8 +5,8 @@ use std::{sync::Arc, time::Instant};
 
 use clawswarm_certs::{AgentId, SpiffeId};
 use clawswarm_proto::v1::{
-    self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink, controller_frame::Frame as Out,
-    sidecar_frame::Frame as In,
+    self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink,
+    controller_frame::Frame as Out, sidecar_frame::Frame as In,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,10 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{AgentEntry, LinkHandle, Mesh, TurnEnd, TurnEvent, lock, turn::validate_turn_id};
-use crate::{
-    metrics::ReasonLabel,
-    runtime::Runtime,
-};
+use crate::{metrics::ReasonLabel, runtime::Runtime};
 
 /// Largest notice text accepted; a notice becomes one Slack DM.
 const MAX_NOTICE_BYTES: usize = 64 * 1024;
@@ -39,12 +36,20 @@ impl AgentLinkService {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("AgentLink requires a client certificate"))?;
-        let id = clawswarm_certs::peer_spiffe_id(&certs)
-            .map_err(|e| Status::unauthenticated(format!("client certificate has no usable SPIFFE id: {e}")))?;
+        let id = clawswarm_certs::peer_spiffe_id(&certs).map_err(|e| {
+            Status::unauthenticated(format!("client certificate has no usable SPIFFE id: {e}"))
+        })?;
         let cfg = self.mesh.config();
         match id {
-            SpiffeId::Agent { trust_domain, agent } if trust_domain == cfg.trust_domain && agent.namespace() == cfg.namespace => Ok(agent),
-            other => Err(Status::permission_denied(format!("{other} may not open an agent link"))),
+            SpiffeId::Agent {
+                trust_domain,
+                agent,
+            } if trust_domain == cfg.trust_domain && agent.namespace() == cfg.namespace => {
+                Ok(agent)
+            }
+            other => Err(Status::permission_denied(format!(
+                "{other} may not open an agent link"
+            ))),
         }
     }
 }
@@ -53,30 +58,49 @@ impl AgentLinkService {
 impl AgentLink for AgentLinkService {
     type ConnectStream = ReceiverStream<Result<ControllerFrame, Status>>;
 
-    async fn connect(&self, request: Request<Streaming<SidecarFrame>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(
+        &self,
+        request: Request<Streaming<SidecarFrame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
         let agent = self.peer_agent(&request).inspect_err(|s| {
             warn!(error = %s.message(), "agent link refused");
         })?;
         if !self.mesh.is_accepting() {
-            return Err(Status::unavailable("this controller is not the leader or is shutting down; retry"));
+            return Err(Status::unavailable(
+                "this controller is not the leader or is shutting down; retry",
+            ));
         }
         match self.runtime.get(&agent).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 warn!(agent = %agent, "agent link refused: unknown agent");
-                return Err(Status::permission_denied(format!("agent {agent} is not known to this controller")));
+                return Err(Status::permission_denied(format!(
+                    "agent {agent} is not known to this controller"
+                )));
             }
-            Err(e) => return Err(Status::unavailable(format!("cannot look up agent {agent}: {e}"))),
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "cannot look up agent {agent}: {e}"
+                )));
+            }
         }
 
         let mut inbound = request.into_inner();
         let cfg = self.mesh.config();
         let hello = match tokio::time::timeout(cfg.hello_timeout, inbound.message()).await {
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within the hello timeout")),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within the hello timeout",
+                ));
+            }
             Ok(Err(s)) => return Err(s),
             Ok(Ok(None)) => return Err(Status::cancelled("stream closed before Hello")),
-            Ok(Ok(Some(SidecarFrame { frame: Some(In::Hello(h)) }))) => h,
-            Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first frame must be Hello")),
+            Ok(Ok(Some(SidecarFrame {
+                frame: Some(In::Hello(h)),
+            }))) => h,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument("the first frame must be Hello"));
+            }
         };
         if hello.agent != agent.to_string() {
             warn!(agent = %agent, claimed = %hello.agent, "agent link refused: Hello names another agent");
@@ -92,12 +116,22 @@ impl AgentLink for AgentLinkService {
             controller_id: cfg.controller_id.clone(),
             max_frame_bytes: u32::try_from(cfg.max_frame_bytes).unwrap_or(u32::MAX),
         });
-        tx.try_send(Ok(ControllerFrame { frame: Some(welcome) }))
-            .map_err(|_| Status::internal("link queue has no room for Welcome"))?;
+        tx.try_send(Ok(ControllerFrame {
+            frame: Some(welcome),
+        }))
+        .map_err(|_| Status::internal("link queue has no room for Welcome"))?;
 
-        let conn_id = self.mesh.inner.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn_id = self
+            .mesh
+            .inner
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = self.mesh.inner.shutdown.child_token();
-        let handle = LinkHandle { conn_id, tx: tx.clone(), cancel: cancel.clone() };
+        let handle = LinkHandle {
+            conn_id,
+            tx: tx.clone(),
+            cancel: cancel.clone(),
+        };
         let entry = self.mesh.entry(&agent);
         let resumes = attach(&self.mesh, &entry, handle, hello.pending);
         info!(agent = %agent, conn_id, version = %hello.version, resumed = resumes.len(), "agent connected");
@@ -107,7 +141,9 @@ impl AgentLink for AgentLinkService {
         self.mesh.inner.tasks.spawn(
             async move {
                 for (turn_id, from_seq) in resumes {
-                    let frame = ControllerFrame { frame: Some(Out::Resume(pb::Resume { turn_id, from_seq })) };
+                    let frame = ControllerFrame {
+                        frame: Some(Out::Resume(pb::Resume { turn_id, from_seq })),
+                    };
                     if tx.send(Ok(frame)).await.is_err() {
                         break;
                     }
@@ -124,13 +160,20 @@ impl AgentLink for AgentLinkService {
 
 /// Make `handle` the agent's stream, replacing any older one cleanly, and
 /// return the turns to resume on it (those still in flight here).
-fn attach(mesh: &Mesh, entry: &Arc<AgentEntry>, handle: LinkHandle, pending: Vec<pb::PendingTurn>) -> Vec<(String, u64)> {
+fn attach(
+    mesh: &Mesh,
+    entry: &Arc<AgentEntry>,
+    handle: LinkHandle,
+    pending: Vec<pb::PendingTurn>,
+) -> Vec<(String, u64)> {
     let conn_id = handle.conn_id;
     let old = lock(&entry.link).replace(handle);
     match old {
         Some(old) => {
             info!(agent = %entry.id, old_conn = old.conn_id, new_conn = conn_id, "newer connection replaces the old one");
-            let _ = old.tx.try_send(Err(Status::aborted("superseded by a newer connection from the same agent")));
+            let _ = old.tx.try_send(Err(Status::aborted(
+                "superseded by a newer connection from the same agent",
+            )));
             old.cancel.cancel();
         }
         None => {
@@ -142,7 +185,10 @@ fn attach(mesh: &Mesh, entry: &Arc<AgentEntry>, handle: LinkHandle, pending: Vec
         s.conn_id = conn_id;
     });
     let turns = lock(&entry.turns);
-    let resumes: Vec<_> = turns.iter().map(|(id, sink)| (id.clone(), sink.next_seq)).collect();
+    let resumes: Vec<_> = turns
+        .iter()
+        .map(|(id, sink)| (id.clone(), sink.next_seq))
+        .collect();
     let mut held = lock(&entry.pending);
     held.clear();
     for p in pending {
@@ -168,7 +214,12 @@ fn detach(mesh: &Mesh, entry: &Arc<AgentEntry>, conn_id: u64) {
     }
 }
 
-async fn read_frames(mesh: &Mesh, entry: &Arc<AgentEntry>, mut inbound: Streaming<SidecarFrame>, cancel: CancellationToken) {
+async fn read_frames(
+    mesh: &Mesh,
+    entry: &Arc<AgentEntry>,
+    mut inbound: Streaming<SidecarFrame>,
+    cancel: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -206,7 +257,11 @@ async fn read_frames(mesh: &Mesh, entry: &Arc<AgentEntry>, mut inbound: Streamin
 
 fn reject(mesh: &Mesh, entry: &AgentEntry, reason: &'static str, detail: &str) {
     warn!(agent = %entry.id, reason, detail, "sidecar frame rejected");
-    mesh.inner.metrics.frames_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    mesh.inner
+        .metrics
+        .frames_rejected
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
 }
 
 async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
@@ -234,17 +289,39 @@ async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
         }
     };
     match next {
-        Next::Skip => debug!(agent = %entry.id, turn_id = %c.turn_id, seq = c.seq, "chunk not forwarded"),
+        Next::Skip => {
+            debug!(agent = %entry.id, turn_id = %c.turn_id, seq = c.seq, "chunk not forwarded")
+        }
         Next::Replay(from_seq) => {
-            reject(mesh, entry, "sequence_gap", "chunk skips ahead; asking for a replay");
-            let resume = Out::Resume(pb::Resume { turn_id: c.turn_id, from_seq });
+            reject(
+                mesh,
+                entry,
+                "sequence_gap",
+                "chunk skips ahead; asking for a replay",
+            );
+            let resume = Out::Resume(pb::Resume {
+                turn_id: c.turn_id,
+                from_seq,
+            });
             let _ = mesh.send_frame(entry, resume).await;
         }
         Next::Deliver(tx, first) => {
             if let Some(t) = first {
-                mesh.inner.metrics.turn_first_chunk_seconds.observe(t.as_secs_f64());
+                mesh.inner
+                    .metrics
+                    .turn_first_chunk_seconds
+                    .observe(t.as_secs_f64());
             }
-            mesh.deliver(entry, &c.turn_id, tx, TurnEvent::Chunk { seq: c.seq, delta: c.delta }).await;
+            mesh.deliver(
+                entry,
+                &c.turn_id,
+                tx,
+                TurnEvent::Chunk {
+                    seq: c.seq,
+                    delta: c.delta,
+                },
+            )
+            .await;
         }
     }
 }
@@ -255,13 +332,24 @@ async fn on_end(mesh: &Mesh, entry: &Arc<AgentEntry>, e: pb::ReplyEnd) {
         return;
     };
     mesh.record_end(entry, &sink, &e);
-    let end = TurnEnd { outcome: e.outcome(), error: e.error.clone(), usage: e.usage.unwrap_or_default(), chunks: e.chunks };
+    let end = TurnEnd {
+        outcome: e.outcome(),
+        error: e.error.clone(),
+        usage: e.usage.unwrap_or_default(),
+        chunks: e.chunks,
+    };
     let started = Instant::now();
-    let delivered = sink.tx.send_timeout(TurnEvent::End(end), mesh.inner.cfg.send_timeout).await.is_ok();
+    let delivered = sink
+        .tx
+        .send_timeout(TurnEvent::End(end), mesh.inner.cfg.send_timeout)
+        .await
+        .is_ok();
     debug!(agent = %entry.id, turn_id = %e.turn_id, delivered, waited = ?started.elapsed(), "turn ended");
     // Delivered, or its requester is gone for good: either way the sidecar
     // can forget the reply.
-    let ack = Out::Ack(pb::Ack { subject: Some(pb::ack::Subject::TurnId(e.turn_id)) });
+    let ack = Out::Ack(pb::Ack {
+        subject: Some(pb::ack::Subject::TurnId(e.turn_id)),
+    });
     let _ = mesh.send_frame(entry, ack).await;
 }
 
@@ -272,11 +360,22 @@ fn on_notice(mesh: &Mesh, entry: &Arc<AgentEntry>, n: pb::Notice) {
     if n.text.len() > MAX_NOTICE_BYTES {
         return reject(mesh, entry, "bad_notice", "notice text too large");
     }
-    let notice = super::InboundNotice { agent: entry.id.clone(), notice_id: n.notice_id, conversation: n.conversation, text: n.text };
+    let notice = super::InboundNotice {
+        agent: entry.id.clone(),
+        notice_id: n.notice_id,
+        conversation: n.conversation,
+        text: n.text,
+    };
     // Not acknowledged here: the sidecar keeps the notice and resends it
     // until whoever delivers it acks.
     if mesh.inner.notices.try_send(notice).is_err() {
-        mesh.inner.metrics.frames_rejected.get_or_create(&ReasonLabel { reason: "notice_backlog" }).inc();
+        mesh.inner
+            .metrics
+            .frames_rejected
+            .get_or_create(&ReasonLabel {
+                reason: "notice_backlog",
+            })
+            .inc();
         warn!(agent = %entry.id, "notice backlog full; the sidecar will resend");
     }
 }

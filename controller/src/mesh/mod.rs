@@ -196,7 +196,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Mesh {
     /// The mesh and what flows out of it besides replies.
-    pub fn new(cfg: MeshConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> (Self, MeshOutputs) {
+    pub fn new(
+        cfg: MeshConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Self, MeshOutputs) {
         let (notices, notices_rx) = mpsc::channel(1024);
         let (usage, usage_rx) = mpsc::channel(4096);
         let inner = Inner {
@@ -210,7 +214,15 @@ impl Mesh {
             tasks: TaskTracker::new(),
             shutdown,
         };
-        (Self { inner: Arc::new(inner) }, MeshOutputs { notices: notices_rx, usage: usage_rx })
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            MeshOutputs {
+                notices: notices_rx,
+                usage: usage_rx,
+            },
+        )
     }
 
     pub fn config(&self) -> &MeshConfig {
@@ -222,7 +234,13 @@ impl Mesh {
     }
 
     fn entry(&self, id: &AgentId) -> Arc<AgentEntry> {
-        if let Some(e) = self.inner.agents.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(e) = self
+            .inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+        {
             return e.clone();
         }
         let mut agents = self.inner.agents.write().unwrap_or_else(|p| p.into_inner());
@@ -254,7 +272,11 @@ impl Mesh {
     /// Agents with a live stream.
     pub fn connected_agents(&self) -> Vec<AgentId> {
         let agents = self.inner.agents.read().unwrap_or_else(|p| p.into_inner());
-        agents.values().filter(|e| e.state.borrow().connected).map(|e| e.id.clone()).collect()
+        agents
+            .values()
+            .filter(|e| e.state.borrow().connected)
+            .map(|e| e.id.clone())
+            .collect()
     }
 
     /// Stop accepting new streams (standby replica, or draining before exit).
@@ -288,7 +310,13 @@ impl Mesh {
     }
 
     /// Send a new turn to a connected agent; its events go to `tx`.
-    pub(crate) async fn dispatch(&self, id: &AgentId, turn_id: &str, spec: &TurnSpec, tx: mpsc::Sender<TurnEvent>) -> Result<(), MeshError> {
+    pub(crate) async fn dispatch(
+        &self,
+        id: &AgentId,
+        turn_id: &str,
+        spec: &TurnSpec,
+        tx: mpsc::Sender<TurnEvent>,
+    ) -> Result<(), MeshError> {
         let frame = Frame::Turn(pb::Turn {
             turn_id: turn_id.to_owned(),
             conversation: spec.conversation.clone(),
@@ -299,14 +327,31 @@ impl Mesh {
     }
 
     /// Ask a connected agent to replay a turn from `from_seq`.
-    pub(crate) async fn resume(&self, id: &AgentId, turn_id: &str, from_seq: u64, tx: mpsc::Sender<TurnEvent>) -> Result<(), MeshError> {
-        let frame = Frame::Resume(pb::Resume { turn_id: turn_id.to_owned(), from_seq });
-        self.register_and_send(id, turn_id, from_seq, tx, frame).await?;
+    pub(crate) async fn resume(
+        &self,
+        id: &AgentId,
+        turn_id: &str,
+        from_seq: u64,
+        tx: mpsc::Sender<TurnEvent>,
+    ) -> Result<(), MeshError> {
+        let frame = Frame::Resume(pb::Resume {
+            turn_id: turn_id.to_owned(),
+            from_seq,
+        });
+        self.register_and_send(id, turn_id, from_seq, tx, frame)
+            .await?;
         lock(&self.entry(id).pending).remove(turn_id);
         Ok(())
     }
 
-    async fn register_and_send(&self, id: &AgentId, turn_id: &str, next_seq: u64, tx: mpsc::Sender<TurnEvent>, frame: Frame) -> Result<(), MeshError> {
+    async fn register_and_send(
+        &self,
+        id: &AgentId,
+        turn_id: &str,
+        next_seq: u64,
+        tx: mpsc::Sender<TurnEvent>,
+        frame: Frame,
+    ) -> Result<(), MeshError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(MeshError::ShuttingDown);
         }
@@ -316,7 +361,12 @@ impl Mesh {
             if turns.contains_key(turn_id) {
                 return Err(MeshError::DuplicateTurn(turn_id.to_owned()));
             }
-            let sink = TurnSink { tx, next_seq, started: Instant::now(), first_chunk_seen: false };
+            let sink = TurnSink {
+                tx,
+                next_seq,
+                started: Instant::now(),
+                first_chunk_seen: false,
+            };
             turns.insert(turn_id.to_owned(), sink);
         }
         if let Err(e) = self.send_frame(&entry, frame).await {
@@ -332,12 +382,18 @@ impl Mesh {
             return Err(MeshError::NotConnected(entry.id.clone()));
         };
         let frame = ControllerFrame { frame: Some(frame) };
-        match tx.send_timeout(Ok(frame), self.inner.cfg.send_timeout).await {
+        match tx
+            .send_timeout(Ok(frame), self.inner.cfg.send_timeout)
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                Err(MeshError::LinkBusy(entry.id.clone(), self.inner.cfg.send_timeout))
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(MeshError::LinkBusy(
+                entry.id.clone(),
+                self.inner.cfg.send_timeout,
+            )),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                Err(MeshError::NotConnected(entry.id.clone()))
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(MeshError::NotConnected(entry.id.clone())),
         }
     }
 
@@ -357,7 +413,9 @@ impl Mesh {
 
     /// The owner has the notice; the sidecar may forget it.
     pub async fn ack_notice(&self, id: &AgentId, notice_id: &str) -> Result<(), MeshError> {
-        let frame = Frame::Ack(pb::Ack { subject: Some(pb::ack::Subject::NoticeId(notice_id.to_owned())) });
+        let frame = Frame::Ack(pb::Ack {
+            subject: Some(pb::ack::Subject::NoticeId(notice_id.to_owned())),
+        });
         self.send_frame(&self.entry(id), frame).await
     }
 
@@ -365,9 +423,23 @@ impl Mesh {
     /// reconnects (to the other replica, or to this one after a restart).
     pub async fn drain(&self, reason: &str) {
         self.set_accepting(false);
-        let entries: Vec<_> = self.inner.agents.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let entries: Vec<_> = self
+            .inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         for entry in entries {
-            let _ = self.send_frame(&entry, Frame::Drain(pb::Drain { reason: reason.to_owned() })).await;
+            let _ = self
+                .send_frame(
+                    &entry,
+                    Frame::Drain(pb::Drain {
+                        reason: reason.to_owned(),
+                    }),
+                )
+                .await;
         }
     }
 
@@ -381,12 +453,22 @@ impl Mesh {
         let m = &self.inner.metrics;
         let result = outcome_label(end.outcome());
         m.turns.get_or_create(&ResultLabel { result }).inc();
-        m.turn_duration_seconds.observe(sink.started.elapsed().as_secs_f64());
+        m.turn_duration_seconds
+            .observe(sink.started.elapsed().as_secs_f64());
         if let Some(usage) = &end.usage {
             m.add_tokens(&entry.label, usage);
-            if self.inner.usage.try_send((entry.id.clone(), *usage)).is_err() {
+            if self
+                .inner
+                .usage
+                .try_send((entry.id.clone(), *usage))
+                .is_err()
+            {
                 // Metrics still have it; only the persisted total misses it.
-                m.frames_rejected.get_or_create(&crate::metrics::ReasonLabel { reason: "usage_backlog" }).inc();
+                m.frames_rejected
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: "usage_backlog",
+                    })
+                    .inc();
                 warn!(agent = %entry.id, "usage backlog full; persisted token totals will miss this turn");
             }
         }
@@ -400,8 +482,20 @@ impl CancelTurn for Mesh {
             return;
         }
         info!(agent = %agent, turn_id, reason, "turn cancelled");
-        self.inner.metrics.turns.get_or_create(&ResultLabel { result: "cancelled" }).inc();
-        self.try_send_frame(&entry, Frame::Cancel(pb::Cancel { turn_id: turn_id.to_owned(), reason: reason.to_owned() }));
+        self.inner
+            .metrics
+            .turns
+            .get_or_create(&ResultLabel {
+                result: "cancelled",
+            })
+            .inc();
+        self.try_send_frame(
+            &entry,
+            Frame::Cancel(pb::Cancel {
+                turn_id: turn_id.to_owned(),
+                reason: reason.to_owned(),
+            }),
+        );
     }
 }
 
@@ -419,7 +513,13 @@ pub fn outcome_label(o: pb::Outcome) -> &'static str {
 impl Mesh {
     /// Deliver one event to a turn's requester, giving up the turn when the
     /// requester is gone or stuck longer than `send_timeout`.
-    async fn deliver(&self, entry: &Arc<AgentEntry>, turn_id: &str, tx: mpsc::Sender<TurnEvent>, ev: TurnEvent) -> bool {
+    async fn deliver(
+        &self,
+        entry: &Arc<AgentEntry>,
+        turn_id: &str,
+        tx: mpsc::Sender<TurnEvent>,
+        ev: TurnEvent,
+    ) -> bool {
         match tx.send_timeout(ev, self.inner.cfg.send_timeout).await {
             Ok(()) => true,
             Err(e) => {

@@ -22,10 +22,15 @@ pub const MAX_TURN_TEXT_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug, PartialEq)]
 pub enum TurnEvent {
     /// The turn has an id and is on its way; always the first event.
-    Accepted { turn_id: String },
+    Accepted {
+        turn_id: String,
+    },
     /// Human-readable progress while the agent wakes or starts.
     Progress(String),
-    Chunk { seq: u64, delta: String },
+    Chunk {
+        seq: u64,
+        delta: String,
+    },
     End(TurnEnd),
 }
 
@@ -39,7 +44,12 @@ pub struct TurnEnd {
 
 impl TurnEnd {
     pub fn failed(outcome: Outcome, error: impl Into<String>) -> Self {
-        Self { outcome, error: error.into(), usage: Usage::default(), chunks: 0 }
+        Self {
+            outcome,
+            error: error.into(),
+            usage: Usage::default(),
+            chunks: 0,
+        }
     }
 }
 
@@ -59,7 +69,9 @@ pub struct TurnSpec {
 pub enum TurnSpecError {
     #[error("turn_id must be 1..={MAX_TURN_ID_BYTES} characters of [A-Za-z0-9._:-]")]
     TurnId,
-    #[error("conversation must be 1..={MAX_CONVERSATION_BYTES} printable characters without whitespace")]
+    #[error(
+        "conversation must be 1..={MAX_CONVERSATION_BYTES} printable characters without whitespace"
+    )]
     Conversation,
     #[error("text is empty")]
     EmptyText,
@@ -70,15 +82,25 @@ pub enum TurnSpecError {
 pub fn validate_turn_id(id: &str) -> Result<(), TurnSpecError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_TURN_ID_BYTES
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok { Ok(()) } else { Err(TurnSpecError::TurnId) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(TurnSpecError::TurnId)
+    }
 }
 
 pub fn validate_conversation(c: &str) -> Result<(), TurnSpecError> {
     let ok = !c.is_empty()
         && c.len() <= MAX_CONVERSATION_BYTES
         && c.chars().all(|ch| !ch.is_whitespace() && !ch.is_control());
-    if ok { Ok(()) } else { Err(TurnSpecError::Conversation) }
+    if ok {
+        Ok(())
+    } else {
+        Err(TurnSpecError::Conversation)
+    }
 }
 
 impl TurnSpec {
@@ -145,7 +167,8 @@ impl Drop for TurnStream {
         }
         self.delivery.cancel();
         if self.dispatched.load(Ordering::Acquire) {
-            self.canceller.cancel_turn(&self.agent, &self.turn_id, "requester went away");
+            self.canceller
+                .cancel_turn(&self.agent, &self.turn_id, "requester went away");
         }
     }
 }
@@ -155,13 +178,20 @@ mod tests {
     use super::*;
 
     fn spec(text: &str) -> TurnSpec {
-        TurnSpec { turn_id: None, conversation: "dm-1".into(), text: text.into(), reply_target: vec![] }
+        TurnSpec {
+            turn_id: None,
+            conversation: "dm-1".into(),
+            text: text.into(),
+            reply_target: vec![],
+        }
     }
 
     #[test]
     fn oversized_text_is_refused_with_its_size() {
         let big = "x".repeat(MAX_TURN_TEXT_BYTES + 1);
-        assert!(matches!(spec(&big).validate(), Err(TurnSpecError::TextTooLarge(n)) if n == MAX_TURN_TEXT_BYTES + 1));
+        assert!(
+            matches!(spec(&big).validate(), Err(TurnSpecError::TextTooLarge(n)) if n == MAX_TURN_TEXT_BYTES + 1)
+        );
         assert!(spec(&"x".repeat(MAX_TURN_TEXT_BYTES)).validate().is_ok());
     }
 
@@ -175,7 +205,10 @@ mod tests {
 
     #[test]
     fn blank_text_and_bad_conversations_are_refused() {
-        assert!(matches!(spec("  ").validate(), Err(TurnSpecError::EmptyText)));
+        assert!(matches!(
+            spec("  ").validate(),
+            Err(TurnSpecError::EmptyText)
+        ));
         let mut s = spec("hi");
         s.conversation = "has space".into();
         assert!(matches!(s.validate(), Err(TurnSpecError::Conversation)));

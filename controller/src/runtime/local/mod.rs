@@ -48,6 +48,9 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// Suspend agents with no turn for this long; `None` never.
     pub idle_timeout: Option<Duration>,
+    /// Start and supervise agent processes. Off, agents are records only
+    /// and their sidecars run elsewhere (by hand, or simulated in benchmarks).
+    pub manage_processes: bool,
 }
 
 struct LocalAgent {
@@ -79,7 +82,11 @@ impl LocalAgent {
     }
 
     fn take_procs(&mut self) -> Vec<Proc> {
-        self.sidecar.take().into_iter().chain(self.workload.take()).collect()
+        self.sidecar
+            .take()
+            .into_iter()
+            .chain(self.workload.take())
+            .collect()
     }
 }
 
@@ -102,7 +109,9 @@ impl LocalRuntime {
         for (id, dirs, stored) in load_all(&cfg.state_dir, &cfg.namespace)? {
             let sidecar = Proc::adopt("sidecar", &dirs.run.join("sidecar.pid"));
             let workload = Proc::adopt("workload", &dirs.run.join("workload.pid"));
-            let workload_port = std::fs::read_to_string(dirs.run.join("workload.port")).ok().and_then(|s| s.trim().parse().ok());
+            let workload_port = std::fs::read_to_string(dirs.run.join("workload.port"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
             if sidecar.is_some() {
                 info!(agent = %id, workload = workload.is_some(), "adopted running agent processes");
             }
@@ -127,21 +136,40 @@ impl LocalRuntime {
             };
             agents.insert(id, agent);
         }
-        Ok(Self { cfg, tokens: Arc::new(BootstrapTokens::new()), agents: Mutex::new(agents), metrics })
+        Ok(Self {
+            cfg,
+            tokens: Arc::new(BootstrapTokens::new()),
+            agents: Mutex::new(agents),
+            metrics,
+        })
     }
 
     fn start(&self, a: &mut LocalAgent) -> Result<(), RuntimeError> {
-        let failed = |message: String| RuntimeError::Failed { agent: a.id.clone(), message };
+        if !self.cfg.manage_processes {
+            a.dirs.create()?;
+            a.phase = AgentPhase::Pending;
+            a.detail = "sidecar runs outside this controller".into();
+            return Ok(());
+        }
+        let failed = |message: String| RuntimeError::Failed {
+            agent: a.id.clone(),
+            message,
+        };
         a.dirs.create()?;
         let mut env = self.cfg.sidecar_env.clone();
         if let Some(w) = &self.cfg.workload {
             let alive = a.workload.as_mut().is_some_and(|p| p.alive());
             let port = match a.workload_port {
                 Some(p) => p,
-                None => free_port().map_err(|e| failed(format!("no free port for the workload: {e}")))?,
+                None => free_port()
+                    .map_err(|e| failed(format!("no free port for the workload: {e}")))?,
             };
             a.workload_port = Some(port);
-            write_atomic(&a.dirs.run.join("workload.port"), port.to_string().as_bytes()).map_err(|e| failed(e.to_string()))?;
+            write_atomic(
+                &a.dirs.run.join("workload.port"),
+                port.to_string().as_bytes(),
+            )
+            .map_err(|e| failed(e.to_string()))?;
             if !alive {
                 let command = substitute(&w.command, port, a);
                 let sh = PathBuf::from("/bin/sh");
@@ -152,7 +180,10 @@ impl LocalRuntime {
                     env: vec![
                         ("PORT".into(), port.to_string()),
                         ("CLAWSWARM_AGENT".into(), a.id.to_string()),
-                        ("CLAWSWARM_DATA_DIR".into(), a.dirs.data.display().to_string()),
+                        (
+                            "CLAWSWARM_DATA_DIR".into(),
+                            a.dirs.data.display().to_string(),
+                        ),
                     ],
                     cwd: &a.dirs.data,
                     log_file: a.dirs.run.join("workload.log"),
@@ -166,12 +197,23 @@ impl LocalRuntime {
         if !a.sidecar.as_mut().is_some_and(|p| p.alive()) {
             let token = self.tokens.mint(&a.id).map_err(|e| failed(e.to_string()))?;
             let token_file = a.dirs.run.join("bootstrap-token");
-            write_secret(&token_file, &token).map_err(|e| failed(format!("{}: {e}", token_file.display())))?;
+            write_secret(&token_file, &token)
+                .map_err(|e| failed(format!("{}: {e}", token_file.display())))?;
             env.extend([
                 ("CLAWSWARM_AGENT".into(), a.id.to_string()),
-                ("CLAWSWARM_TOKEN_FILE".into(), token_file.display().to_string()),
-                ("CLAWSWARM_DATA_DIR".into(), a.dirs.data.display().to_string()),
+                (
+                    "CLAWSWARM_TOKEN_FILE".into(),
+                    token_file.display().to_string(),
+                ),
+                (
+                    "CLAWSWARM_DATA_DIR".into(),
+                    a.dirs.data.display().to_string(),
+                ),
                 ("CLAWSWARM_RUN_DIR".into(), a.dirs.run.display().to_string()),
+                // Many sidecars share this machine: let each pick free ports
+                // (recorded in run/ports.json).
+                ("CLAWSWARM_DEBUG_ADDR".into(), "127.0.0.1:0".into()),
+                ("CLAWSWARM_HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ]);
             let proc = Proc::spawn(Launch {
                 name: "sidecar",
@@ -196,7 +238,7 @@ impl LocalRuntime {
         let now = Instant::now();
         let mut agents = lock(&self.agents);
         for a in agents.values_mut() {
-            if a.stored.mode != AgentMode::Running {
+            if a.stored.mode != AgentMode::Running || !self.cfg.manage_processes {
                 continue;
             }
             if let Some(idle) = self.cfg.idle_timeout
@@ -210,7 +252,8 @@ impl LocalRuntime {
                 continue;
             }
             let sidecar_ok = a.sidecar.as_mut().is_some_and(|p| p.alive());
-            let workload_ok = self.cfg.workload.is_none() || a.workload.as_mut().is_some_and(|p| p.alive());
+            let workload_ok =
+                self.cfg.workload.is_none() || a.workload.as_mut().is_some_and(|p| p.alive());
             if sidecar_ok && workload_ok {
                 if a.phase == AgentPhase::Starting || a.phase == AgentPhase::Pending {
                     a.phase = AgentPhase::Running;
@@ -243,7 +286,8 @@ impl LocalRuntime {
             a.not_before = Some(now + backoff);
         }
         for a in agents.values_mut().filter(|a| a.dirty) {
-            a.stored.last_activity_unix = now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
+            a.stored.last_activity_unix =
+                now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
             match a.dirs.save(&a.stored) {
                 Ok(()) => a.dirty = false,
                 Err(e) => warn!(agent = %a.id, error = %e, "could not persist agent record"),
@@ -257,9 +301,15 @@ impl LocalRuntime {
         futures::future::join_all(procs.into_iter().map(|p| p.stop(grace))).await;
     }
 
-    fn with_agent<T>(&self, id: &AgentId, f: impl FnOnce(&mut LocalAgent) -> T) -> Result<T, RuntimeError> {
+    fn with_agent<T>(
+        &self,
+        id: &AgentId,
+        f: impl FnOnce(&mut LocalAgent) -> T,
+    ) -> Result<T, RuntimeError> {
         let mut agents = lock(&self.agents);
-        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let a = agents
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         Ok(f(a))
     }
 }
@@ -290,14 +340,20 @@ impl Runtime for LocalRuntime {
 
     async fn provision(&self, spec: AgentSpec) -> Result<AgentRecord, RuntimeError> {
         if spec.id.namespace() != self.cfg.namespace {
-            return Err(RuntimeError::Invalid(format!("agents live in namespace {:?}", self.cfg.namespace)));
+            return Err(RuntimeError::Invalid(format!(
+                "agents live in namespace {:?}",
+                self.cfg.namespace
+            )));
         }
         let mut agents = lock(&self.agents);
         if agents.contains_key(&spec.id) {
             return Err(RuntimeError::AlreadyExists(spec.id));
         }
         if let Some(other) = agents.values().find(|a| a.stored.owner == spec.owner) {
-            return Err(RuntimeError::OwnerHasAgent { owner: spec.owner, agent: other.id.clone() });
+            return Err(RuntimeError::OwnerHasAgent {
+                owner: spec.owner,
+                agent: other.id.clone(),
+            });
         }
         let dirs = AgentDirs::new(&self.cfg.state_dir, &spec.id);
         dirs.create()?;
@@ -334,7 +390,9 @@ impl Runtime for LocalRuntime {
     }
 
     async fn deprovision(&self, id: &AgentId, delete_data: bool) -> Result<(), RuntimeError> {
-        let mut a = lock(&self.agents).remove(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let mut a = lock(&self.agents)
+            .remove(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         self.stop_all(a.take_procs()).await;
         a.dirs.remove(delete_data)?;
         info!(agent = %id, delete_data, "agent deprovisioned");
@@ -355,7 +413,9 @@ impl Runtime for LocalRuntime {
 
     async fn resume(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError> {
         let mut agents = lock(&self.agents);
-        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let a = agents
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         if a.stored.mode == AgentMode::Running && a.sidecar.is_some() {
             return Ok(a.record());
         }
@@ -372,7 +432,9 @@ impl Runtime for LocalRuntime {
         let procs = self.with_agent(id, |a| a.take_procs())?;
         self.stop_all(procs).await;
         let mut agents = lock(&self.agents);
-        let a = agents.get_mut(id).ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        let a = agents
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         a.stored.mode = AgentMode::Running;
         a.dirty = true;
         self.start(a)?;
@@ -384,7 +446,10 @@ impl Runtime for LocalRuntime {
     }
 
     async fn list(&self) -> Result<Vec<AgentRecord>, RuntimeError> {
-        let mut all: Vec<_> = lock(&self.agents).values().map(LocalAgent::record).collect();
+        let mut all: Vec<_> = lock(&self.agents)
+            .values()
+            .map(LocalAgent::record)
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(all)
     }
@@ -422,7 +487,10 @@ impl Runtime for LocalRuntime {
         }
         // Persist what changed, then stop every process this runtime owns.
         let _ = self.supervise_persist_only();
-        let procs: Vec<Proc> = lock(&self.agents).values_mut().flat_map(LocalAgent::take_procs).collect();
+        let procs: Vec<Proc> = lock(&self.agents)
+            .values_mut()
+            .flat_map(LocalAgent::take_procs)
+            .collect();
         info!(processes = procs.len(), "stopping local agents");
         self.stop_all(procs).await;
         Ok(())

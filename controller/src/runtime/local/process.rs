@@ -23,9 +23,15 @@ use tracing::{debug, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     #[error("cannot start {what}: {source}")]
-    Spawn { what: String, source: std::io::Error },
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What to run.
@@ -55,8 +61,14 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&l.log_file)
-            .map_err(|source| ProcessError::Io { path: l.log_file.clone(), source })?;
-        let log_err = log.try_clone().map_err(|source| ProcessError::Io { path: l.log_file.clone(), source })?;
+            .map_err(|source| ProcessError::Io {
+                path: l.log_file.clone(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| ProcessError::Io {
+            path: l.log_file.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(l.program);
         cmd.args(&l.args)
             .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -66,13 +78,22 @@ impl Proc {
             .stderr(log_err)
             .process_group(0)
             .kill_on_drop(false);
-        let child = cmd.spawn().map_err(|source| ProcessError::Spawn { what: format!("{} ({})", l.name, l.program.display()), source })?;
+        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+            what: format!("{} ({})", l.name, l.program.display()),
+            source,
+        })?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let start_time = proc_start_time(pid).unwrap_or(0);
         let record = format!("{pid} {start_time}\n");
         write_atomic(&l.pid_file, record.as_bytes())?;
         debug!(process = l.name, pid, "process started");
-        Ok(Self { name: l.name, pid, start_time, child: Some(child), pid_file: l.pid_file })
+        Ok(Self {
+            name: l.name,
+            pid,
+            start_time,
+            child: Some(child),
+            pid_file: l.pid_file,
+        })
     }
 
     /// The process recorded in `pid_file`, if it is still the same one and alive.
@@ -84,7 +105,13 @@ impl Proc {
         if pid <= 0 || proc_start_time(pid)? != start_time || is_zombie(pid) {
             return None;
         }
-        Some(Self { name, pid, start_time, child: None, pid_file: pid_file.to_owned() })
+        Some(Self {
+            name,
+            pid,
+            start_time,
+            child: None,
+            pid_file: pid_file.to_owned(),
+        })
     }
 
     #[cfg(test)]
@@ -110,7 +137,11 @@ impl Proc {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if self.alive() {
-                warn!(process = self.name, pid = self.pid, "did not stop in time; killing");
+                warn!(
+                    process = self.name,
+                    pid = self.pid,
+                    "did not stop in time; killing"
+                );
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
         }
@@ -133,14 +164,20 @@ fn proc_start_time(pid: i32) -> Option<u64> {
 fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3).map(|c| c == "Z")))
+        .and_then(|s| {
+            s.rfind(')')
+                .and_then(|i| s.get(i + 2..i + 3).map(|c| c == "Z"))
+        })
         .unwrap_or(true)
 }
 
 /// Write via a temporary file and rename, so readers never see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProcessError> {
     let tmp = path.with_extension("tmp");
-    let io = |source| ProcessError::Io { path: path.to_owned(), source };
+    let io = |source| ProcessError::Io {
+        path: path.to_owned(),
+        source,
+    };
     fs::write(&tmp, bytes).map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }

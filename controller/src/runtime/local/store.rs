@@ -37,7 +37,11 @@ pub struct AgentDirs {
 impl AgentDirs {
     pub fn new(state_dir: &Path, id: &AgentId) -> Self {
         let root = state_dir.join("agents").join(id.name());
-        Self { data: root.join("data"), run: root.join("run"), root }
+        Self {
+            data: root.join("data"),
+            run: root.join("run"),
+            root,
+        }
     }
 
     pub fn create(&self) -> Result<(), RuntimeError> {
@@ -52,14 +56,16 @@ impl AgentDirs {
     }
 
     pub fn save(&self, agent: &StoredAgent) -> Result<(), RuntimeError> {
-        let bytes = serde_json::to_vec_pretty(agent).map_err(|e| RuntimeError::Storage(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(agent).map_err(|e| RuntimeError::Storage(e.to_string()))?;
         write_atomic(&self.record(), &bytes).map_err(|e| RuntimeError::Storage(e.to_string()))
     }
 
     pub fn load(&self) -> Result<StoredAgent, RuntimeError> {
         let path = self.record();
         let bytes = fs::read(&path).map_err(|e| storage(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Storage(format!("{}: {e}", path.display())))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RuntimeError::Storage(format!("{}: {e}", path.display())))
     }
 
     /// Forget the agent; its data too when asked.
@@ -78,12 +84,18 @@ fn storage(path: &Path, e: std::io::Error) -> RuntimeError {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Every agent recorded under `state_dir`. A damaged record is skipped with
 /// a warning rather than stopping every other agent from starting.
-pub fn load_all(state_dir: &Path, namespace: &str) -> Result<Vec<(AgentId, AgentDirs, StoredAgent)>, RuntimeError> {
+pub fn load_all(
+    state_dir: &Path,
+    namespace: &str,
+) -> Result<Vec<(AgentId, AgentDirs, StoredAgent)>, RuntimeError> {
     let agents = state_dir.join("agents");
     fs::create_dir_all(&agents).map_err(|e| storage(&agents, e))?;
     let mut out = Vec::new();

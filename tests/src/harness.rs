@@ -1,0 +1,576 @@
+//! Starts the real binaries — controller, sidecars, stub model — as
+//! processes, the way a person runs them, and talks to them the way a
+//! person would (the Gateway with the admin certificate, grpcurl, files).
+//!
+//! Every process is killed when its owner is dropped, including the
+//! sidecars the controller started in their own process groups, so a
+//! failing test does not leave agents behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clawswarm_certs::{ChannelOptions, CredentialStore, Credentials, ServerIdentity};
+use clawswarm_proto::v1::{
+    self as pb, chat_event::Event, chat_request::Kind, gateway_client::GatewayClient,
+};
+use nix::{
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+use crate::stub_model::LoggedRequest;
+
+/// The workspace's built binaries.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub controller: PathBuf,
+    pub sidecar: PathBuf,
+    pub stub_model: PathBuf,
+}
+
+/// Find (building once if needed) the debug binaries of this workspace.
+pub fn binaries() -> Result<&'static Binaries> {
+    static BINS: OnceLock<Result<Binaries, String>> = OnceLock::new();
+    BINS.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn locate() -> Result<Binaries> {
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?
+        .to_owned();
+    let bins = Binaries {
+        controller: dir.join("clawswarm"),
+        sidecar: dir.join("clawswarm-sidecar"),
+        stub_model: dir.join("clawswarm-stub-model"),
+    };
+    if ![&bins.controller, &bins.sidecar, &bins.stub_model]
+        .iter()
+        .all(|p| p.is_file())
+    {
+        // `cargo test --workspace` builds every binary; a narrower run may not.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--bins",
+                "-p",
+                "clawswarm-controller",
+                "-p",
+                "clawswarm-sidecar",
+                "-p",
+                "clawswarm-tests",
+            ])
+            .status()
+            .context("running cargo build --bins")?;
+        if !status.success() {
+            bail!("cargo build --bins failed");
+        }
+    }
+    Ok(bins)
+}
+
+/// How to start a controller.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerOptions {
+    /// Agents to create at start, `(name, owner)`.
+    pub agents: Vec<(String, String)>,
+    /// Per-agent workload command; `None` gives every agent its own stub
+    /// model (`clawswarm-stub-model`) logging to `<data>/model.jsonl`.
+    pub workload_command: Option<String>,
+    /// No workload at all.
+    pub no_workload: bool,
+    pub cert_lifetime: Option<String>,
+    /// Extra environment for the controller (and, through it, sidecars).
+    pub env: Vec<(String, String)>,
+}
+
+impl ControllerOptions {
+    pub fn with_agents(names: &[&str]) -> Self {
+        Self {
+            agents: names
+                .iter()
+                .map(|n| (n.to_string(), format!("owner-{n}")))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A running `clawswarm run` with its own state directory.
+pub struct Controller {
+    child: Option<Child>,
+    state: tempfile::TempDir,
+    opts: ControllerOptions,
+    ports: Option<[u16; 3]>,
+    log: PathBuf,
+    starts: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct Endpoints {
+    mesh: String,
+    identity: String,
+    http: String,
+    pid: u32,
+}
+
+impl Controller {
+    pub async fn start(opts: ControllerOptions) -> Result<Self> {
+        let state = tempfile::Builder::new()
+            .prefix("clawswarm-e2e-")
+            .tempdir()?;
+        let log = state.path().join("controller.log");
+        let mut c = Self {
+            child: None,
+            state,
+            opts,
+            ports: None,
+            log,
+            starts: 0,
+        };
+        c.spawn().await?;
+        Ok(c)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let bins = binaries()?;
+        let addr = |i: usize| match self.ports {
+            Some(p) => format!("127.0.0.1:{}", p[i]),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let mut cmd = Command::new(&bins.controller);
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.state.path())
+            .env("CLAWSWARM_STATE_DIR", self.state_dir())
+            .env("CLAWSWARM_MESH_ADDR", addr(0))
+            .env("CLAWSWARM_IDENTITY_ADDR", addr(1))
+            .env("CLAWSWARM_HTTP_ADDR", addr(2))
+            .env("CLAWSWARM_SIDECAR_BIN", &bins.sidecar)
+            .env("CLAWSWARM_SHUTDOWN_GRACE", "2s")
+            .env(
+                "CLAWSWARM_LOG",
+                "info,clawswarm_controller=debug,clawswarm_sidecar=debug",
+            );
+        if !self.opts.agents.is_empty() {
+            let pairs: Vec<_> = self
+                .opts
+                .agents
+                .iter()
+                .map(|(n, o)| format!("{n}={o}"))
+                .collect();
+            cmd.env("CLAWSWARM_LOCAL_AGENTS", pairs.join(","));
+        }
+        if !self.opts.no_workload {
+            let command = self.opts.workload_command.clone().unwrap_or_else(|| {
+                format!(
+                    "{} --listen 127.0.0.1:{{port}} --log {{data_dir}}/model.jsonl",
+                    bins.stub_model.display()
+                )
+            });
+            cmd.env("CLAWSWARM_WORKLOAD_COMMAND", command);
+        }
+        if let Some(l) = &self.opts.cert_lifetime {
+            cmd.env("CLAWSWARM_CERT_LIFETIME", l);
+        }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        let _ = std::fs::remove_file(self.state_dir().join("controller.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        self.child = Some(cmd.spawn().context("starting the controller")?);
+        self.starts += 1;
+        let ep = self.wait_endpoints(Duration::from_secs(30)).await?;
+        let port = |s: &str| {
+            s.rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0)
+        };
+        self.ports = Some([port(&ep.mesh), port(&ep.identity), port(&ep.http)]);
+        Ok(())
+    }
+
+    async fn wait_endpoints(&mut self, timeout: Duration) -> Result<Endpoints> {
+        let path = self.state_dir().join("controller.json");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(ep) = serde_json::from_str::<Endpoints>(&text)
+                && Some(ep.pid) == self.child.as_ref().and_then(|c| c.id())
+            {
+                return Ok(ep);
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "controller exited with {status} before serving:\n{}",
+                    self.logs()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "controller did not start within {timeout:?}:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    pub fn mesh_url(&self) -> String {
+        format!(
+            "https://127.0.0.1:{}",
+            self.ports.map(|p| p[0]).unwrap_or(0)
+        )
+    }
+
+    pub fn mesh_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.map(|p| p[0]).unwrap_or(0))
+    }
+
+    pub fn identity_url(&self) -> String {
+        format!(
+            "https://127.0.0.1:{}",
+            self.ports.map(|p| p[1]).unwrap_or(0)
+        )
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.map(|p| p[2]).unwrap_or(0))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// What the controller (and nothing else) logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One agent's directories: `data/` and `run/` (pid files, logs, ports).
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.state_dir().join("agents").join(name)
+    }
+
+    pub fn sidecar_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.agent_dir(name).join("run/sidecar.log")).unwrap_or_default()
+    }
+
+    /// Model calls an agent's stub workload logged.
+    pub fn model_requests(&self, name: &str) -> Vec<LoggedRequest> {
+        read_model_log(&self.agent_dir(name).join("data/model.jsonl"))
+    }
+
+    pub fn sidecar_pid(&self, name: &str) -> Option<i32> {
+        read_pid(&self.agent_dir(name).join("run/sidecar.pid"))
+    }
+
+    /// Files grpcurl needs: `-cacert`, `-cert`, `-key`.
+    pub fn admin_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let d = self.state_dir().join("admin");
+        (
+            d.join("ca.pem"),
+            d.join("admin.pem"),
+            d.join("admin-key.pem"),
+        )
+    }
+
+    pub fn trust_bundle(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(
+            self.state_dir().join("ca/trust-bundle.pem"),
+        )?)
+    }
+
+    /// A Gateway client with the admin certificate.
+    pub async fn gateway(&self) -> Result<GatewayClient<Channel>> {
+        let (ca, cert, key) = self.admin_files();
+        let creds = Credentials::from_pem(
+            &std::fs::read_to_string(cert)?,
+            &std::fs::read_to_string(key)?,
+        )?;
+        let tls = clawswarm_certs::client_config(
+            Some(CredentialStore::new(creds)),
+            &std::fs::read_to_string(ca)?,
+            ServerIdentity::DnsName("127.0.0.1".into()),
+        )?;
+        let channel =
+            clawswarm_certs::mtls_channel(&self.mesh_url(), tls, &ChannelOptions::default())
+                .await?;
+        Ok(GatewayClient::new(channel))
+    }
+
+    /// Wait until the agent is connected and its workload ready.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Ok(mut gw) = self.gateway().await
+                && let Ok(a) = gw
+                    .get_agent(pb::GetAgentRequest { name: name.into() })
+                    .await
+            {
+                let a = a.into_inner();
+                if a.connected && a.workload_ready {
+                    return Ok(());
+                }
+                last = format!("{a:?}");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent {name} not ready within {timeout:?}; last state {last}\ncontroller log:\n{}\nsidecar log:\n{}",
+                    tail(&self.logs()),
+                    tail(&self.sidecar_log(name))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no goodbye, no drain. Agents keep running.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns its status.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("controller not running")?;
+        let pid = child.id().context("no pid")?;
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM)?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+    }
+
+    /// Start again on the same state directory and ports (after kill/terminate).
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.kill().await?;
+        }
+        self.spawn().await
+    }
+
+    /// How many times this controller process has been started.
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        // Agents run in their own process groups: stop them by pid file.
+        if let Ok(dirs) = std::fs::read_dir(self.state_dir().join("agents")) {
+            for d in dirs.flatten() {
+                for f in ["sidecar.pid", "workload.pid"] {
+                    if let Some(pid) = read_pid(&d.path().join("run").join(f)) {
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Parse a stub model's JSONL log.
+pub fn read_model_log(path: &Path) -> Vec<LoggedRequest> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<_> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A whole Gateway reply, as a client saw it.
+#[derive(Debug, Default, Clone)]
+pub struct Reply {
+    pub turn_id: String,
+    pub progress: Vec<String>,
+    /// `(seq, delta)` in arrival order.
+    pub chunks: Vec<(u64, String)>,
+    pub end: Option<pb::TurnEnd>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.chunks.iter().map(|(_, d)| d.as_str()).collect()
+    }
+
+    pub fn outcome(&self) -> Option<pb::Outcome> {
+        self.end.as_ref().map(|e| e.outcome())
+    }
+}
+
+/// Start a turn and collect the reply up to its end.
+pub async fn chat(
+    gw: &mut GatewayClient<Channel>,
+    agent: &str,
+    conversation: &str,
+    text: &str,
+) -> Result<Reply> {
+    let req = pb::ChatRequest {
+        agent: agent.into(),
+        kind: Some(Kind::Start(pb::StartTurn {
+            conversation: conversation.into(),
+            text: text.into(),
+            turn_id: String::new(),
+        })),
+    };
+    let stream = gw.chat(req).await?.into_inner();
+    collect(stream, None).await
+}
+
+/// Read a chat stream to its end (or until `stop_after` chunks, leaving
+/// the turn running on the agent).
+pub async fn collect(
+    mut stream: tonic::Streaming<pb::ChatEvent>,
+    stop_after: Option<usize>,
+) -> Result<Reply> {
+    let mut reply = Reply::default();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .context("no event for 60 s")??
+    {
+        match ev.event {
+            Some(Event::Accepted(a)) => reply.turn_id = a.turn_id,
+            Some(Event::Progress(p)) => reply.progress.push(p.text),
+            Some(Event::Chunk(c)) => {
+                reply.chunks.push((c.seq, c.delta));
+                if stop_after.is_some_and(|n| reply.chunks.len() >= n) {
+                    return Ok(reply);
+                }
+            }
+            Some(Event::End(e)) => {
+                reply.end = Some(e);
+                return Ok(reply);
+            }
+            None => bail!("empty chat event"),
+        }
+    }
+    bail!("stream ended without TurnEnd: {reply:?}")
+}
+
+/// The grpcurl binary `scripts/deps.sh grpcurl` installed.
+pub fn grpcurl() -> Result<PathBuf> {
+    let path = std::env::var_os("CLAWSWARM_GRPCURL")
+        .map(PathBuf::from)
+        .context("CLAWSWARM_GRPCURL is not set: run the tests with scripts/test.sh (it installs grpcurl)")?;
+    if !path.is_file() {
+        bail!(
+            "CLAWSWARM_GRPCURL={} does not exist: run scripts/deps.sh grpcurl",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Wait for a condition on a file's contents (logs, mostly).
+pub async fn wait_for<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A hand-made sidecar: opens AgentLink.Connect with `creds`, sends
+/// `frames` (Hello first, usually) and returns the controller's stream, or
+/// the error the connection or the controller gave.
+pub async fn raw_agent_link(
+    controller: &Controller,
+    creds: Credentials,
+    frames: Vec<pb::SidecarFrame>,
+) -> Result<(
+    tokio::sync::mpsc::Sender<pb::SidecarFrame>,
+    tonic::Streaming<pb::ControllerFrame>,
+)> {
+    let bundle = controller.trust_bundle()?;
+    let td = creds.spiffe_id().trust_domain().clone();
+    let server = clawswarm_certs::SpiffeId::controller(td, "local")?;
+    let tls = clawswarm_certs::client_config(
+        Some(CredentialStore::new(creds)),
+        &bundle,
+        ServerIdentity::Spiffe(server),
+    )?;
+    let channel =
+        clawswarm_certs::mtls_channel(&controller.mesh_url(), tls, &ChannelOptions::default())
+            .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for f in frames {
+        tx.send(f).await?;
+    }
+    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
+    let resp = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    Ok((tx, resp.into_inner()))
+}
+
+/// The controller's CA, read from its state directory (what an attacker
+/// who stole an issued certificate could also present).
+pub fn controller_authority(controller: &Controller) -> Result<clawswarm_certs::Authority> {
+    let td = clawswarm_certs::TrustDomain::new("clawswarm.local")?;
+    Ok(clawswarm_certs::Authority::load_or_create(
+        &controller.state_dir().join("ca"),
+        &td,
+    )?)
+}
+
+/// `Hello` for an agent name in the local namespace.
+pub fn hello(agent: &str) -> pb::SidecarFrame {
+    pb::SidecarFrame {
+        frame: Some(pb::sidecar_frame::Frame::Hello(pb::Hello {
+            agent: format!("local/{agent}"),
+            version: "test".into(),
+            capabilities: vec![],
+            pending: vec![],
+        })),
+    }
+}

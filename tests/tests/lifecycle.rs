@@ -1,0 +1,127 @@
+//! Turn and process lifecycle: cancellation, shutdown, metrics.
+
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use clawswarm_proto::v1::{self as pb, chat_request::Kind};
+use clawswarm_tests::{
+    harness::{Controller, ControllerOptions, chat, collect, wait_for},
+    stub_model::Outcome,
+};
+
+fn init() {
+    clawswarm_certs::install_default_crypto_provider();
+}
+
+#[tokio::test]
+async fn a_turn_is_cancelled_when_its_requester_goes_away() {
+    init();
+    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
+        .await
+        .unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut gw = c.gateway().await.unwrap();
+    let start = pb::ChatRequest {
+        agent: "alice".into(),
+        kind: Some(Kind::Start(pb::StartTurn {
+            conversation: "dm".into(),
+            text: "[chunks=200] [delay_ms=100]".into(),
+            turn_id: String::new(),
+        })),
+    };
+    let stream = gw.chat(start).await.unwrap().into_inner();
+    let partial = collect(stream, Some(3)).await.unwrap(); // drops the stream
+    drop(gw);
+
+    wait_for(
+        "the model call to be cancelled",
+        Duration::from_secs(10),
+        || {
+            c.model_requests("alice")
+                .iter()
+                .any(|r| r.outcome == Outcome::Cancelled)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        c.sidecar_log("alice")
+            .contains("turn cancelled by the controller")
+    );
+    let cancelled = c
+        .model_requests("alice")
+        .into_iter()
+        .find(|r| r.outcome == Outcome::Cancelled)
+        .unwrap();
+    assert!(cancelled.chunks < 200 && cancelled.chunks as usize >= partial.chunks.len());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_controller_and_its_agents_cleanly() {
+    init();
+    let mut c = Controller::start(ControllerOptions::with_agents(&["alice", "bob"]))
+        .await
+        .unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+    c.wait_ready("bob", Duration::from_secs(30)).await.unwrap();
+    let pids: Vec<i32> = ["alice", "bob"]
+        .iter()
+        .map(|a| c.sidecar_pid(a).unwrap())
+        .collect();
+
+    let status = c.terminate().await.unwrap();
+
+    assert!(status.success(), "{status}\n{}", c.logs());
+    assert!(c.logs().contains("controller stopped"), "{}", c.logs());
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "sidecar {pid} still running"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_report_streams_turns_and_latencies() {
+    init();
+    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
+        .await
+        .unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut gw = c.gateway().await.unwrap();
+    chat(&mut gw, "alice", "dm", "[chunks=3]").await.unwrap();
+    let failed = chat(&mut gw, "alice", "dm", "[fail_after=1]")
+        .await
+        .unwrap();
+    assert_eq!(failed.outcome(), Some(pb::Outcome::Error));
+    assert!(failed.end.unwrap().error.contains("workload failed"));
+
+    let text = reqwest::get(format!("{}/metrics", c.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "clawswarm_link_streams 1",
+        "clawswarm_turns_total{result=\"ok\"} 1",
+        "clawswarm_turns_total{result=\"error\"} 1",
+        "clawswarm_turn_first_chunk_seconds_count 2",
+        "clawswarm_turn_duration_seconds_count 2",
+        "clawswarm_tokens_total{agent=\"local/alice\",kind=\"output\"} 3",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    let ready = reqwest::get(format!("{}/readyz", c.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
