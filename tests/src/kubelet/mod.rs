@@ -323,14 +323,28 @@ async fn start_pod(shared: &Shared, api: &Api<Pod>, pod: &Pod) -> anyhow::Result
         match process::plan(pod, &cfg.images, cfg.hook.as_ref(), &shared.client, &roots).await {
             Ok(plan) => plan,
             Err(process::PlanError::ImageNotMapped { container, image }) => {
-                let patch = status::waiting(&container, "ErrImagePull", &image);
+                let patch = status::waiting(
+                    &container,
+                    &image,
+                    "ErrImagePull",
+                    &format!("no local program for image {image}"),
+                );
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .context("report ErrImagePull")?;
                 return Ok(());
             }
             Err(process::PlanError::Other(e)) => {
-                let patch = status::failed("CreateContainerConfigError", &format!("{e:#}"));
+                // Like a kubelet: the pod stays Pending, it does not fail.
+                let first = pod.spec.as_ref().and_then(|s| s.containers.first());
+                let container = first.map(|c| c.name.clone()).unwrap_or_default();
+                let image = first.and_then(|c| c.image.clone()).unwrap_or_default();
+                let patch = status::waiting(
+                    &container,
+                    &image,
+                    "CreateContainerConfigError",
+                    &format!("{e:#}"),
+                );
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await
                     .context("report pod failure")?;

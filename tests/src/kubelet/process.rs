@@ -216,21 +216,27 @@ async fn container_env(
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(cm) = &from.config_map_ref {
-            let data = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get(&cm.name)
+            let found = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&cm.name)
                 .await
-                .with_context(|| format!("envFrom configmap {}", cm.name))?
-                .data
-                .unwrap_or_default();
+                .with_context(|| format!("envFrom configmap {}", cm.name))?;
+            let data = match found {
+                Some(c) => c.data.unwrap_or_default(),
+                None if cm.optional == Some(true) => Default::default(),
+                None => bail!("envFrom configmap {} not found", cm.name),
+            };
             env.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
         }
         if let Some(s) = &from.secret_ref {
-            let data = Api::<Secret>::namespaced(client.clone(), &ns)
-                .get(&s.name)
+            let found = Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&s.name)
                 .await
-                .with_context(|| format!("envFrom secret {}", s.name))?
-                .data
-                .unwrap_or_default();
+                .with_context(|| format!("envFrom secret {}", s.name))?;
+            let data = match found {
+                Some(sec) => sec.data.unwrap_or_default(),
+                None if s.optional == Some(true) => Default::default(),
+                None => bail!("envFrom secret {} not found", s.name),
+            };
             for (k, v) in data {
                 let v = String::from_utf8(v.0)
                     .with_context(|| format!("secret key {k} is not UTF-8"))?;

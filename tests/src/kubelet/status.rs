@@ -40,17 +40,17 @@ pub(super) fn is_blocked(pod: &Pod) -> bool {
                 .as_ref()
                 .and_then(|s| s.waiting.as_ref())
                 .and_then(|w| w.reason.as_deref())
-                == Some("ErrImagePull")
+                .is_some_and(|r| r == "ErrImagePull" || r == "CreateContainerConfigError")
         })
 }
 
-pub(super) fn waiting(container: &str, reason: &str, image: &str) -> Value {
+pub(super) fn waiting(container: &str, image: &str, reason: &str, message: &str) -> Value {
     json!({ "status": {
         "phase": "Pending",
         "conditions": [condition("PodScheduled", true), condition("Ready", false)],
         "containerStatuses": [{
             "name": container, "image": image, "imageID": "", "ready": false, "restartCount": 0,
-            "state": { "waiting": { "reason": reason, "message": format!("no local program for image {image}") } },
+            "state": { "waiting": { "reason": reason, "message": message } },
         }],
     }})
 }

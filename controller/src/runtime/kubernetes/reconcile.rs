@@ -64,6 +64,9 @@ pub struct Context {
     pub templates: Store<AgentTemplate>,
     pub pods: Store<Pod>,
     failures: Mutex<HashMap<String, u32>>,
+    /// Per agent: pods replaced since it was last Ready, and when the last
+    /// replacement was made (a pod that keeps failing is replaced with backoff).
+    replacements: Mutex<HashMap<String, (u32, std::time::Instant)>>,
 }
 
 impl Context {
@@ -83,7 +86,26 @@ impl Context {
             templates,
             pods,
             failures: Mutex::new(HashMap::new()),
+            replacements: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long to wait before replacing `agent`'s pod again, if at all.
+    fn replacement_delay(&self, agent: &str) -> Option<Duration> {
+        let map = lock(&self.replacements);
+        let (n, last) = map.get(agent)?;
+        let wait = backoff(*n);
+        let since = last.elapsed();
+        (since < wait).then(|| wait - since)
+    }
+
+    fn note_replacement(&self, agent: &str) {
+        let mut map = lock(&self.replacements);
+        let e = map
+            .entry(agent.to_string())
+            .or_insert((0, std::time::Instant::now()));
+        e.0 = e.0.saturating_add(1);
+        e.1 = std::time::Instant::now();
     }
 
     fn template(&self, name: &str) -> Option<Arc<AgentTemplate>> {
@@ -337,6 +359,31 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
             Some(p) => Some(p),
             None => {
                 let had_pod = agent.status.as_ref().is_some_and(|s| s.pod.is_some());
+                let name = agent.name_any();
+                if (had_pod || recreating)
+                    && let Some(delay) = ctx.replacement_delay(&name)
+                {
+                    let msg = format!(
+                        "pod keeps ending; replacing it in {}s",
+                        delay.as_secs().max(1)
+                    );
+                    let obs = Observed {
+                        phase: Phase::Starting,
+                        ready: (false, reason::POD_RECREATING, msg),
+                        storage,
+                        scheduled: (
+                            false,
+                            reason::POD_ABSENT,
+                            "waiting to replace the pod".into(),
+                        ),
+                        pod: None,
+                    };
+                    write_status(agent, ctx, obs).await?;
+                    return Ok(Action::requeue(delay));
+                }
+                if had_pod || recreating {
+                    ctx.note_replacement(&name);
+                }
                 match create_pod(agent, &tpl.spec, ctx, &pods_api).await {
                     Ok(p) => {
                         let (r, action) = if had_pod || recreating {
@@ -371,6 +418,9 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
     };
     let pod_name = current.as_ref().map(|p| p.name_any());
     let ready = current.as_ref().is_some_and(pod_ready);
+    if ready {
+        lock(&ctx.replacements).remove(&agent.name_any());
+    }
     let obs = if ready {
         Observed {
             phase: Phase::Running,
