@@ -144,6 +144,8 @@ async fn cluster() -> (ControlPlane, TestKubelet) {
 /// The controller's moving parts, as `app.rs` wires them, on fixed ports.
 struct Controller {
     runtime: Arc<KubernetesRuntime>,
+    authority: clawswarm_certs::Authority,
+    mesh_port: u16,
     mesh: Mesh,
     router: Router,
     stop: CancellationToken,
@@ -152,6 +154,12 @@ struct Controller {
 
 impl Controller {
     async fn start(cp: &ControlPlane, mesh_port: u16, identity_port: u16) -> Self {
+        Self::start_behind(cp, (mesh_port, identity_port), (mesh_port, identity_port)).await
+    }
+
+    /// Listen on `listen`; tell sidecars to dial `advertised` (a Service).
+    async fn start_behind(cp: &ControlPlane, listen: (u16, u16), advertised: (u16, u16)) -> Self {
+        let (mesh_port, identity_port) = listen;
         let client = cp
             .client_for_service_account(NS, "clawswarm-controller")
             .await
@@ -169,8 +177,8 @@ impl Controller {
             image_pull_policy: None,
             agent_service_account: "clawswarm-agent".into(),
             service_name: "clawswarm-controller".into(),
-            agent_controller_url: Some(format!("https://127.0.0.1:{mesh_port}")),
-            agent_identity_url: Some(format!("https://127.0.0.1:{identity_port}")),
+            agent_controller_url: Some(format!("https://127.0.0.1:{}", advertised.0)),
+            agent_identity_url: Some(format!("https://127.0.0.1:{}", advertised.1)),
             issuer_secret: "clawswarm-issuer".into(),
             trust_bundle_config_map: "clawswarm-trust-bundle".into(),
             token_audience: "clawswarm-identity".into(),
@@ -297,6 +305,8 @@ impl Controller {
         });
         Self {
             runtime,
+            authority,
+            mesh_port,
             mesh,
             router,
             stop,
@@ -407,4 +417,125 @@ async fn sidecar_certifies_through_tokenreview_answers_and_wakes_from_suspend() 
     let (_, _, outcome) = ctl.turn(&ivan, "still there").await;
     assert_eq!(outcome, Outcome::Ok);
     ctl.stop().await;
+}
+
+/// A stand-in for the mesh Service: forwards TCP to whichever controller
+/// the test points it at (the Service follows the leader label).
+fn service(
+    listener: tokio::net::TcpListener,
+    target: tokio::sync::watch::Receiver<u16>,
+    tasks: &TaskTracker,
+) {
+    let inner = tasks.clone();
+    tasks.spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let port = *target.borrow();
+            inner.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
+/// AgentLink.Connect straight to one controller with a valid agent certificate.
+async fn link_status(ctl: &Controller, agent: &AgentId) -> tonic::Code {
+    use clawswarm_certs::{ChannelOptions, ServerIdentity};
+    let td = TrustDomain::new("clawswarm.local".to_string()).unwrap();
+    let creds = ctl
+        .authority
+        .issue(
+            &SpiffeId::agent(td.clone(), agent.clone()),
+            &LeafPolicy::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let server = SpiffeId::controller(td, NS.to_string()).unwrap();
+    let tls = clawswarm_certs::client_config(
+        Some(CredentialStore::new(creds)),
+        ctl.authority.trust_bundle_pem(),
+        ServerIdentity::Spiffe(server),
+    )
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}", ctl.mesh_port);
+    let channel = clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default())
+        .await
+        .unwrap();
+    let hello = clawswarm_proto::v1::SidecarFrame {
+        frame: Some(clawswarm_proto::v1::sidecar_frame::Frame::Hello(
+            clawswarm_proto::v1::Hello {
+                agent: agent.to_string(),
+                version: "test".into(),
+                capabilities: vec![],
+                pending: vec![],
+            },
+        )),
+    };
+    let mut client = clawswarm_proto::v1::agent_link_client::AgentLinkClient::new(channel);
+    match client.connect(tokio_stream::iter(vec![hello])).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_refuses_links_then_takes_over_and_the_sidecar_moves() {
+    let (cp, _kubelet) = cluster().await;
+    let [
+        svc_mesh,
+        svc_identity,
+        a_mesh,
+        a_identity,
+        b_mesh,
+        b_identity,
+    ] = free_ports().unwrap();
+    let (to_mesh, mesh_target) = tokio::sync::watch::channel(a_mesh);
+    let (to_identity, identity_target) = tokio::sync::watch::channel(a_identity);
+    let proxies = TaskTracker::new();
+    let bind = |port: u16| tokio::net::TcpListener::bind(("127.0.0.1", port));
+    service(bind(svc_mesh).await.unwrap(), mesh_target, &proxies);
+    service(bind(svc_identity).await.unwrap(), identity_target, &proxies);
+
+    let a = Controller::start_behind(&cp, (a_mesh, a_identity), (svc_mesh, svc_identity)).await;
+    tokio::time::timeout(WAIT, a.runtime.leadership().wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    let b = Controller::start_behind(&cp, (b_mesh, b_identity), (svc_mesh, svc_identity)).await;
+    let judy = id("judy");
+    a.runtime
+        .provision(AgentSpec {
+            id: judy.clone(),
+            owner: "U10".into(),
+            template: "stub".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, a.mesh.wait_connected(&judy, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!*b.runtime.leadership().borrow());
+    // The standby is up (it answers) but refuses agent links: retry elsewhere.
+    assert_eq!(link_status(&b, &judy).await, tonic::Code::Unavailable);
+    assert_eq!(a.turn(&judy, "before failover").await.2, Outcome::Ok);
+
+    // The leader goes away; the standby takes the lease, the Service follows
+    // its label, and the sidecar reconnects to it.
+    a.stop().await;
+    tokio::time::timeout(WAIT, b.runtime.leadership().wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    to_mesh.send(b_mesh).unwrap();
+    to_identity.send(b_identity).unwrap();
+    tokio::time::timeout(WAIT, b.mesh.wait_connected(&judy, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.turn(&judy, "after failover").await.2, Outcome::Ok);
+    b.stop().await;
+    proxies.close();
 }
