@@ -27,8 +27,6 @@ pub mod reason {
     pub const VOLUME_CLAIMED: &str = "VolumeClaimed";
     /// StorageReady=False: the claim could not be created (see message).
     pub const VOLUME_CLAIM_FAILED: &str = "VolumeClaimFailed";
-    /// Ready=False: the agent is being deleted.
-    pub const DELETING: &str = "Deleting";
     /// PodScheduled=True / False as the pod comes and goes.
     pub const POD_CREATED: &str = "PodCreated";
     pub const POD_ABSENT: &str = "PodAbsent";
@@ -44,5 +42,4 @@ pub mod event {
     pub const IDLE_SUSPENDED: &str = "IdleSuspended"; // [Suspend]
     pub const VOLUME_CLAIM_DELETED: &str = "VolumeClaimDeleted"; // [Cleanup]
     pub const VOLUME_CLAIM_RETAINED: &str = "VolumeClaimRetained"; // [Cleanup]
-    pub const RECONCILE_FAILED: &str = "ReconcileFailed"; // [Reconcile]
 }
