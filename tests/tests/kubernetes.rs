@@ -118,6 +118,7 @@ fn args(pod_name: Option<&str>) -> KubernetesArgs {
         lease_duration: Duration::from_secs(4),
         // Every decision live: the test replaces pods between checks.
         tokenreview_cache_ttl: Duration::ZERO,
+        idle_check_interval: Duration::from_secs(1),
         offboarding_secret_file: None,
     }
 }
@@ -314,6 +315,24 @@ async fn agent_gets_volume_and_hardened_pod_and_its_token_certifies_only_itself(
     let seen = c.kubelet.pvc_dir("alice-data").join("sidecar/token-seen");
     let token = pod_token(&c, &alice_pod).await;
     assert_eq!(std::fs::read_to_string(seen).unwrap(), token);
+
+    // Each step left an Event on the Agent (the ServiceAccount may write them).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.cp.admin(), NS);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("alice"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for want in ["VolumeClaimCreated", "PodCreated"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "{want} missing from {reasons:?}"
+        );
+    }
 
     // The runtime's view comes from its caches.
     let rec = rt.find_by_owner("U2").await.unwrap().unwrap();
@@ -689,5 +708,40 @@ async fn offboarding_webhook_deletes_the_persons_agent_once() {
     .await
     .unwrap();
     server.abort();
+    ctl.stop().await;
+}
+
+const QUICK_TEMPLATE: &str = r#"
+apiVersion: clawswarm.dev/v1alpha1
+kind: AgentTemplate
+metadata:
+  name: quick
+  namespace: clawswarm
+spec:
+  description: "Suspends after two seconds without activity"
+  idleTimeout: 2s
+  workload:
+    image: ghcr.io/clawswarm/openclaw:2026.9.6
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_agent_is_suspended_after_the_templates_timeout() {
+    let c = cluster().await;
+    control_plane::apply_yaml(&c.cp.admin(), QUICK_TEMPLATE, "clawswarm-test")
+        .await
+        .unwrap();
+    let ctl = Controller::start(&c, None).await;
+    provision(&ctl.runtime, "ivy", "U11", "quick").await;
+    ready_pod(&c, "ivy").await;
+    let suspended_by_idle = |a: Option<&Agent>| {
+        a.is_some_and(|a| {
+            a.spec.mode == clawswarm_controller::runtime::kubernetes::crd::Mode::Suspended
+        }) && a
+            .and_then(|a| a.status.as_ref())
+            .is_some_and(|s| s.phase == Some(Phase::Suspended))
+    };
+    wait_agent(&c, "ivy", suspended_by_idle, "ivy suspended when idle").await;
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(c.cp.admin(), NS);
+    assert!(pvcs.get_opt("ivy-data").await.unwrap().is_some());
     ctl.stop().await;
 }

@@ -187,6 +187,7 @@ impl Controller {
             lease_name: "clawswarm-controller-leader".into(),
             lease_duration: Duration::from_secs(4),
             tokenreview_cache_ttl: Duration::from_secs(30),
+            idle_check_interval: Duration::from_secs(1),
             offboarding_secret_file: None,
         };
         let common = CommonSettings {

@@ -46,7 +46,6 @@ use crate::identity::Authenticator;
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Last activity and token totals are written at most this often per agent.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(15);
-const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest wait for each step of stopping (leading work, final flush, caches).
 const STOP_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,6 +124,9 @@ pub struct KubernetesArgs {
     /// How long a TokenReview decision is reused.
     #[arg(long, env = "CLAWSWARM_TOKENREVIEW_CACHE_TTL", value_parser = parse_duration, default_value = "30s")]
     pub tokenreview_cache_ttl: Duration,
+    /// How often the leader looks for idle agents to suspend.
+    #[arg(long, env = "CLAWSWARM_IDLE_CHECK_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    pub idle_check_interval: Duration,
     /// File with the HMAC key of the off-boarding webhook (unset: webhook off).
     #[arg(long, env = "CLAWSWARM_OFFBOARDING_SECRET_FILE")]
     pub offboarding_secret_file: Option<std::path::PathBuf>,
@@ -193,6 +195,11 @@ pub async fn build(
         token_expiration_seconds: 3600,
         shared_secret: (!args.shared_secret.is_empty()).then(|| args.shared_secret.clone()),
     };
+    if args.idle_check_interval.is_zero() {
+        return Err(KubernetesError::Config(
+            "CLAWSWARM_IDLE_CHECK_INTERVAL must be above 0".into(),
+        ));
+    }
     if args.lease_duration < Duration::from_secs(3) {
         return Err(KubernetesError::Config(
             "CLAWSWARM_LEASE_DURATION must be at least 3s".into(),
@@ -239,6 +246,7 @@ pub async fn build(
         leader_tx,
         recorder: Recorder::new(client, reporter),
         pending: Mutex::new(HashMap::new()),
+        idle_check_interval: args.idle_check_interval,
     }))))
 }
 
@@ -278,6 +286,7 @@ pub struct Inner {
     leader_tx: watch::Sender<bool>,
     recorder: Recorder,
     pending: Mutex<HashMap<AgentId, Pending>>,
+    idle_check_interval: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -478,7 +487,7 @@ impl Inner {
         ));
         let reconciler =
             tokio::spawn(reconcile::run(ctx, stop.clone()).instrument(info_span!("reconciler")));
-        let mut tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
+        let mut tick = tokio::time::interval(self.idle_check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
