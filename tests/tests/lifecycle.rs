@@ -125,3 +125,78 @@ async fn metrics_report_streams_turns_and_latencies() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn a_message_wakes_a_suspended_agent_and_is_answered() {
+    init();
+    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
+        .await
+        .unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut gw = c.gateway().await.unwrap();
+    let pid = c.sidecar_pid("alice").unwrap();
+    let suspended = gw
+        .suspend_agent(pb::SuspendAgentRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(suspended.mode(), pb::AgentMode::Suspended);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "suspend must stop the sidecar"
+    );
+    std::fs::write(c.agent_dir("alice").join("data/keep.txt"), "mine").unwrap();
+
+    let reply = chat(&mut gw, "alice", "dm", "are you awake?")
+        .await
+        .unwrap();
+
+    assert_eq!(reply.text(), "echo: are you awake?");
+    assert!(
+        reply.progress.iter().any(|p| p.contains("Waking")),
+        "{:?}",
+        reply.progress
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("alice").join("data/keep.txt")).unwrap(),
+        "mine"
+    );
+    let a = gw
+        .get_agent(pb::GetAgentRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.mode(), pb::AgentMode::Running);
+}
+
+#[tokio::test]
+async fn an_idle_agent_is_suspended_and_woken_by_the_next_message() {
+    init();
+    let mut opts = ControllerOptions::with_agents(&["alice"]);
+    opts.env
+        .push(("CLAWSWARM_IDLE_TIMEOUT".into(), "3s".into()));
+    let c = Controller::start(opts).await.unwrap();
+    let mut gw = c.gateway().await.unwrap();
+    wait_for("idle suspension", Duration::from_secs(30), || {
+        c.logs().contains("suspending idle agent")
+    })
+    .await
+    .unwrap();
+    let a = gw
+        .get_agent(pb::GetAgentRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.mode(), pb::AgentMode::Suspended);
+
+    let reply = chat(&mut gw, "alice", "dm", "wake up").await.unwrap();
+    assert_eq!(reply.text(), "echo: wake up");
+}

@@ -115,6 +115,7 @@ impl LocalRuntime {
             if sidecar.is_some() {
                 info!(agent = %id, workload = workload.is_some(), "adopted running agent processes");
             }
+            let stored_activity = stored.last_activity_unix;
             let phase = match (stored.mode, sidecar.is_some()) {
                 (AgentMode::Suspended, _) => AgentPhase::Suspended,
                 (AgentMode::Running, true) => AgentPhase::Running,
@@ -131,7 +132,7 @@ impl LocalRuntime {
                 detail: String::new(),
                 failures: 0,
                 not_before: None,
-                last_activity: Instant::now(),
+                last_activity: activity_instant(stored_activity),
                 dirty: false,
             };
             agents.insert(id, agent);
@@ -312,6 +313,13 @@ impl LocalRuntime {
             .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         Ok(f(a))
     }
+}
+
+/// The persisted last activity as an `Instant`, so idle suspension counts
+/// from the real last turn across controller restarts.
+fn activity_instant(unix: u64) -> Instant {
+    let ago = Duration::from_secs(now_unix().saturating_sub(unix));
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
 fn substitute(template: &str, port: u16, a: &LocalAgent) -> String {

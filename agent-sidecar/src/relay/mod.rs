@@ -65,6 +65,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl std::fmt::Debug for TurnState {
+    // Reply text is the person's data: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnState")
+            .field("turn_id", &self.turn_id)
+            .field("conversation", &self.conversation)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TurnState {
     fn new(turn_id: String, conversation: String, reply_target: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
@@ -492,3 +502,6 @@ fn finish(
         info!(outcome = result, error = %end.error, "turn did not finish normally");
     }
 }
+
+#[cfg(test)]
+mod tests;
