@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
 
+use super::idle::{is_idle, last_active};
 use super::*;
 use crate::identity::{AuthError, CertifyClaim};
 
