@@ -354,3 +354,53 @@ async fn idle_agent_is_suspended_after_the_templates_timeout() {
     assert!(pvcs.get_opt("ivy-data").await.unwrap().is_some());
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_change_rolls_out_a_new_pod_and_keeps_the_volume() {
+    let c = cluster().await;
+    let ctl = Controller::start(&c, None).await;
+    provision(&ctl.runtime, "kate", "U12", "engineer").await;
+    let first = ready_pod(&c, "kate").await;
+    let templates =
+        Api::<clawswarm_controller::runtime::kubernetes::crd::AgentTemplate>::namespaced(
+            c.cp.admin(),
+            NS,
+        );
+    let patch = serde_json::json!({ "spec": { "workload": { "env": [{ "name": "ROLLOUT", "value": "2" }] } } });
+    templates
+        .patch(
+            "engineer",
+            &Default::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let old = first.name_any();
+    let rolled = wait_agent(
+        &c,
+        "kate",
+        move |a: Option<&Agent>| {
+            agent_ready(a)
+                && a.and_then(|a| a.status.as_ref())
+                    .and_then(|s| s.pod.as_deref())
+                    != Some(old.as_str())
+        },
+        "kate on a pod from the new template",
+    )
+    .await;
+    let pod = Api::<Pod>::namespaced(c.cp.admin(), NS)
+        .get(&rolled.status.unwrap().pod.unwrap())
+        .await
+        .unwrap();
+    let workload = pod
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .find(|c| c.name == "workload")
+        .unwrap();
+    assert!(workload.env.unwrap().iter().any(|e| e.name == "ROLLOUT"));
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(c.cp.admin(), NS);
+    assert!(pvcs.get_opt("kate-data").await.unwrap().is_some());
+    ctl.stop().await;
+}

@@ -37,6 +37,7 @@ pub mod event {
     pub const VOLUME_CLAIM_CREATED: &str = "VolumeClaimCreated"; // [CreateVolumeClaim]
     pub const POD_CREATED: &str = "PodCreated"; // [CreatePod]
     pub const POD_RECREATED: &str = "PodRecreated"; // [RecreatePod]
+    pub const POD_OUTDATED: &str = "PodOutdated"; // [RecreatePod]
     pub const POD_DELETED: &str = "PodDeleted"; // [Suspend | Cleanup]
     pub const SUSPENDED: &str = "Suspended"; // [Suspend]
     pub const IDLE_SUSPENDED: &str = "IdleSuspended"; // [Suspend]

@@ -33,6 +33,8 @@ pub const TRUST_KEY: &str = "ca.pem";
 pub const WORKLOAD_CONFIG_DIR: &str = "/etc/clawswarm/workload";
 /// The sidecar's plain HTTP port (/metrics, /healthz, /readyz).
 pub const SIDECAR_HTTP_PORT: u16 = 9464;
+/// Digest of the desired pod (see [`spec_hash`]).
+pub const SPEC_HASH_ANNOTATION: &str = "clawswarm.dev/spec-hash";
 /// Non-root uid/gid every container runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 
@@ -368,7 +370,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         ..Default::default()
     };
 
-    Pod {
+    let mut pod = Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{name}-")),
             namespace: Some(ns),
@@ -404,7 +406,32 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             ..Default::default()
         }),
         status: None,
+    };
+    let hash = spec_hash(&pod);
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.insert(SPEC_HASH_ANNOTATION.into(), hash);
     }
+    pod
+}
+
+/// A digest of what the pod should be (spec, labels, owner): a pod whose
+/// annotation differs was built from an older template or setting and is
+/// replaced, which is how template changes and upgrades roll out.
+pub fn spec_hash(pod: &Pod) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&pod.spec).unwrap_or_default());
+    h.update(serde_json::to_vec(&pod.metadata.labels).unwrap_or_default());
+    hex::encode(&h.finalize()[..12])
+}
+
+/// The desired-spec digest a pod was built with.
+pub fn pod_spec_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+        .map(String::as_str)
 }
 
 #[cfg(test)]

@@ -345,6 +345,26 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
     for extra in alive.iter().skip(1) {
         delete_pod(&pods_api, extra).await?;
     }
+    // A pod built from an older template or setting is replaced (rollout).
+    let want_hash = pod::spec_hash(&pod::build_pod(agent, &tpl.spec, &ctx.settings));
+    if let Some(outdated) = alive
+        .first()
+        .filter(|p| pod::pod_spec_hash(p) != Some(want_hash.as_str()))
+    {
+        delete_pod(&pods_api, outdated).await?;
+        ctx.publish(
+            agent,
+            EventType::Normal,
+            event::POD_OUTDATED,
+            "RecreatePod",
+            format!(
+                "pod {} was built from an older template; replacing it",
+                outdated.name_any()
+            ),
+        )
+        .await;
+        alive.clear();
+    }
     let current = match alive.first() {
         Some(p) => Some((**p).clone()),
         None => match live_pod(agent, &pods_api).await? {

@@ -125,3 +125,15 @@ fn claim_is_not_owned_so_deletion_follows_the_retention_policy() {
     assert!(pvc.metadata.owner_references.is_none());
     assert_eq!(pvc.metadata.name.as_deref(), Some("alice-data"));
 }
+
+#[test]
+fn spec_hash_changes_with_the_template_and_is_stable_otherwise() {
+    let a = build_pod(&agent(), &template(), &settings());
+    let b = build_pod(&agent(), &template(), &settings());
+    assert_eq!(pod_spec_hash(&a), pod_spec_hash(&b));
+    assert!(pod_spec_hash(&a).is_some());
+    let mut changed = template();
+    changed.workload.image = "example.invalid/openclaw:2".into();
+    let c = build_pod(&agent(), &changed, &settings());
+    assert_ne!(pod_spec_hash(&a), pod_spec_hash(&c));
+}
