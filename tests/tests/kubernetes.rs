@@ -164,6 +164,16 @@ async fn agent_gets_volume_and_hardened_pod_and_its_token_certifies_only_itself(
         }
     }
 
+    // Every decision was counted.
+    let decisions = |result| {
+        let label = clawswarm_controller::metrics::ResultLabel { result };
+        rt.metrics()
+            .tokenreview_decisions
+            .get_or_create(&label)
+            .get()
+    };
+    assert!(decisions("allow") >= 1 && decisions("deny") >= 4);
+
     // A deleted pod is recreated, and the old pod's token dies with it.
     let pods = Api::<Pod>::namespaced(c.cp.admin(), NS);
     pods.delete(&alice_pod.name_any(), &DeleteParams::default())

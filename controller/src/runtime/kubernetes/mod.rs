@@ -12,6 +12,7 @@ pub mod crd;
 mod idle;
 pub mod issuer;
 pub mod leader;
+pub mod metrics;
 pub mod offboarding;
 pub mod pod;
 pub mod reconcile;
@@ -90,6 +91,7 @@ pub struct Inner {
     recorder: Recorder,
     pending: Mutex<HashMap<AgentId, Pending>>,
     idle_check_interval: Duration,
+    metrics: metrics::KubernetesMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +103,11 @@ fn kube_err(e: kube::Error) -> RuntimeError {
 }
 
 impl Inner {
+    /// The runtime's metrics; register them with [`metrics::KubernetesMetrics::register`].
+    pub fn metrics(&self) -> &metrics::KubernetesMetrics {
+        &self.metrics
+    }
+
     /// `true` while this replica leads (reconciles and accepts AgentLink).
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.leader_tx.subscribe()
@@ -245,6 +252,7 @@ impl Inner {
             self.recorder.clone(),
             self.templates.clone(),
             self.pods.clone(),
+            self.metrics.clone(),
         ));
         let reconciler =
             tokio::spawn(reconcile::run(ctx, stop.clone()).instrument(info_span!("reconciler")));
@@ -509,6 +517,7 @@ impl Runtime for KubernetesRuntime {
                 changed = leading.changed() => {
                     if changed.is_err() { break }
                     let now_leading = *leading.borrow_and_update();
+                    self.metrics.leader.set(i64::from(now_leading));
                     match (now_leading, lead_stop.take()) {
                         (true, None) => {
                             let stop = shutdown.child_token();

@@ -67,6 +67,7 @@ pub struct Context {
     /// Per agent: pods replaced since it was last Ready, and when the last
     /// replacement was made (a pod that keeps failing is replaced with backoff).
     replacements: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    metrics: super::metrics::KubernetesMetrics,
 }
 
 impl Context {
@@ -77,6 +78,7 @@ impl Context {
         recorder: Recorder,
         templates: Store<AgentTemplate>,
         pods: Store<Pod>,
+        metrics: super::metrics::KubernetesMetrics,
     ) -> Self {
         Self {
             client,
@@ -87,6 +89,7 @@ impl Context {
             pods,
             failures: Mutex::new(HashMap::new()),
             replacements: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -106,6 +109,7 @@ impl Context {
             .or_insert((0, std::time::Instant::now()));
         e.0 = e.0.saturating_add(1);
         e.1 = std::time::Instant::now();
+        self.metrics.pod_replacements.inc();
     }
 
     fn template(&self, name: &str) -> Option<Arc<AgentTemplate>> {
@@ -188,6 +192,7 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, R
         .ok_or(ReconcileError::MissingField("namespace"))?;
     let api = Api::<Agent>::namespaced(ctx.client.clone(), &ns);
     let key = agent.name_any();
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, agent, |ev| async {
         match ev {
             Finalizer::Apply(a) => apply(&a, &ctx).await,
@@ -196,6 +201,9 @@ pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, R
     })
     .await
     .map_err(|e| ReconcileError::Finalizer(e.to_string()));
+    ctx.metrics
+        .reconcile_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
         lock(&ctx.failures).remove(&key);
     }
@@ -211,6 +219,12 @@ pub fn error_policy(agent: Arc<Agent>, err: &ReconcileError, ctx: Arc<Context>) 
         *n
     };
     let delay = backoff(n);
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: err.metric_label(),
+        })
+        .inc();
     warn!(agent = %key, error = %err, label = err.metric_label(), attempt = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -352,6 +366,7 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
         .filter(|p| pod::pod_spec_hash(p) != Some(want_hash.as_str()))
     {
         delete_pod(&pods_api, outdated).await?;
+        ctx.metrics.pod_replacements.inc();
         ctx.publish(
             agent,
             EventType::Normal,

@@ -181,6 +181,7 @@ pub async fn build(
         args.pod_name.clone(),
         args.lease_duration,
     );
+    let metrics = super::metrics::KubernetesMetrics::new();
     let authenticator = Arc::new(TokenReviewAuthenticator::new(
         client.clone(),
         TokenReviewConfig {
@@ -189,6 +190,7 @@ pub async fn build(
             service_account: args.agent_service_account.clone(),
             cache_ttl: args.tokenreview_cache_ttl,
         },
+        metrics.tokenreview_decisions.clone(),
     ));
     let (agents, agents_w) = reflector::store();
     let (templates, templates_w) = reflector::store();
@@ -212,5 +214,6 @@ pub async fn build(
         recorder: Recorder::new(client, reporter),
         pending: Mutex::new(HashMap::new()),
         idle_check_interval: args.idle_check_interval,
+        metrics,
     }))))
 }

@@ -16,8 +16,12 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt as _};
 use sha2::{Digest as _, Sha256};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use super::pod::LABEL_AGENT;
 use crate::identity::{AuthError, Authenticator, CertifyClaim};
+use crate::metrics::ResultLabel;
 
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
@@ -37,6 +41,7 @@ pub struct TokenReviewConfig {
 pub struct TokenReviewAuthenticator {
     client: Client,
     cfg: TokenReviewConfig,
+    decisions: Family<ResultLabel, Counter>,
     cache: Mutex<HashMap<[u8; 32], (Instant, Decision)>>,
 }
 
@@ -53,10 +58,15 @@ enum DenyKind {
 }
 
 impl TokenReviewAuthenticator {
-    pub fn new(client: Client, cfg: TokenReviewConfig) -> Self {
+    pub fn new(
+        client: Client,
+        cfg: TokenReviewConfig,
+        decisions: Family<ResultLabel, Counter>,
+    ) -> Self {
         Self {
             client,
             cfg,
+            decisions,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -205,12 +215,24 @@ impl Authenticator for TokenReviewAuthenticator {
             Some(d) => d,
             None => {
                 // Unavailable is not remembered: the next try asks again.
-                let d = self.decide(claim).await?;
+                let d = self.decide(claim).await.inspect_err(|_| {
+                    self.count("unavailable");
+                })?;
                 self.remember(key, &d);
                 d
             }
         };
+        self.count(match decision {
+            Decision::Allow => "allow",
+            Decision::Deny(..) => "deny",
+        });
         into_result(claim.requested, decision)
+    }
+}
+
+impl TokenReviewAuthenticator {
+    fn count(&self, result: &'static str) {
+        self.decisions.get_or_create(&ResultLabel { result }).inc();
     }
 }
 
