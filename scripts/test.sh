@@ -8,8 +8,8 @@
 # $CLAWSWARM_CACHE/target), CLAWSWARM_TEST_DEPS (overrides the component list below).
 set -euo pipefail
 
-# Components the tests need; add `openclaw kube` here when tests use them.
-TEST_DEPS=(grpcurl promtool)
+# Components the tests need; add `kube` here when tests use it.
+TEST_DEPS=(grpcurl promtool openclaw)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"

@@ -29,6 +29,7 @@ use crate::{
     workload::{
         Workload,
         none::NoWorkload,
+        openclaw::services as openclaw_services,
         responses::{ResponsesConfig, ResponsesWorkload, SessionBinding},
     },
 };
@@ -98,8 +99,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             args.trust_bundle.display()
         ))
     })?;
-    let workload = build_workload(&args.workload)?;
     let metrics = SidecarMetrics::new();
+    // OpenClaw brings its model proxy, which meters every model call itself;
+    // counting turn usage too would count those tokens twice.
+    let (workload, openclaw): (Arc<dyn Workload>, _) = if args.workload.kind == "openclaw" {
+        let services = openclaw_services::start(&args.openclaw, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(|e| AppError::Config(format!("openclaw: {e}")))?;
+        (services.workload.clone(), Some(services))
+    } else {
+        (build_workload(&args.workload)?, None)
+    };
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -157,7 +167,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         turn_timeout: args.relay.turn_timeout,
         ready_wait: args.relay.ready_wait,
         retention: args.relay.retention,
-        count_turn_usage: true,
+        count_turn_usage: openclaw.is_none(),
     };
     let relay = Relay::new(
         relay_cfg,
@@ -241,6 +251,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
 
     info!(held_turns = relay.turns_held(), "sidecar stopping");
     relay.shutdown().await;
+    if let Some(services) = openclaw {
+        let _ = tokio::time::timeout(Duration::from_secs(5), services.join()).await;
+    }
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     Ok(())

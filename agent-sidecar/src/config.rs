@@ -61,6 +61,11 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub relay: RelayArgs,
+
+    /// Used when `CLAWSWARM_WORKLOAD=openclaw`: the gateway, the model proxy
+    /// and the cron notice receiver.
+    #[command(flatten)]
+    pub openclaw: crate::workload::openclaw::services::OpenClawServiceArgs,
 }
 
 impl fmt::Debug for RunArgs {
@@ -76,8 +81,9 @@ impl fmt::Debug for RunArgs {
 
 #[derive(Clone, Args)]
 pub struct WorkloadArgs {
-    /// `responses` (any OpenAI-style /v1/responses server), `openclaw`, or
-    /// `none` (no workload yet: turns fail with a message saying so).
+    /// `responses` (any OpenAI-style /v1/responses server), `openclaw` (the
+    /// OpenClaw gateway beside the sidecar, with the model proxy and cron
+    /// notices), or `none` (no workload yet: turns fail saying so).
     #[arg(
         long = "workload",
         env = "CLAWSWARM_WORKLOAD",

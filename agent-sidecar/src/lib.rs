@@ -9,6 +9,7 @@ pub mod http;
 pub mod identity;
 pub mod link;
 pub mod metrics;
+pub mod model_proxy;
 pub mod notices;
 pub mod readiness;
 pub mod relay;

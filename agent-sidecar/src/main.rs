@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use clawswarm_sidecar::{app, config::RunArgs};
+use clawswarm_sidecar::{
+    app,
+    config::RunArgs,
+    workload::openclaw::config::{InitArgs, init},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -22,6 +26,10 @@ struct Cli {
 enum Command {
     /// Obtain a certificate, connect to the controller and relay turns.
     Run(Box<RunArgs>),
+    /// Prepare the OpenClaw config before the gateway starts (the pod's init
+    /// step): seed it on first run, re-apply the enforced security baseline
+    /// on every run, and validate it with OpenClaw's own validator.
+    Init(Box<InitArgs>),
 }
 
 const EX_USAGE: u8 = 64;
@@ -46,8 +54,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
+    if let Command::Init(args) = &cli.command {
+        return match init(args) {
+            Ok(report) => {
+                info!(report = ?report, "openclaw config ready");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "openclaw config refused");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
     rt.block_on(async move {
         match cli.command {
+            Command::Init(_) => ExitCode::SUCCESS,
             Command::Run(args) => {
                 let shutdown = CancellationToken::new();
                 let on_signal = shutdown.clone();

@@ -68,6 +68,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let td = TrustDomain::new(args.trust_domain.clone())
         .map_err(|e| AppError::Config(format!("CLAWSWARM_TRUST_DOMAIN: {e}")))?;
     let ns = args.namespace.clone();
+    args.slack
+        .validate()
+        .map_err(|e| AppError::Config(e.to_string()))?;
     AgentId::new(ns.clone(), "probe")
         .map_err(|e| AppError::Config(format!("CLAWSWARM_NAMESPACE: {e}")))?;
     let ca_dir = state_dir.join("ca");
@@ -236,7 +239,23 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         .instrument(info_span!("renewal")),
     );
     tasks.spawn(record_usage(outputs.usage, runtime.clone()).instrument(info_span!("usage")));
-    tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
+    // Slack delivers notices when configured; otherwise they stay with the sidecars.
+    let slack_task = if args.slack.enabled() {
+        let (slack_args, slack_router, slack_stop) =
+            (args.slack.clone(), router.clone(), shutdown.clone());
+        let front_door = async move {
+            // Said when it happens (a rejected token shows at start), not at exit.
+            if let Err(e) =
+                crate::slack::run(slack_args, slack_router, outputs.notices, slack_stop).await
+            {
+                error!(error = %e, "slack front door failed");
+            }
+        };
+        Some(tokio::spawn(front_door.instrument(info_span!("slack"))))
+    } else {
+        tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
+        None
+    };
 
     let endpoints = Endpoints {
         mesh: mesh_addr.to_string(),
@@ -277,6 +296,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         Ok(Err(e)) => error!(error = %e, "runtime stopped with an error"),
         Err(e) => error!(error = %e, "runtime task panicked"),
         Ok(Ok(())) => {}
+    }
+    if let Some(slack) = slack_task {
+        match tokio::time::timeout(Duration::from_secs(15), slack).await {
+            Ok(Err(e)) => error!(error = %e, "slack front door panicked"),
+            Err(_) => warn!("slack front door did not stop in time"),
+            Ok(Ok(())) => {}
+        }
     }
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;

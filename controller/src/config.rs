@@ -70,6 +70,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub local: LocalArgs,
+
+    #[command(flatten)]
+    pub slack: crate::slack::SlackArgs,
 }
 
 /// Settings of the local runtime.

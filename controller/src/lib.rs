@@ -12,3 +12,4 @@ pub mod mesh;
 pub mod metrics;
 pub mod router;
 pub mod runtime;
+pub mod slack;

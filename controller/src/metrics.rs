@@ -43,6 +43,7 @@ pub struct Metrics {
     pub frames_rejected: Family<ReasonLabel, Counter>,
     pub certify: Family<ResultLabel, Counter>,
     pub agent_restarts: Counter,
+    pub slack: crate::slack::metrics::SlackMetrics,
 }
 
 impl Metrics {
@@ -109,6 +110,9 @@ impl Metrics {
             let _ = certify.get_or_create(&ResultLabel { result });
         }
 
+        let slack = crate::slack::metrics::SlackMetrics::default();
+        slack.register(&mut registry);
+
         Arc::new(Self {
             registry,
             link_streams,
@@ -119,6 +123,7 @@ impl Metrics {
             frames_rejected,
             certify,
             agent_restarts,
+            slack,
         })
     }
 

@@ -118,31 +118,7 @@ impl Router {
             .turn_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let (stream, tx, dispatched, delivery) = self.open_stream(agent, &turn_id);
-        let router = self.clone();
-        let span = info_span!("turn", agent = %agent, turn_id = %turn_id);
-        let agent = agent.clone();
-        self.tasks.spawn(
-            async move {
-                let work = router.deliver(
-                    &agent,
-                    &record,
-                    &turn_id,
-                    Delivery::Start(spec),
-                    &tx,
-                    &dispatched,
-                );
-                tokio::select! {
-                    _ = delivery.cancelled() => {}
-                    result = work => if let Err(end) = result {
-                        warn!(error = %end.error, "turn not delivered");
-                        let _ = tx.send(TurnEvent::End(end)).await;
-                    }
-                }
-            }
-            .instrument(span),
-        );
-        Ok(stream)
+        Ok(self.spawn_delivery(agent, record, &turn_id, Delivery::Start(spec)))
     }
 
     /// Pick up a turn started earlier (perhaps through a controller that has
@@ -159,6 +135,18 @@ impl Router {
             .get(agent)
             .await?
             .ok_or_else(|| RouteError::UnknownAgent(agent.clone()))?;
+        Ok(self.spawn_delivery(agent, record, turn_id, Delivery::Resume(from_seq)))
+    }
+
+    /// Open the requester's stream and deliver the turn in the background;
+    /// any failure arrives on the stream as its `End`.
+    fn spawn_delivery(
+        &self,
+        agent: &AgentId,
+        record: AgentRecord,
+        turn_id: &str,
+        what: Delivery,
+    ) -> TurnStream {
         let (stream, tx, dispatched, delivery) = self.open_stream(agent, turn_id);
         let router = self.clone();
         let span = info_span!("turn", agent = %agent, turn_id = %turn_id);
@@ -166,24 +154,18 @@ impl Router {
         let turn_id = turn_id.to_owned();
         self.tasks.spawn(
             async move {
-                let work = router.deliver(
-                    &agent,
-                    &record,
-                    &turn_id,
-                    Delivery::Resume(from_seq),
-                    &tx,
-                    &dispatched,
-                );
+                let work = router.deliver(&agent, &record, &turn_id, what, &tx, &dispatched);
                 tokio::select! {
                     _ = delivery.cancelled() => {}
                     result = work => if let Err(end) = result {
+                        warn!(error = %end.error, "turn not delivered");
                         let _ = tx.send(TurnEvent::End(end)).await;
                     }
                 }
             }
             .instrument(span),
         );
-        Ok(stream)
+        stream
     }
 
     fn open_stream(

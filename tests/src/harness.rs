@@ -56,11 +56,10 @@ fn locate() -> Result<Binaries> {
         sidecar: dir.join("clawswarm-sidecar"),
         stub_model: dir.join("clawswarm-stub-model"),
     };
-    if ![&bins.controller, &bins.sidecar, &bins.stub_model]
-        .iter()
-        .all(|p| p.is_file())
     {
-        // `cargo test --workspace` builds every binary; a narrower run may not.
+        // Always build (incrementally): `cargo test -p clawswarm-tests` alone
+        // would otherwise run whatever controller binary is on disk. Under
+        // `cargo test --workspace` it is a no-op.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args([
@@ -142,6 +141,16 @@ impl Controller {
             starts: 0,
         };
         c.spawn().await?;
+        Ok(c)
+    }
+
+    /// Start with these agents (stub model workloads) and wait until every
+    /// one is connected and ready.
+    pub async fn start_ready(agents: &[&str]) -> Result<Self> {
+        let c = Self::start(ControllerOptions::with_agents(agents)).await?;
+        for a in agents {
+            c.wait_ready(a, Duration::from_secs(30)).await?;
+        }
         Ok(c)
     }
 

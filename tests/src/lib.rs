@@ -1,8 +1,10 @@
-//! clawswarm end-to-end harness.
+//! clawswarm end-to-end harness: stub model, fake Slack, real control plane, test kubelet.
 
 pub mod control_plane;
+pub mod fake_slack;
 pub mod harness;
 pub mod kubelet;
+pub mod openclaw;
 pub mod stub_model;
 
 /// Route `tracing` output to the test's captured output (filter with

@@ -3,7 +3,7 @@
 // A panic is how a test reports failure.
 #![allow(clippy::unwrap_used)]
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{path::Path, process::Output};
 
 use clawswarm_tests::harness::{Controller, ControllerOptions, grpcurl};
 
@@ -36,12 +36,7 @@ fn p(path: &Path) -> &str {
 #[tokio::test]
 async fn the_readmes_grpcurl_commands_work_against_controller_and_sidecar() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let (ca, cert, key) = c.admin_files();
     let mesh = c.mesh_addr();
     let admin = ["-cacert", p(&ca), "-cert", p(&cert), "-key", p(&key)];

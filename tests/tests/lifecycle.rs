@@ -18,12 +18,7 @@ fn init() {
 #[tokio::test]
 async fn a_turn_is_cancelled_when_its_requester_goes_away() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let start = pb::ChatRequest {
         agent: "alice".into(),
@@ -63,13 +58,7 @@ async fn a_turn_is_cancelled_when_its_requester_goes_away() {
 #[tokio::test]
 async fn sigterm_stops_the_controller_and_its_agents_cleanly() {
     init();
-    let mut c = Controller::start(ControllerOptions::with_agents(&["alice", "bob"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
-    c.wait_ready("bob", Duration::from_secs(30)).await.unwrap();
+    let mut c = Controller::start_ready(&["alice", "bob"]).await.unwrap();
     let pids: Vec<i32> = ["alice", "bob"]
         .iter()
         .map(|a| c.sidecar_pid(a).unwrap())
@@ -90,12 +79,7 @@ async fn sigterm_stops_the_controller_and_its_agents_cleanly() {
 #[tokio::test]
 async fn metrics_report_streams_turns_and_latencies() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     chat(&mut gw, "alice", "dm", "[chunks=3]").await.unwrap();
     let failed = chat(&mut gw, "alice", "dm", "[fail_after=1]")
@@ -129,12 +113,7 @@ async fn metrics_report_streams_turns_and_latencies() {
 #[tokio::test]
 async fn a_message_wakes_a_suspended_agent_and_is_answered() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let pid = c.sidecar_pid("alice").unwrap();
     let suspended = gw
@@ -199,4 +178,36 @@ async fn an_idle_agent_is_suspended_and_woken_by_the_next_message() {
 
     let reply = chat(&mut gw, "alice", "dm", "wake up").await.unwrap();
     assert_eq!(reply.text(), "echo: wake up");
+}
+
+#[tokio::test]
+async fn a_workload_process_never_sees_the_controllers_secrets() {
+    init();
+    let stub = clawswarm_tests::harness::binaries()
+        .unwrap()
+        .stub_model
+        .display()
+        .to_string();
+    let mut opts = ControllerOptions::with_agents(&["alice"]);
+    opts.workload_command = Some(format!(
+        "sh -c 'env > {{data_dir}}/workload-env.txt; exec {stub} --listen 127.0.0.1:{{port}}'"
+    ));
+    opts.env.push((
+        "CLAWSWARM_WORKLOAD_TOKEN".into(),
+        "secret-workload-token".into(),
+    ));
+    opts.env
+        .push(("OPENCLAW_DISABLE_BONJOUR".into(), "1".into()));
+    let c = Controller::start(opts).await.unwrap();
+    c.wait_ready("alice", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let env = std::fs::read_to_string(c.agent_dir("alice").join("data/workload-env.txt")).unwrap();
+    assert!(!env.contains("secret-workload-token"), "{env}");
+    assert!(!env.contains("CLAWSWARM_STATE_DIR"), "{env}");
+    assert!(
+        env.contains("OPENCLAW_DISABLE_BONJOUR=1") && env.contains("CLAWSWARM_AGENT=local/alice"),
+        "{env}"
+    );
 }

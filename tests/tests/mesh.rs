@@ -34,10 +34,7 @@ fn agent_cert(
 #[tokio::test]
 async fn a_reply_streams_in_order_and_carries_the_models_usage() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", READY).await.unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
 
     let reply = chat(
@@ -87,11 +84,7 @@ async fn a_reply_streams_in_order_and_carries_the_models_usage() {
 #[tokio::test]
 async fn two_peoples_agents_never_see_each_others_turns() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice", "bob"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", READY).await.unwrap();
-    c.wait_ready("bob", READY).await.unwrap();
+    let c = Controller::start_ready(&["alice", "bob"]).await.unwrap();
     let gw = c.gateway().await.unwrap();
 
     let turns = (0..6).map(|i| {
@@ -240,10 +233,7 @@ async fn a_valid_certificate_for_an_unknown_agent_is_refused() {
 #[tokio::test]
 async fn a_reply_survives_the_controller_being_killed_mid_turn() {
     init();
-    let mut c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", READY).await.unwrap();
+    let mut c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let start = pb::ChatRequest {
         agent: "alice".into(),
@@ -293,10 +283,7 @@ async fn a_reply_survives_the_controller_being_killed_mid_turn() {
 #[tokio::test]
 async fn a_killed_sidecar_is_restarted_and_serves_again() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", READY).await.unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let before = c.sidecar_pid("alice").unwrap();
 
     nix::sys::signal::kill(

@@ -274,12 +274,7 @@ async fn the_gateway_answers_bad_requests_with_precise_statuses() {
 #[tokio::test]
 async fn resuming_a_turn_the_agent_does_not_hold_is_not_found() {
     init();
-    let c = Controller::start(ControllerOptions::with_agents(&["alice"]))
-        .await
-        .unwrap();
-    c.wait_ready("alice", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
     let mut gw = c.gateway().await.unwrap();
     let resume = pb::ChatRequest {
         agent: "alice".into(),

@@ -8,6 +8,7 @@
 //! request into a stream of [`WorkloadEvent`]s.
 
 pub mod none;
+pub mod openclaw;
 pub mod responses;
 pub mod sse;
 

@@ -65,8 +65,17 @@ struct LocalAgent {
     failures: u32,
     not_before: Option<Instant>,
     last_activity: Instant,
+    /// Mode or identity changed: persist on the next tick.
     dirty: bool,
+    /// Only activity or usage changed: persist at most every
+    /// [`ACTIVITY_PERSIST_INTERVAL`] (every turn touches these).
+    stale: bool,
+    saved_at: Option<Instant>,
 }
+
+/// How often activity and usage totals reach disk per agent. A crash loses
+/// at most this much of both; idle suspension works in minutes anyway.
+const ACTIVITY_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 
 impl LocalAgent {
     fn record(&self) -> AgentRecord {
@@ -94,6 +103,10 @@ pub struct LocalRuntime {
     cfg: LocalConfig,
     tokens: Arc<BootstrapTokens>,
     agents: Mutex<HashMap<AgentId, LocalAgent>>,
+    /// Held from taking a batch of dirty records until it is on disk, and
+    /// by whatever else writes or removes records, so a batch written off
+    /// the `agents` lock never lands after a newer write or a removal.
+    persist: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
 }
 
@@ -134,6 +147,8 @@ impl LocalRuntime {
                 not_before: None,
                 last_activity: activity_instant(stored_activity),
                 dirty: false,
+                stale: false,
+                saved_at: None,
             };
             agents.insert(id, agent);
         }
@@ -141,6 +156,7 @@ impl LocalRuntime {
             cfg,
             tokens: Arc::new(BootstrapTokens::new()),
             agents: Mutex::new(agents),
+            persist: Arc::default(),
             metrics,
         })
     }
@@ -189,6 +205,7 @@ impl LocalRuntime {
                     cwd: &a.dirs.data,
                     log_file: a.dirs.run.join("workload.log"),
                     pid_file: a.dirs.run.join("workload.pid"),
+                    clean_env: true,
                 })
                 .map_err(|e| failed(e.to_string()))?;
                 a.workload = Some(proc);
@@ -224,6 +241,9 @@ impl LocalRuntime {
                 cwd: &a.dirs.run,
                 log_file: a.dirs.run.join("sidecar.log"),
                 pid_file: a.dirs.run.join("sidecar.pid"),
+                // The sidecar holds the agent's secrets (workload token,
+                // model key); it inherits the controller's settings.
+                clean_env: false,
             })
             .map_err(|e| failed(e.to_string()))?;
             a.sidecar = Some(proc);
@@ -234,7 +254,10 @@ impl LocalRuntime {
     }
 
     /// Start what should run and is not running, with backoff per agent.
-    fn supervise(&self) -> Vec<Proc> {
+    /// Processes to stop, and the dirty records to write (once the lock is
+    /// released: thousands of small file writes must not stall every turn
+    /// waiting on `agents`).
+    fn supervise(&self) -> (Vec<Proc>, Vec<(AgentId, AgentDirs, StoredAgent)>) {
         let mut to_stop = Vec::new();
         let now = Instant::now();
         let mut agents = lock(&self.agents);
@@ -286,15 +309,58 @@ impl LocalRuntime {
                 .min(self.cfg.restart_backoff_max);
             a.not_before = Some(now + backoff);
         }
-        for a in agents.values_mut().filter(|a| a.dirty) {
+        let mut to_save = Vec::new();
+        let due = |a: &LocalAgent| {
+            a.dirty
+                || (a.stale
+                    && a.saved_at
+                        .is_none_or(|t| now.duration_since(t) >= ACTIVITY_PERSIST_INTERVAL))
+        };
+        for a in agents.values_mut().filter(|a| due(a)) {
             a.stored.last_activity_unix =
                 now_unix().saturating_sub(now.duration_since(a.last_activity).as_secs());
-            match a.dirs.save(&a.stored) {
-                Ok(()) => a.dirty = false,
-                Err(e) => warn!(agent = %a.id, error = %e, "could not persist agent record"),
+            a.dirty = false;
+            a.stale = false;
+            a.saved_at = Some(now);
+            to_save.push((a.id.clone(), a.dirs.clone(), a.stored.clone()));
+        }
+        (to_stop, to_save)
+    }
+
+    /// Write a batch from [`Self::supervise`] on a blocking thread; records
+    /// that fail are marked dirty again for the next tick.
+    async fn save_batch(
+        &self,
+        batch: Vec<(AgentId, AgentDirs, StoredAgent)>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let write = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let mut failed = Vec::new();
+            for (id, dirs, stored) in batch {
+                if let Err(e) = dirs.save(&stored) {
+                    warn!(agent = %id, error = %e, "could not persist agent record");
+                    failed.push(id);
+                }
+            }
+            failed
+        });
+        let failed = match write.await {
+            Ok(failed) => failed,
+            Err(e) => {
+                error!(error = %e, "agent record writer did not finish");
+                return;
+            }
+        };
+        let mut agents = lock(&self.agents);
+        for id in failed {
+            if let Some(a) = agents.get_mut(&id) {
+                a.dirty = true;
             }
         }
-        to_stop
     }
 
     async fn stop_all(&self, procs: Vec<Proc>) {
@@ -353,6 +419,7 @@ impl Runtime for LocalRuntime {
                 self.cfg.namespace
             )));
         }
+        let _persist = self.persist.lock().await;
         let mut agents = lock(&self.agents);
         if agents.contains_key(&spec.id) {
             return Err(RuntimeError::AlreadyExists(spec.id));
@@ -386,6 +453,8 @@ impl Runtime for LocalRuntime {
             not_before: None,
             last_activity: Instant::now(),
             dirty: false,
+            stale: false,
+            saved_at: None,
         };
         if let Err(e) = self.start(&mut a) {
             a.phase = AgentPhase::Failed;
@@ -402,6 +471,7 @@ impl Runtime for LocalRuntime {
             .remove(id)
             .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
         self.stop_all(a.take_procs()).await;
+        let _persist = self.persist.lock().await;
         a.dirs.remove(delete_data)?;
         info!(agent = %id, delete_data, "agent deprovisioned");
         Ok(())
@@ -463,10 +533,10 @@ impl Runtime for LocalRuntime {
     }
 
     async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError> {
-        // In memory only; persisted with the next supervision tick.
+        // Persisted within ACTIVITY_PERSIST_INTERVAL, and on shutdown.
         self.with_agent(id, |a| {
             a.last_activity = Instant::now();
-            a.dirty = true;
+            a.stale = true;
         })
     }
 
@@ -477,7 +547,7 @@ impl Runtime for LocalRuntime {
             s.output += usage.output;
             s.cache_read += usage.cache_read;
             s.cache_write += usage.cache_write;
-            a.dirty = true;
+            a.stale = true;
         })
     }
 
@@ -488,12 +558,15 @@ impl Runtime for LocalRuntime {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    let idle = self.supervise();
+                    let guard = self.persist.clone().lock_owned().await;
+                    let (idle, to_save) = self.supervise();
+                    self.save_batch(to_save, guard).await;
                     self.stop_all(idle).await;
                 }
             }
         }
         // Persist what changed, then stop every process this runtime owns.
+        let _persist = self.persist.lock().await;
         let _ = self.supervise_persist_only();
         let procs: Vec<Proc> = lock(&self.agents)
             .values_mut()
@@ -508,7 +581,7 @@ impl Runtime for LocalRuntime {
 impl LocalRuntime {
     fn supervise_persist_only(&self) -> Result<(), RuntimeError> {
         let mut agents = lock(&self.agents);
-        for a in agents.values_mut().filter(|a| a.dirty) {
+        for a in agents.values_mut().filter(|a| a.dirty || a.stale) {
             a.dirs.save(&a.stored)?;
             a.dirty = false;
         }

@@ -43,7 +43,16 @@ pub struct Launch<'a> {
     pub cwd: &'a Path,
     pub log_file: PathBuf,
     pub pid_file: PathBuf,
+    /// Start from an empty environment (plus [`INHERITED_ENV`]) instead of
+    /// the controller's: workloads must not see the controller's secrets.
+    pub clean_env: bool,
 }
+
+/// What a workload started with a clean environment still inherits:
+/// enough to find programs and behave (locale, temp dir), plus the
+/// workload's own `OPENCLAW_*` settings.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+const INHERITED_PREFIXES: &[&str] = &["OPENCLAW_"];
 
 /// A process we started or adopted.
 pub struct Proc {
@@ -70,6 +79,17 @@ impl Proc {
             source,
         })?;
         let mut cmd = Command::new(l.program);
+        if l.clean_env {
+            cmd.env_clear();
+            for (k, v) in std::env::vars_os() {
+                let key = k.to_string_lossy();
+                if INHERITED_ENV.contains(&key.as_ref())
+                    || INHERITED_PREFIXES.iter().any(|p| key.starts_with(p))
+                {
+                    cmd.env(&k, v);
+                }
+            }
+        }
         cmd.args(&l.args)
             .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(l.cwd)
@@ -201,6 +221,7 @@ mod tests {
             cwd: dir,
             log_file: dir.join("log"),
             pid_file: dir.join("pid"),
+            clean_env: false,
         }
     }
 

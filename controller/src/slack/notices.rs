@@ -1,0 +1,73 @@
+//! Proactive messages from agents (a reminder, an alert they set up) go to
+//! the agent's owner as a DM — to the owner only, whatever conversation the
+//! agent names — and are acknowledged to the mesh once Slack has them. A
+//! notice that cannot be delivered stays unacknowledged, so the sidecar
+//! keeps it and sends it again after its next reconnect.
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{
+    Connector,
+    app::SlackApp,
+    split::{MAX_TEXT_MESSAGE, split_message},
+};
+use crate::mesh::InboundNotice;
+
+pub async fn deliver_notices<C: Connector>(
+    app: Arc<SlackApp<C>>,
+    mut rx: mpsc::Receiver<InboundNotice>,
+) {
+    // DM channel per owner; bounded by the number of agents.
+    let mut dms: HashMap<String, String> = HashMap::new();
+    loop {
+        let notice = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            n = rx.recv() => match n { Some(n) => n, None => return },
+        };
+        deliver(&app, &mut dms, notice).await;
+    }
+}
+
+async fn deliver<C: Connector>(
+    app: &SlackApp<C>,
+    dms: &mut HashMap<String, String>,
+    n: InboundNotice,
+) {
+    let owner = match app.router.runtime().get(&n.agent).await {
+        Ok(Some(a)) => a.owner,
+        Ok(None) => {
+            return warn!(agent = %n.agent, notice_id = %n.notice_id, "notice from an unknown agent not delivered");
+        }
+        Err(e) => {
+            return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice owner lookup failed");
+        }
+    };
+    let channel = match dms.get(&owner) {
+        Some(c) => c.clone(),
+        None => match app.api.open_dm(&owner).await {
+            Ok(c) => {
+                dms.insert(owner.clone(), c.clone());
+                c
+            }
+            Err(e) => {
+                return warn!(agent = %n.agent, owner = %owner, error = %e, "could not open a DM for a notice");
+            }
+        },
+    };
+    for part in split_message(&n.text, MAX_TEXT_MESSAGE) {
+        if let Err(e) = app.api.post_message(&channel, None, &part).await {
+            return warn!(agent = %n.agent, owner = %owner, error = %e, "notice not delivered; the agent will resend it");
+        }
+    }
+    match app.router.mesh().ack_notice(&n.agent, &n.notice_id).await {
+        Ok(()) => {
+            info!(agent = %n.agent, owner = %owner, notice_id = %n.notice_id, "notice delivered")
+        }
+        Err(e) => {
+            warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice delivered but not acknowledged")
+        }
+    }
+}

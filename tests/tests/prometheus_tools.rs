@@ -1,0 +1,298 @@
+//! The monitoring we ship passes Prometheus' own tools: `promtool check
+//! rules` on deploy/monitoring's alert rules, `promtool check metrics` on
+//! what the sidecar exports, every series the dashboard and the rules query
+//! is one the sidecar actually exports, and the real Prometheus scrapes the
+//! sidecar's metrics server and answers a token query.
+//!
+//! Needs promtool and prometheus: `scripts/deps.sh promtool` prints
+//! CLAWSWARM_PROMTOOL and CLAWSWARM_PROMETHEUS.
+
+// Helpers here are test code too (clippy's allow-unwrap-in-tests only
+// covers #[test] bodies).
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use clawswarm_sidecar::{
+    metrics::{ModelCallLabels, ResultLabel, SidecarMetrics},
+    workload::Usage,
+};
+
+fn promtool() -> PathBuf {
+    match std::env::var_os("CLAWSWARM_PROMTOOL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "CLAWSWARM_PROMTOOL is not set: run `scripts/deps.sh promtool` and export what it prints \
+             (or `source ~/.cache/clawswarm/env.sh`)"
+        ),
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `spec` of the PrometheusRule, which is a plain rules file once
+/// dedented (the file keeps `spec:` last for this reason).
+fn rules_file_text() -> String {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/monitoring/prometheusrule.yaml")).unwrap();
+    let (_, spec) = text
+        .split_once("\nspec:\n")
+        .expect("prometheusrule.yaml has a top-level spec:");
+    spec.lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// A registry with every family populated, as after a few turns.
+fn sample_metrics() -> String {
+    let m = SidecarMetrics::new();
+    m.add_usage(&Usage {
+        input_tokens: 1200,
+        output_tokens: 80,
+        cache_read_tokens: 18000,
+        cache_write_tokens: 300,
+    });
+    m.turns.get_or_create(&ResultLabel { result: "ok" }).inc();
+    m.turn_first_token_seconds.observe(1.2);
+    m.turn_duration_seconds.observe(3.4);
+    m.model_calls
+        .get_or_create(&ModelCallLabels {
+            api: "anthropic",
+            result: "ok",
+        })
+        .inc();
+    m.model_calls
+        .get_or_create(&ModelCallLabels {
+            api: "anthropic",
+            result: "budget_exhausted",
+        })
+        .inc();
+    m.workload_up.set(1);
+    m.link_connected.set(1);
+    m.cert_expiration_timestamp_seconds.set(1_800_000_000);
+    m.notices.get_or_create(&ResultLabel { result: "ok" }).inc();
+    m.encode()
+}
+
+/// prometheus-client writes OpenMetrics (which Prometheus scrapes when the
+/// sidecar answers with the OpenMetrics content type); promtool 2.42 lints
+/// only the classic text format. The two differ in exactly two ways that
+/// matter here: OpenMetrics names a counter family without `_total` in
+/// HELP/TYPE and ends with `# EOF`. Everything else is linted as written.
+fn openmetrics_to_classic_text(text: &str) -> String {
+    let counters: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .map(str::to_owned)
+        .collect();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let fixed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(fixed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clawswarm.rules.yaml");
+    std::fs::write(&path, rules_file_text()).unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool check rules failed:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn promtool_accepts_the_sidecar_metrics() {
+    let text = openmetrics_to_classic_text(&sample_metrics());
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && lint.trim().is_empty(),
+        "promtool check metrics:\n{lint}\n--- input ---\n{text}"
+    );
+}
+
+/// Every `clawswarm_*` series named in `text`, with histogram suffixes
+/// reduced to the family.
+fn referenced_series(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("clawswarm_") {
+        let start = i + pos;
+        let prev_ok = start == 0
+            || !(bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b':');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if prev_ok {
+            let name = &text[start..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(family.to_owned());
+        }
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_rules_query_only_series_the_sidecar_exports() {
+    let exported = sample_metrics();
+    let dashboard =
+        std::fs::read_to_string(repo().join("deploy/monitoring/grafana-dashboard.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut wanted = referenced_series(&dashboard);
+    wanted.extend(referenced_series(&rules_file_text()));
+    assert!(wanted.contains("clawswarm_tokens_total"), "{wanted:?}");
+    for name in &wanted {
+        let found = exported.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name}{{"))
+                    || l.starts_with(&format!("{name} "))
+                    || l.starts_with(&format!("{name}_bucket")))
+        });
+        assert!(found, "{name} is queried but not exported:\n{exported}");
+    }
+}
+
+/// The real Prometheus scrapes the sidecar's `/metrics` server (the same
+/// one `main` runs) and a token counter comes back through its query API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_sidecar_and_answers_a_token_query() {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use clawswarm_sidecar::http::{HttpState, serve};
+    use tokio_util::sync::CancellationToken;
+
+    let prometheus = match std::env::var_os("CLAWSWARM_PROMETHEUS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "CLAWSWARM_PROMETHEUS is not set: run `scripts/deps.sh promtool` and export what it prints \
+             (or `source ~/.cache/clawswarm/env.sh`)"
+        ),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = SidecarMetrics::new();
+    metrics.add_usage(&Usage {
+        input_tokens: 4242,
+        output_tokens: 7,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let state = HttpState {
+        metrics,
+        certified: Arc::new(AtomicBool::new(true)),
+        linked: Arc::new(AtomicBool::new(true)),
+    };
+    let server = tokio::spawn(serve(listener, state, stop.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sidecar\n    static_configs:\n      - targets: ['{target}']\n        labels: {{agent: test-agent}}\n"
+        ),
+    )
+    .unwrap();
+    let web = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let query = format!(
+        "http://{web}/api/v1/query?query=clawswarm_tokens_total%7Bkind%3D%22input%22%2Cagent%3D%22test-agent%22%7D"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let value = loop {
+        let answer = client.get(&query).send().await;
+        if let Ok(resp) = answer
+            && let Ok(body) = resp.json::<serde_json::Value>().await
+            && let Some(v) = body
+                .pointer("/data/result/0/value/1")
+                .and_then(|v| v.as_str())
+        {
+            break v.to_owned();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!("prometheus never returned the token counter; its log:\n{log}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    stop.cancel();
+    let _ = server.await;
+    assert_eq!(value, "4242");
+}

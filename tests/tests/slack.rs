@@ -1,0 +1,641 @@
+//! The Slack front door end to end: a fake Slack (Web API, Socket Mode,
+//! signed Events API) drives the real `clawswarm` controller, which runs
+//! real sidecars (local runtime) in front of the stub model, and the reply
+//! is read back from what the fake Slack recorded.
+//!
+//! Processes are started by the shared harness (`clawswarm_tests::harness`).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clawswarm_tests::{
+    fake_slack::{
+        Failure, FakeSlack, FakeSlackConfig, MessageKind,
+        events_api::{EventsPoster, PostOptions},
+        payloads,
+    },
+    harness::{Controller, ControllerOptions},
+};
+use serde_json::json;
+
+const START: Duration = Duration::from_secs(90);
+const REPLY: Duration = Duration::from_secs(60);
+
+/// A controller (real binary, local runtime, a stub model per agent) whose
+/// Slack front door talks to `fake`.
+async fn controller(
+    fake: &FakeSlack,
+    agents: &[(&str, &str)],
+    env: &[(&str, String)],
+) -> Result<Controller> {
+    Controller::start(options(fake, agents, env)).await
+}
+
+/// Harness options for a controller whose Slack front door talks to `fake`.
+fn options(fake: &FakeSlack, agents: &[(&str, &str)], env: &[(&str, String)]) -> ControllerOptions {
+    let cfg = fake.config();
+    let mut all: Vec<(String, String)> = vec![
+        ("CLAWSWARM_SLACK_BOT_TOKEN".into(), cfg.bot_token.clone()),
+        ("CLAWSWARM_SLACK_APP_TOKEN".into(), cfg.app_token.clone()),
+        ("CLAWSWARM_SLACK_API_URL".into(), fake.api_url()),
+        ("CLAWSWARM_SLACK_SOCKET_CONNECTIONS".into(), "1".into()),
+        ("CLAWSWARM_SLACK_ADMINS".into(), "U0ADMIN".into()),
+        // Plain log lines, so tests can look for `reason="stale"`.
+        ("NO_COLOR".into(), "1".into()),
+    ];
+    all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let agents = agents
+        .iter()
+        .map(|(n, o)| ((*n).to_owned(), (*o).to_owned()))
+        .collect();
+    ControllerOptions {
+        agents,
+        env: all,
+        ..ControllerOptions::default()
+    }
+}
+
+async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let text = ctl.logs();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return Ok(line.to_owned());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("controller log never said {needle:?}; log:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The controller's Prometheus text.
+async fn metrics(ctl: &Controller) -> Result<String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("{}/metrics", ctl.http_url()).parse()?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Wait until the controller has finished `n` replies in all, then read
+/// what the thread of `thread_ts` shows.
+async fn reply_in(
+    fake: &FakeSlack,
+    ctl: &Controller,
+    n: usize,
+    channel: &str,
+    thread_ts: &str,
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + REPLY;
+    while ctl.logs().matches("slack reply finished").count() < n {
+        if tokio::time::Instant::now() > deadline {
+            bail!("reply {n} never finished; log:\n{}", ctl.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(fake.thread_text(channel, Some(thread_ts)))
+}
+
+async fn response_containing(
+    fake: &FakeSlack,
+    id: &str,
+    needle: &str,
+    timeout: Duration,
+) -> Result<String> {
+    fake.wait_for(timeout, |f| {
+        f.responses()
+            .into_iter()
+            .filter(|(rid, _)| rid == id)
+            .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
+            .find(|t| t.contains(needle))
+    })
+    .await
+    .with_context(|| format!("responses so far: {:?}", fake.responses()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let ctl = controller(&fake, &[], &[]).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let dm = fake.dm_channel_for("U0ALICE");
+
+    // Someone without an agent is told how to get one.
+    fake.socket().send_event(payloads::event_callback(
+        "Ev1",
+        payloads::dm("U0ALICE", &dm, "1700000100.000001", "hello?"),
+    ))?;
+    let told = fake
+        .wait_for(REPLY, |f| {
+            Some(f.thread_text(&dm, Some("1700000100.000001"))).filter(|t| !t.is_empty())
+        })
+        .await?;
+    assert!(told.contains("/agent setup"), "{told}");
+
+    // /agent setup: acknowledged at once, then progress, then ready.
+    let env = fake.socket().send_command(payloads::slash_command(
+        "U0ALICE",
+        &dm,
+        "/agent",
+        "setup",
+        &fake.response_url("setup"),
+    ))?;
+    let ack = fake.wait_ack(&env, Duration::from_secs(10)).await?;
+    assert_eq!(ack.frame["payload"]["text"], "Setting up your agent…");
+    response_containing(&fake, "setup", "is starting", START).await?;
+    response_containing(&fake, "setup", "is ready", START)
+        .await
+        .with_context(|| ctl.logs())?;
+
+    // A DM becomes a turn; the reply streams natively into its thread.
+    let hello = payloads::event_callback(
+        "Ev2",
+        payloads::dm("U0ALICE", &dm, "1700000200.000001", "hello agent"),
+    );
+    fake.socket().send_event(hello.clone())?;
+    let reply = reply_in(&fake, &ctl, 1, &dm, "1700000200.000001").await?;
+    assert!(
+        reply.starts_with("echo:") && reply.contains("hello agent"),
+        "{reply:?}"
+    );
+    assert_eq!(fake.calls_to("chat.startStream").len(), 1);
+    assert!(
+        fake.calls_to("assistant.threads.setStatus")
+            .iter()
+            .any(|c| c.str_param("status") == Some("is thinking…"))
+    );
+
+    // Slack's retry of the same event is acked and dropped.
+    let retry = fake.socket().send_event_retry(hello, 1, "timeout")?;
+    fake.wait_ack(&retry, Duration::from_secs(10)).await?;
+    wait_log(
+        &ctl,
+        "duplicate slack event ignored",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let streams_in_thread = fake
+        .bot_messages()
+        .into_iter()
+        .filter(|m| {
+            m.thread_ts.as_deref() == Some("1700000200.000001") && m.kind == MessageKind::Streamed
+        })
+        .count();
+    assert_eq!(
+        streams_in_thread, 1,
+        "the retry did not start a second turn"
+    );
+
+    // A 429 on an append is waited out for its Retry-After, then the reply completes.
+    fake.fail_next("chat.appendStream", Failure::RateLimited(2));
+    let long = payloads::event_callback(
+        "Ev3",
+        payloads::dm(
+            "U0ALICE",
+            &dm,
+            "1700000300.000001",
+            "[chunks=150] tell me more",
+        ),
+    );
+    fake.socket().send_event(long)?;
+    let text = reply_in(&fake, &ctl, 2, &dm, "1700000300.000001").await?;
+    assert!(
+        text.contains("w0 ") && text.contains("w149 "),
+        "every chunk arrived: {} chars",
+        text.len()
+    );
+    let appends = fake.calls_to("chat.appendStream");
+    let limited = appends
+        .iter()
+        .position(|c| c.status == 429)
+        .context("the fake returned a 429")?;
+    let next = appends
+        .get(limited + 1)
+        .context("appends continued after the 429")?;
+    assert!(
+        next.at.duration_since(appends[limited].at) >= Duration::from_secs(2),
+        "Retry-After honoured"
+    );
+
+    // Malformed frames, unknown event types and other bots' messages are logged and ignored.
+    fake.socket().send_raw("{this is not json")?;
+    wait_log(&ctl, "slack socket mode error", Duration::from_secs(10)).await?;
+    let odd = fake.socket().send_event(payloads::event_callback(
+        "Ev4",
+        json!({"type": "brand_new_event", "x": 1}),
+    ))?;
+    fake.wait_ack(&odd, Duration::from_secs(10)).await?;
+    wait_log(&ctl, "ignoring slack event type", Duration::from_secs(10)).await?;
+    let bot = fake.socket().send_event(payloads::event_callback(
+        "Ev5",
+        payloads::bot_message("B0OTHER", &dm, "1700000400.000001", "beep"),
+    ))?;
+    fake.wait_ack(&bot, Duration::from_secs(10)).await?;
+    wait_log(&ctl, "reason=\"other_bot\"", Duration::from_secs(10)).await?;
+
+    // And the front door still works.
+    fake.socket().send_event(payloads::event_callback(
+        "Ev6",
+        payloads::dm("U0ALICE", &dm, "1700000500.000001", "still there?"),
+    ))?;
+    let last = reply_in(&fake, &ctl, 3, &dm, "1700000500.000001").await?;
+    assert!(last.contains("still there?"), "{last}");
+    assert!(
+        !fake
+            .thread_text(&dm, Some("1700000400.000001"))
+            .contains("beep")
+    );
+
+    // A mention in a channel starts a thread; a plain reply in that thread follows.
+    fake.socket().send_event(payloads::event_callback(
+        "Ev7",
+        payloads::app_mention("U0ALICE", "C0GENERAL", "1700000600.000001", "in public"),
+    ))?;
+    let public = reply_in(&fake, &ctl, 4, "C0GENERAL", "1700000600.000001").await?;
+    assert!(
+        public.contains("in public") && !public.contains("U0BOT"),
+        "{public}"
+    );
+    let start = fake
+        .calls_to("chat.startStream")
+        .into_iter()
+        .find(|c| c.str_param("channel") == Some("C0GENERAL"))
+        .unwrap();
+    assert_eq!(
+        (
+            start.str_param("recipient_user_id"),
+            start.str_param("recipient_team_id")
+        ),
+        (Some("U0ALICE"), Some("T0FAKE"))
+    );
+    fake.socket().send_event(payloads::event_callback(
+        "Ev8",
+        payloads::thread_reply(
+            "U0ALICE",
+            "C0GENERAL",
+            "1700000600.000001",
+            "1700000600.000009",
+            "and more",
+        ),
+    ))?;
+    let followed = reply_in(&fake, &ctl, 5, "C0GENERAL", "1700000600.000001").await?;
+    assert!(followed.contains("and more"), "{followed}");
+
+    // Admin commands: only for admins; deprovision removes the person's agent.
+    let cmd = |user: &str, text: &str, id: &str| {
+        payloads::slash_command(user, &dm, "/agent", text, &fake.response_url(id))
+    };
+    fake.socket().send_command(cmd("U0ALICE", "list", "l1"))?;
+    response_containing(&fake, "l1", "Only admins", REPLY).await?;
+    fake.socket().send_command(cmd("U0ADMIN", "list", "l2"))?;
+    let list = response_containing(&fake, "l2", "u-u0alice", REPLY).await?;
+    assert!(list.contains("<@U0ALICE>"), "{list}");
+    fake.socket()
+        .send_command(cmd("U0ADMIN", "deprovision <@U0ALICE|alice>", "d1"))?;
+    response_containing(&fake, "d1", "Deleted <@U0ALICE>'s agent", REPLY).await?;
+    fake.socket().send_command(cmd("U0ALICE", "status", "s1"))?;
+    response_containing(&fake, "s1", "/agent setup", REPLY).await?;
+
+    let m = metrics(&ctl).await?;
+    for series in [
+        r#"clawswarm_slack_api_calls_total{method="chat.appendStream",result="rate_limited"} 1"#,
+        r#"clawswarm_slack_events_total{kind="event",result="duplicate"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="native",outcome="ok"} 5"#,
+        r#"clawswarm_slack_provisioning_decisions_total{decision="allow",reason="allowed"} 1"#,
+    ] {
+        assert!(m.contains(series), "missing {series} in:\n{m}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> Result<()> {
+    let fake = FakeSlack::start_with(FakeSlackConfig {
+        native_streaming: false,
+        ..FakeSlackConfig::default()
+    })
+    .await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let ctl = controller(
+        &fake,
+        &[("u-u0bob", "U0BOB")],
+        &[
+            ("CLAWSWARM_SLACK_TRANSPORT", "events".into()),
+            (
+                "CLAWSWARM_SLACK_SIGNING_SECRET",
+                fake.config().signing_secret.clone(),
+            ),
+            ("CLAWSWARM_SLACK_EVENTS_ADDR", format!("127.0.0.1:{port}")),
+        ],
+    )
+    .await?;
+    wait_log(&ctl, "slack events api listening", START).await?;
+    let poster = EventsPoster::new(
+        format!("http://127.0.0.1:{port}/slack/events"),
+        fake.config().signing_secret.clone(),
+    );
+    let ok = PostOptions::default();
+
+    let challenge = poster
+        .post_event(
+            &json!({"type": "url_verification", "challenge": "c-123", "token": "t"}),
+            &ok,
+        )
+        .await?;
+    assert_eq!(
+        (
+            challenge.status,
+            serde_json::from_str::<serde_json::Value>(&challenge.body)?["challenge"].clone()
+        ),
+        (200, json!("c-123"))
+    );
+
+    let dm = fake.dm_channel_for("U0BOB");
+    let event = payloads::event_callback(
+        "EvB1",
+        payloads::dm(
+            "U0BOB",
+            &dm,
+            "1700001000.000001",
+            "[chunks=60] [delay_ms=100] hi from events",
+        ),
+    );
+    let forged = PostOptions {
+        wrong_secret: Some("not-the-secret".into()),
+        ..PostOptions::default()
+    };
+    assert_eq!(poster.post_event(&event, &forged).await?.status, 401);
+    wait_log(&ctl, "reason=\"mismatch\"", Duration::from_secs(10)).await?;
+    let stale = PostOptions {
+        timestamp_offset: -600,
+        ..PostOptions::default()
+    };
+    assert_eq!(poster.post_event(&event, &stale).await?.status, 401);
+    wait_log(&ctl, "reason=\"stale\"", Duration::from_secs(10)).await?;
+    let unsigned = PostOptions {
+        unsigned: true,
+        ..PostOptions::default()
+    };
+    assert_eq!(poster.post_event(&event, &unsigned).await?.status, 401);
+    assert_eq!(
+        poster
+            .post_raw(
+                b"{\"type\": \"event_callback\", ".to_vec(),
+                "application/json",
+                &ok
+            )
+            .await?
+            .status,
+        400
+    );
+    wait_log(
+        &ctl,
+        "malformed events api payload",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let bad_interaction = poster
+        .post_interaction(&json!({"type": "block_actions", "user": 7}), &ok)
+        .await?;
+    assert_eq!(bad_interaction.status, 400);
+    wait_log(
+        &ctl,
+        "malformed interaction payload",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let odd = payloads::event_callback("EvB2", json!({"type": "brand_new_event"}));
+    assert_eq!(poster.post_event(&odd, &ok).await?.status, 200);
+    wait_log(&ctl, "ignoring slack event type", Duration::from_secs(10)).await?;
+    assert!(
+        fake.calls_to("chat.postMessage").is_empty(),
+        "nothing refused reached a turn"
+    );
+
+    // The real event, then Slack's retry of it.
+    assert_eq!(poster.post_event(&event, &ok).await?.status, 200);
+    let retried = PostOptions {
+        retry: Some((1, "http_timeout".into())),
+        ..PostOptions::default()
+    };
+    assert_eq!(poster.post_event(&event, &retried).await?.status, 200);
+    wait_log(
+        &ctl,
+        "duplicate slack event ignored",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let reply = reply_in(&fake, &ctl, 1, &dm, "1700001000.000001").await?;
+    assert!(reply.contains("w0 ") && reply.contains("w59 "), "{reply}");
+    assert_eq!(
+        fake.calls_to("chat.startStream").len(),
+        1,
+        "native streaming was tried once"
+    );
+    assert_eq!(
+        fake.calls_to("chat.postMessage").len(),
+        1,
+        "one reply message, for one turn"
+    );
+    assert!(
+        !fake.calls_to("chat.update").is_empty(),
+        "the reply was written by updates: {:?}\n{}",
+        fake.calls(),
+        ctl.logs()
+    );
+
+    // A turn that fails tells the person what happened, in the thread.
+    let failing = payloads::event_callback(
+        "EvB3",
+        payloads::dm(
+            "U0BOB",
+            &dm,
+            "1700001100.000001",
+            "[fail_before_content] please",
+        ),
+    );
+    assert_eq!(poster.post_event(&failing, &ok).await?.status, 200);
+    let told = reply_in(&fake, &ctl, 2, &dm, "1700001100.000001").await?;
+    assert!(
+        told.starts_with(":warning: Something went wrong while your agent was answering"),
+        "{told}"
+    );
+
+    // Slash commands arrive form-encoded and answer through the response URL.
+    let cmd = payloads::slash_command(
+        "U0BOB",
+        &dm,
+        "/agent",
+        "status",
+        &fake.response_url("status"),
+    );
+    let resp = poster.post_command(&cmd, &ok).await?;
+    assert_eq!(resp.status, 200);
+    assert!(resp.body.contains("Working on it"), "{}", resp.body);
+    let status = response_containing(&fake, "status", "u-u0bob", REPLY).await?;
+    assert!(status.contains("Connected: yes"), "{status}");
+
+    let m = metrics(&ctl).await?;
+    for series in [
+        r#"clawswarm_slack_events_total{kind="request",result="stale"} 1"#,
+        r#"clawswarm_slack_events_total{kind="request",result="mismatch"} 1"#,
+        r#"clawswarm_slack_api_calls_total{method="chat.startStream",result="api"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="fallback",outcome="ok"} 1"#,
+        r#"clawswarm_slack_replies_total{mode="fallback",outcome="error"} 1"#,
+    ] {
+        assert!(m.contains(series), "missing {series} in:\n{m}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let ctl = controller(&fake, &[("u-u0carol", "U0CAROL")], &[]).await?;
+    fake.wait_socket_connections(1, START).await?;
+    ctl.wait_ready("u-u0carol", START).await?;
+
+    // Suspend the agent, leave a notice in its outbox, and wake it with a message.
+    let env = fake.socket().send_command(payloads::slash_command(
+        "U0CAROL",
+        "D0CAROL",
+        "/agent",
+        "suspend",
+        &fake.response_url("s"),
+    ))?;
+    fake.wait_ack(&env, Duration::from_secs(10)).await?;
+    response_containing(&fake, "s", "suspended", START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let outbox = ctl
+        .agent_dir("u-u0carol")
+        .join("data")
+        .join(".clawswarm-notices.json");
+    std::fs::write(&outbox, json!([{"notice_id": "n-1", "conversation": "slack:T0FAKE:C0PUBLIC:1.1", "text": "Reminder: stand-up in 5"}]).to_string())?;
+
+    let dm = fake.dm_channel_for("U0CAROL");
+    fake.socket().send_event(payloads::event_callback(
+        "EvC1",
+        payloads::dm("U0CAROL", &dm, "1700002000.000001", "wake up"),
+    ))?;
+    reply_in(&fake, &ctl, 1, &dm, "1700002000.000001").await?;
+    let notice = fake
+        .wait_for(REPLY, |f| {
+            f.bot_messages()
+                .into_iter()
+                .find(|m| m.text.contains("Reminder: stand-up"))
+        })
+        .await
+        .with_context(|| ctl.logs())?;
+    assert_eq!(
+        notice.channel, dm,
+        "a DM to the owner, not the conversation the agent named"
+    );
+    assert_eq!(notice.thread_ts, None);
+    let opened = fake.calls_to("conversations.open");
+    assert!(
+        opened
+            .iter()
+            .all(|c| c.params["users"] == json!(["U0CAROL"])
+                || c.params["users"] == json!("U0CAROL")),
+        "{opened:?}"
+    );
+    wait_log(&ctl, "notice delivered", Duration::from_secs(10)).await?;
+    let statuses: Vec<_> = fake
+        .calls_to("assistant.threads.setStatus")
+        .into_iter()
+        .filter_map(|c| c.str_param("status").map(str::to_owned))
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s == "is waking your agent…" || s == "is starting your agent…"),
+        "the wake showed as a status (the latest progress wins): {statuses:?}"
+    );
+    Ok(())
+}
+
+/// A stub model whose /readyz says "not yet" for `ms`, as a cold OpenClaw does.
+fn slow_workload(ms: u64) -> Result<String> {
+    let bins = clawswarm_tests::harness::binaries()?;
+    Ok(format!(
+        "{} --listen 127.0.0.1:{{port}} --log {{data_dir}}/model.jsonl --ready-after-ms {ms}",
+        bins.stub_model.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_start_gets_patience_messages_then_ready() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let env = [("CLAWSWARM_SLACK_PATIENCE_INTERVAL", "1s".to_owned())];
+    let mut opts = options(&fake, &[], &env);
+    opts.workload_command = Some(slow_workload(4_000)?);
+    let ctl = Controller::start(opts).await?;
+    fake.wait_socket_connections(1, START).await?;
+    let url = fake.response_url("dan");
+    fake.socket().send_command(payloads::slash_command(
+        "U0DAN",
+        "D0DAN",
+        "/setup-agent",
+        "",
+        &url,
+    ))?;
+    response_containing(&fake, "dan", "is starting", START).await?;
+    response_containing(&fake, "dan", "Still starting", START).await?;
+    response_containing(&fake, "dan", "is ready", START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let texts: Vec<String> = fake
+        .responses()
+        .into_iter()
+        .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        texts.len() <= 5,
+        "Slack accepts five responses per response_url: {texts:?}"
+    );
+    assert!(
+        texts.last().unwrap().contains("is ready"),
+        "ready comes last: {texts:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_that_never_gets_ready_ends_with_a_clear_error() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let env = [
+        ("CLAWSWARM_SLACK_START_TIMEOUT", "3s".to_owned()),
+        ("CLAWSWARM_SLACK_PATIENCE_INTERVAL", "1s".to_owned()),
+    ];
+    let mut opts = options(&fake, &[], &env);
+    opts.workload_command = Some(slow_workload(600_000)?);
+    let ctl = Controller::start(opts).await?;
+    fake.wait_socket_connections(1, START).await?;
+    let url = fake.response_url("erin");
+    fake.socket().send_command(payloads::slash_command(
+        "U0ERIN", "D0ERIN", "/agent", "setup", &url,
+    ))?;
+    let err = response_containing(
+        &fake,
+        "erin",
+        "did not become ready within 3 seconds",
+        START,
+    )
+    .await
+    .with_context(|| ctl.logs())?;
+    assert!(
+        err.starts_with(":x:") && err.contains("/agent restart"),
+        "{err}"
+    );
+    wait_log(&ctl, "agent not ready in time", Duration::from_secs(10)).await?;
+    Ok(())
+}
