@@ -6,6 +6,7 @@
 //! PVC and a Pod). Configuration picks one; nothing above this module knows
 //! which.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::fmt;

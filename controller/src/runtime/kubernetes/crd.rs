@@ -1,0 +1,320 @@
+//! The custom resources: `Agent` (one per person) and `AgentTemplate` (one
+//! per role). The YAML in deploy/crds/ is generated from these types by the
+//! `crdgen` binary; a test fails when it is out of date.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "clawswarm.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// What the person or operator wants: an enum, never a bool, so a third
+/// intent can come later without a breaking change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    #[default]
+    Running,
+    Suspended,
+}
+
+/// What happens to the agent's volume when the Agent is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Retention {
+    /// Keep the PersistentVolumeClaim (the default: a person's data is not
+    /// destroyed by deleting an object).
+    #[default]
+    Retain,
+    /// Delete the PersistentVolumeClaim with the Agent.
+    Delete,
+}
+
+/// One person's agent.
+// The lint mistakes the fields of separate printcolumn(...) groups for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "clawswarm.dev",
+    version = "v1alpha1",
+    kind = "Agent",
+    namespaced,
+    status = "AgentStatus",
+    shortname = "ag",
+    category = "clawswarm",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Owner", type_ = "string", json_path = ".spec.owner"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Template",
+        type_ = "string",
+        json_path = ".spec.template",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Pod",
+        type_ = "string",
+        json_path = ".status.pod",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// The person the agent belongs to (a Slack user id or any stable person id).
+    #[schemars(length(min = 1, max = 253))]
+    pub owner: String,
+    /// Name of the AgentTemplate (same namespace) the agent is built from.
+    #[schemars(length(min = 1, max = 253))]
+    pub template: String,
+    /// Running or Suspended (pod stopped, volume kept).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Overrides the template's retention of the volume on deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// What the controller observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` summarises; reasons are listed in docs/conditions.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The agent's current pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The agent's volume claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<String>,
+    /// Last turn delivered to the agent (idle suspension counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<Time>,
+    /// Tokens used over the agent's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Starting,
+    Running,
+    Suspended,
+    Failed,
+    Terminating,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+/// A role's agent: image, base configuration, security baseline,
+/// resources, storage, idle timeout.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "clawswarm.dev",
+    version = "v1alpha1",
+    kind = "AgentTemplate",
+    namespaced,
+    shortname = "agt",
+    category = "clawswarm",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.workload.image"),
+    printcolumn(name = "Idle", type_ = "string", json_path = ".spec.idleTimeout"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTemplateSpec {
+    /// Human description of the role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub workload: WorkloadSpec,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Suspend agents idle this long (`30m`, `8h`, `2d`); unset = never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
+    pub idle_timeout: Option<String>,
+    /// Resources of the sidecar container (defaults are small).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_resources: Option<ResourceRequirements>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    pub image: String,
+    /// Sidecar adapter for this workload: `openclaw` or `responses`.
+    #[serde(default = "default_adapter")]
+    pub adapter: String,
+    /// The port the workload listens on (loopback inside the pod).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Model name the sidecar asks the workload for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment (values or references to Secrets/ConfigMaps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// ConfigMap with the role's base workload configuration, mounted
+    /// read-only at /etc/clawswarm/workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// Writable paths the workload needs besides /data and /tmp (the root
+    /// filesystem is read-only); each gets an emptyDir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Labels added to the agent pods (e.g. for NetworkPolicies per role).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+fn default_adapter() -> String {
+    "openclaw".into()
+}
+
+fn default_port() -> u16 {
+    18789
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each agent's volume, e.g. `5Gi`.
+    #[serde(default = "default_size")]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_size(),
+            storage_class_name: None,
+            retention: Retention::Retain,
+        }
+    }
+}
+
+fn default_size() -> String {
+    "5Gi".into()
+}
+
+/// The generated CRD manifests: (file name under deploy/crds/, YAML).
+pub fn render() -> Result<Vec<(&'static str, String)>, String> {
+    use kube::CustomResourceExt as _;
+    let header = "# Generated by `cargo run -p clawswarm-controller --bin crdgen`; do not edit.\n";
+    let yaml = |crd| {
+        serde_saphyr::to_string(&crd)
+            .map(|y| format!("{header}{y}"))
+            .map_err(|e| e.to_string())
+    };
+    Ok(vec![
+        ("agents.clawswarm.dev.yaml", yaml(Agent::crd())?),
+        (
+            "agenttemplates.clawswarm.dev.yaml",
+            yaml(AgentTemplate::crd())?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use kube::CustomResourceExt as _;
+
+    #[test]
+    fn deploy_crds_are_up_to_date() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+        for (file, want) in render().unwrap() {
+            let have = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            assert!(
+                have == want,
+                "deploy/crds/{file} is out of date: run `cargo run -p clawswarm-controller --bin crdgen`"
+            );
+        }
+    }
+
+    use super::*;
+
+    #[test]
+    fn agent_crd_has_printer_columns_short_names_and_status() {
+        let crd = Agent::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("agents.clawswarm.dev"));
+        let names = &crd.spec.names;
+        assert!(
+            names
+                .short_names
+                .as_ref()
+                .unwrap()
+                .contains(&"ag".to_string())
+        );
+        let v = &crd.spec.versions[0];
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        for want in ["Ready", "Reason", "Owner", "Age"] {
+            assert!(cols.contains(&want), "{cols:?}");
+        }
+        assert!(v.subresources.as_ref().unwrap().status.is_some());
+    }
+
+    #[test]
+    fn mode_defaults_to_running_and_rejects_a_bool() {
+        let spec: AgentSpec =
+            serde_json::from_value(serde_json::json!({"owner": "U1", "template": "engineer"}))
+                .unwrap();
+        assert_eq!(spec.mode, Mode::Running);
+        let bad = serde_json::from_value::<AgentSpec>(
+            serde_json::json!({"owner": "U1", "template": "e", "mode": true}),
+        );
+        assert!(bad.is_err());
+    }
+}
