@@ -32,7 +32,7 @@ use crate::{
     metrics::Metrics,
     router::{Router, RouterConfig},
     runtime::{
-        AgentSpec, Runtime, RuntimeError, TokenTotals,
+        AgentSpec, Runtime, RuntimeError, TokenTotals, kubernetes,
         local::{LocalConfig, LocalRuntime, WorkloadLaunch},
     },
 };
@@ -74,9 +74,39 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     AgentId::new(ns.clone(), "probe")
         .map_err(|e| AppError::Config(format!("CLAWSWARM_NAMESPACE: {e}")))?;
     let ca_dir = state_dir.join("ca");
-    let authority =
-        Authority::load_or_create(&ca_dir, &td).map_err(|e| AppError::Authority(e.to_string()))?;
-    let metrics = Metrics::new();
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { what, addr, source })
+    };
+    let mesh_listener = bind("mesh", args.mesh_addr).await?;
+    let identity_listener = bind("identity", args.identity_addr).await?;
+    let http_listener = bind("http", args.http_addr).await?;
+    let local = |l: &TcpListener| l.local_addr().map_err(|e| AppError::Io(e.to_string()));
+    let (mesh_addr, identity_addr, http_addr) = (
+        local(&mesh_listener)?,
+        local(&identity_listener)?,
+        local(&http_listener)?,
+    );
+
+    // Where agents run decides where the CA lives: the state directory
+    // locally, a Secret on Kubernetes (so every replica signs with it).
+    let k8s = match args.runtime {
+        RuntimeKind::Kubernetes => {
+            Some(kubernetes_runtime(&args, &td, mesh_addr, identity_addr).await?)
+        }
+        RuntimeKind::Local => None,
+    };
+    let authority = match &k8s {
+        Some((authority, _)) => authority.clone(),
+        None => Authority::load_or_create(&ca_dir, &td)
+            .map_err(|e| AppError::Authority(e.to_string()))?,
+    };
+    let metrics = Metrics::new_with(|registry| {
+        if let Some((_, rt)) = &k8s {
+            rt.metrics().register(registry);
+        }
+    });
 
     // Our own serving certificate, renewed in the background.
     let server_policy = server_policy(&args);
@@ -94,31 +124,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let admin_files = write_admin_credentials(&state_dir, &authority, &admin_policy)
         .map_err(|e| AppError::Io(e.to_string()))?;
 
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| AppError::Bind { what, addr, source })
-    };
-    let mesh_listener = bind("mesh", args.mesh_addr).await?;
-    let identity_listener = bind("identity", args.identity_addr).await?;
-    let http_listener = bind("http", args.http_addr).await?;
-    let local = |l: &TcpListener| l.local_addr().map_err(|e| AppError::Io(e.to_string()));
-    let (mesh_addr, identity_addr, http_addr) = (
-        local(&mesh_listener)?,
-        local(&identity_listener)?,
-        local(&http_listener)?,
-    );
-
-    let runtime: Arc<dyn Runtime> = match args.runtime {
-        RuntimeKind::Local => {
+    let runtime: Arc<dyn Runtime> = match &k8s {
+        Some((_, rt)) => rt.clone(),
+        None => {
             let cfg = local_config(&args, &state_dir, &ca_dir, &td, mesh_addr, identity_addr)?;
             describe_workload(&cfg);
             Arc::new(LocalRuntime::open(cfg, metrics.clone())?)
-        }
-        RuntimeKind::Kubernetes => {
-            return Err(AppError::Config(
-                "CLAWSWARM_RUNTIME=kubernetes is not available in this build yet".into(),
-            ));
         }
     };
     for pair in &args.local.agents {
@@ -218,8 +229,35 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
+    let offboarding = match args.kubernetes.offboarding_secret_file.as_deref() {
+        Some(path) if k8s.is_some() => {
+            let key = kubernetes::offboarding::Offboarding::key_from_file(path).map_err(|e| {
+                AppError::Config(format!("off-boarding secret {}: {e}", path.display()))
+            })?;
+            Some(
+                Arc::new(kubernetes::offboarding::Offboarding::new(
+                    runtime.clone(),
+                    key,
+                ))
+                .router(),
+            )
+        }
+        _ => None,
+    };
     let stop = stop_serving.clone();
-    let http_task = tokio::spawn(async move { serve_http(http_listener, http_state, stop).await });
+    let http_task =
+        tokio::spawn(async move { serve_http(http_listener, http_state, offboarding, stop).await });
+    if let Some((_, rt)) = &k8s {
+        // The mesh refuses links until this replica holds the lease.
+        tasks.spawn(
+            kubernetes::leader::follow_leadership(
+                rt.leadership(),
+                mesh.clone(),
+                stop_serving.clone(),
+            )
+            .instrument(info_span!("leader")),
+        );
+    }
 
     let runtime_stop = CancellationToken::new();
     let rt = runtime.clone();
@@ -312,6 +350,41 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     .await;
     info!(unfinished_turns = unfinished, "controller stopped");
     Ok(())
+}
+
+/// The Kubernetes runtime and the CA it shares through a Secret.
+async fn kubernetes_runtime(
+    args: &RunArgs,
+    td: &TrustDomain,
+    mesh: SocketAddr,
+    identity: SocketAddr,
+) -> Result<(Authority, Arc<kubernetes::KubernetesRuntime>), AppError> {
+    let k = &args.kubernetes;
+    let ns = &args.namespace;
+    let client = kubernetes::default_client()
+        .await
+        .map_err(|e| AppError::Config(format!("kubernetes: {e}")))?;
+    let authority = kubernetes::issuer::load_or_create_authority(&client, ns, &k.issuer_secret, td)
+        .await
+        .map_err(|e| AppError::Authority(e.to_string()))?;
+    kubernetes::issuer::publish_trust_bundle(
+        &client,
+        ns,
+        &k.trust_bundle_config_map,
+        authority.trust_bundle_pem(),
+    )
+    .await
+    .map_err(|e| AppError::Authority(e.to_string()))?;
+    let common = kubernetes::CommonSettings {
+        namespace: ns.clone(),
+        trust_domain: td.to_string(),
+        mesh_port: mesh.port(),
+        identity_port: identity.port(),
+    };
+    let rt = kubernetes::build(k, &common, client)
+        .await
+        .map_err(|e| AppError::Config(format!("kubernetes: {e}")))?;
+    Ok((authority, rt))
 }
 
 fn server_policy(args: &RunArgs) -> LeafPolicy {

@@ -71,6 +71,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub local: LocalArgs,
 
+    /// Used when `CLAWSWARM_RUNTIME=kubernetes`.
+    #[command(flatten)]
+    pub kubernetes: crate::runtime::kubernetes::KubernetesArgs,
+
     #[command(flatten)]
     pub slack: crate::slack::SlackArgs,
 }

@@ -20,16 +20,21 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
 }
 
+/// `extra` adds routes of other components (the off-boarding webhook).
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
+    extra: Option<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -48,6 +48,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        Self::new_with(|_| {})
+    }
+
+    /// With other components' metrics (the Kubernetes runtime's) registered
+    /// in the same `clawswarm` registry.
+    pub fn new_with(extra: impl FnOnce(&mut Registry)) -> Arc<Self> {
         let mut registry = Registry::with_prefix("clawswarm");
         let link_streams = Gauge::default();
         let turns = Family::<ResultLabel, Counter>::default();
@@ -112,6 +118,7 @@ impl Metrics {
 
         let slack = crate::slack::metrics::SlackMetrics::default();
         slack.register(&mut registry);
+        extra(&mut registry);
 
         Arc::new(Self {
             registry,
