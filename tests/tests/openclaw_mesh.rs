@@ -73,7 +73,11 @@ fn workload_tree(run_dir: &Path) -> Vec<u32> {
     while i < pids.len() {
         let p = pids[i];
         if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
         i += 1;
     }
@@ -163,7 +167,10 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     for pid in &pids {
         if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
             let env = String::from_utf8_lossy(&env);
-            assert!(!env.contains(REAL_KEY), "key in the environment of pid {pid}");
+            assert!(
+                !env.contains(REAL_KEY),
+                "key in the environment of pid {pid}"
+            );
             assert!(
                 !env.contains("CLAWSWARM_MODEL_API_KEY_FILE"),
                 "controller settings leaked into pid {pid}"
@@ -171,10 +178,19 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
             saw_token |= env.contains(&format!("OPENCLAW_GATEWAY_TOKEN={}", secret.trim()));
         }
     }
-    assert!(saw_token, "no gateway environment with the agent's token among {pids:?}");
+    assert!(
+        saw_token,
+        "no gateway environment with the agent's token among {pids:?}"
+    );
     let config = std::fs::read_to_string(data_dir.join("openclaw/openclaw.json")).unwrap();
-    assert!(!config.contains(REAL_KEY), "the provider key is not in OpenClaw's config");
-    assert!(config.contains("gateway"), "init applied the baseline: {config}");
+    assert!(
+        !config.contains(REAL_KEY),
+        "the provider key is not in OpenClaw's config"
+    );
+    assert!(
+        config.contains("gateway"),
+        "init applied the baseline: {config}"
+    );
 
     // A streamed reply from the stub, via OpenClaw.
     let mut gw = c.gateway().await.unwrap();
@@ -210,7 +226,10 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
 
     // The sidecar metered exactly what the provider billed.
     let billed = stub.total_usage();
-    assert!(billed.input_tokens > 0 && billed.output_tokens > 0, "{billed:?}");
+    assert!(
+        billed.input_tokens > 0 && billed.output_tokens > 0,
+        "{billed:?}"
+    );
     assert_eq!(sidecar_tokens(&run_dir).await, billed, "token metrics");
     assert_eq!(ledger_day(&data_dir), billed, "usage ledger");
 

@@ -5,10 +5,11 @@
 mod process;
 mod store;
 pub mod template;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -22,7 +23,7 @@ use tracing::{error, info, warn};
 use self::{
     process::{Launch, Proc, free_port, write_atomic},
     store::{AgentDirs, StoredAgent, load_all, now_unix},
-    template::{AgentValues, EnvTemplate, Template},
+    template::{AgentValues, EnvTemplate, Template, write_private},
 };
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metrics::Metrics};
@@ -238,7 +239,7 @@ impl LocalRuntime {
         if !a.sidecar.as_mut().is_some_and(|p| p.alive()) {
             let token = self.tokens.mint(&a.id).map_err(|e| failed(e.to_string()))?;
             let token_file = a.dirs.run.join("bootstrap-token");
-            write_secret(&token_file, &token)
+            write_private(&token_file, token.as_bytes())
                 .map_err(|e| failed(format!("{}: {e}", token_file.display())))?;
             env.extend([
                 ("CLAWSWARM_AGENT".into(), a.id.to_string()),
@@ -414,13 +415,6 @@ impl LocalRuntime {
 fn activity_instant(unix: u64) -> Instant {
     let ago = Duration::from_secs(now_unix().saturating_sub(unix));
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
-
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, secret)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)
 }
 
 #[async_trait]

@@ -27,8 +27,6 @@ pub enum TemplateError {
         "{var}: {placeholder:?} is not a known placeholder ({{port}}, {{port:NAME}}, {{secret:NAME}}, {{data_dir}}, {{run_dir}}, {{agent}})"
     )]
     Unknown { var: String, placeholder: String },
-    #[error("{var}: unclosed '{{' in {template:?}")]
-    Unclosed { var: String, template: String },
     #[error("{var}: {{port}} needs a workload command (CLAWSWARM_WORKLOAD_COMMAND)")]
     PortWithoutWorkload { var: String },
     #[error("cannot keep {what} in {path}: {source}")]
@@ -43,7 +41,7 @@ impl TemplateError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::NotPair { .. } | Self::BadKey { .. } => "bad_entry",
-            Self::Unknown { .. } | Self::Unclosed { .. } => "bad_placeholder",
+            Self::Unknown { .. } => "bad_placeholder",
             Self::PortWithoutWorkload { .. } => "port_without_workload",
             Self::Io { .. } => "io",
         }
@@ -70,19 +68,25 @@ pub struct Template {
 
 impl Template {
     /// `var` names the setting the template came from, for errors.
+    ///
+    /// A placeholder is `{word}` or `{word:NAME}` with a lowercase word;
+    /// other braces (shell groups `{ …; }`, `${VAR}`) stay as written, so
+    /// commands need no escaping. An unknown word is an error, not text: a
+    /// typo must not reach a process as a literal.
     pub fn parse(var: &str, s: &str) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
+        let mut text = String::new();
         let mut rest = s;
         while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
+            text.push_str(&rest[..open]);
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| TemplateError::Unclosed {
-                var: var.to_owned(),
-                template: s.to_owned(),
-            })?;
-            let inner = &after[..close];
+            let shell_var = text.ends_with('$');
+            let inner = after.find('}').map(|close| &after[..close]);
+            let Some(inner) = inner.filter(|i| !shell_var && looks_like_placeholder(i)) else {
+                text.push('{');
+                rest = after;
+                continue;
+            };
             let unknown = || TemplateError::Unknown {
                 var: var.to_owned(),
                 placeholder: format!("{{{inner}}}"),
@@ -102,11 +106,15 @@ impl Template {
                 },
                 Some(_) => return Err(unknown()),
             };
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
             parts.push(part);
-            rest = &after[close + 1..];
+            rest = &after[inner.len() + 1..];
         }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
         }
         Ok(Self { parts })
     }
@@ -114,6 +122,17 @@ impl Template {
     pub fn uses_port(&self) -> bool {
         self.parts.contains(&Part::Port)
     }
+}
+
+/// `word` or `word:anything-without-spaces`, word in lowercase.
+fn looks_like_placeholder(inner: &str) -> bool {
+    let (word, name) = match inner.split_once(':') {
+        Some((w, n)) => (w, Some(n)),
+        None => (inner, None),
+    };
+    !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        && name.is_none_or(|n| !n.contains(char::is_whitespace))
 }
 
 /// Names of ports and secrets become file names: keep them plain.
@@ -285,7 +304,7 @@ fn read_trimmed(path: &Path) -> Option<String> {
 
 /// Created 0600 from the start (never world-readable, even briefly), then
 /// renamed into place.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -388,6 +407,18 @@ mod tests {
     }
 
     #[test]
+    fn shell_braces_are_left_as_written() {
+        let run = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let cmd = "{ test -f x || cp ${HOME}/y x; } && echo {agent} {A} {port";
+        let t = Template::parse("CLAWSWARM_WORKLOAD_COMMAND", cmd).unwrap();
+        assert_eq!(
+            values(run.path(), data.path()).render(&t).unwrap(),
+            "{ test -f x || cp ${HOME}/y x; } && echo alice {A} {port"
+        );
+    }
+
+    #[test]
     fn bad_templates_are_refused_naming_the_setting() {
         for bad in [
             "NOVALUE",
@@ -399,7 +430,6 @@ mod tests {
             "A={port:../x}",
             "A={secret}",
             "A={file:x}",
-            "A={port",
         ] {
             let e = EnvTemplate::parse("CLAWSWARM_LOCAL_WORKLOAD_ENV", bad).unwrap_err();
             assert!(
