@@ -33,7 +33,10 @@ use crate::{
     router::{Router, RouterConfig},
     runtime::{
         AgentSpec, Runtime, RuntimeError, TokenTotals, kubernetes,
-        local::{LocalConfig, LocalRuntime, WorkloadLaunch},
+        local::{
+            LocalConfig, LocalRuntime, WorkloadLaunch,
+            template::{EnvTemplate, Template, TemplateError},
+        },
     },
 };
 use clawswarm_certs::tls_incoming;
@@ -470,21 +473,48 @@ fn local_config(
             env.push((key.to_owned(), v.to_string_lossy().into_owned()));
         }
     }
+    let (workload, sidecar_env_template) = local_templates(l)?;
     Ok(LocalConfig {
+        sidecar_env_template,
         state_dir: state_dir.to_owned(),
         namespace: args.namespace.clone(),
         sidecar_bin,
         sidecar_env: env,
-        workload: l.workload_command.clone().map(|command| WorkloadLaunch {
-            command,
-            url: l.workload_url_template.clone(),
-        }),
+        workload,
         supervise_interval: Duration::from_millis(500),
         restart_backoff_max: Duration::from_secs(30),
         stop_grace: Duration::from_secs(5),
         idle_timeout: l.idle_timeout,
         manage_processes: l.processes,
     })
+}
+
+/// The local runtime's per-agent templates, checked before anything starts.
+fn local_templates(
+    l: &crate::config::LocalArgs,
+) -> Result<(Option<WorkloadLaunch>, EnvTemplate), AppError> {
+    let bad = |e: TemplateError| AppError::Config(e.to_string());
+    let sidecar_env =
+        EnvTemplate::parse("CLAWSWARM_LOCAL_SIDECAR_ENV", &l.sidecar_env).map_err(bad)?;
+    sidecar_env
+        .check_port("CLAWSWARM_LOCAL_SIDECAR_ENV", l.workload_command.is_some())
+        .map_err(bad)?;
+    let Some(command) = &l.workload_command else {
+        if !l.workload_env.trim().is_empty() {
+            return Err(AppError::Config(
+                "CLAWSWARM_LOCAL_WORKLOAD_ENV needs a workload command (CLAWSWARM_WORKLOAD_COMMAND)"
+                    .into(),
+            ));
+        }
+        return Ok((None, sidecar_env));
+    };
+    let workload = WorkloadLaunch {
+        command: Template::parse("CLAWSWARM_WORKLOAD_COMMAND", command).map_err(bad)?,
+        url: Template::parse("CLAWSWARM_WORKLOAD_URL_TEMPLATE", &l.workload_url_template)
+            .map_err(bad)?,
+        env: EnvTemplate::parse("CLAWSWARM_LOCAL_WORKLOAD_ENV", &l.workload_env).map_err(bad)?,
+    };
+    Ok((Some(workload), sidecar_env))
 }
 
 fn trust_bundle_path(ca_dir: &Path) -> PathBuf {

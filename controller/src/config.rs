@@ -92,9 +92,20 @@ pub struct LocalArgs {
     pub workload: String,
 
     /// Command that starts one agent's workload (run with `sh -c`;
-    /// `{port}`, `{data_dir}`, `{agent}` are substituted).
+    /// `{port}`, `{port:NAME}`, `{secret:NAME}`, `{data_dir}`, `{run_dir}`,
+    /// `{agent}` are substituted per agent).
     #[arg(long, env = "CLAWSWARM_WORKLOAD_COMMAND")]
     pub workload_command: Option<String>,
+
+    /// Extra environment for each workload process, `KEY=template;KEY=template`
+    /// (placeholders as in --workload-command).
+    #[arg(long, env = "CLAWSWARM_LOCAL_WORKLOAD_ENV", default_value = "")]
+    pub workload_env: String,
+
+    /// Extra environment for each sidecar, `KEY=template;KEY=template`
+    /// (placeholders as in --workload-command).
+    #[arg(long, env = "CLAWSWARM_LOCAL_SIDECAR_ENV", default_value = "")]
+    pub sidecar_env: String,
 
     /// URL of the workload started by --workload-command (`{port}` substituted).
     #[arg(

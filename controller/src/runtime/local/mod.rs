@@ -4,10 +4,12 @@
 
 mod process;
 mod store;
+pub mod template;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,6 +23,7 @@ use tracing::{error, info, warn};
 use self::{
     process::{Launch, Proc, free_port, write_atomic},
     store::{AgentDirs, StoredAgent, load_all, now_unix},
+    template::{AgentValues, EnvTemplate, Template, write_private},
 };
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metrics::Metrics};
@@ -28,10 +31,12 @@ use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metri
 /// How to start an agent's workload next to its sidecar.
 #[derive(Clone, Debug)]
 pub struct WorkloadLaunch {
-    /// Run with `sh -c`; `{port}`, `{data_dir}`, `{agent}` are substituted.
-    pub command: String,
-    /// The URL the sidecar uses to reach it; `{port}` is substituted.
-    pub url: String,
+    /// Run with `sh -c`; placeholders as in [`template`].
+    pub command: Template,
+    /// The URL the sidecar uses to reach it.
+    pub url: Template,
+    /// Added to the workload's clean environment.
+    pub env: EnvTemplate,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +47,9 @@ pub struct LocalConfig {
     /// Environment every sidecar gets (controller address, trust bundle,
     /// workload settings); per-agent variables are added on top.
     pub sidecar_env: Vec<(String, String)>,
+    /// Per-agent sidecar environment (`{port:NAME}`, `{secret:NAME}`, …),
+    /// added after `sidecar_env`.
+    pub sidecar_env_template: EnvTemplate,
     pub workload: Option<WorkloadLaunch>,
     pub supervise_interval: Duration,
     pub restart_backoff_max: Duration,
@@ -174,6 +182,12 @@ impl LocalRuntime {
         };
         a.dirs.create()?;
         let mut env = self.cfg.sidecar_env.clone();
+        let mut values = AgentValues {
+            agent: a.id.name(),
+            data_dir: &a.dirs.data,
+            run_dir: &a.dirs.run,
+            port: None,
+        };
         if let Some(w) = &self.cfg.workload {
             let alive = a.workload.as_mut().is_some_and(|p| p.alive());
             let port = match a.workload_port {
@@ -187,21 +201,30 @@ impl LocalRuntime {
                 port.to_string().as_bytes(),
             )
             .map_err(|e| failed(e.to_string()))?;
+            values.port = Some(port);
             if !alive {
-                let command = substitute(&w.command, port, a);
+                let command = values
+                    .render(&w.command)
+                    .map_err(|e| failed(e.to_string()))?;
+                let mut workload_env = vec![
+                    ("PORT".into(), port.to_string()),
+                    ("CLAWSWARM_AGENT".into(), a.id.to_string()),
+                    (
+                        "CLAWSWARM_DATA_DIR".into(),
+                        a.dirs.data.display().to_string(),
+                    ),
+                ];
+                workload_env.extend(
+                    values
+                        .render_env(&w.env)
+                        .map_err(|e| failed(e.to_string()))?,
+                );
                 let sh = PathBuf::from("/bin/sh");
                 let proc = Proc::spawn(Launch {
                     name: "workload",
                     program: &sh,
                     args: vec!["-c".into(), format!("exec {command}")],
-                    env: vec![
-                        ("PORT".into(), port.to_string()),
-                        ("CLAWSWARM_AGENT".into(), a.id.to_string()),
-                        (
-                            "CLAWSWARM_DATA_DIR".into(),
-                            a.dirs.data.display().to_string(),
-                        ),
-                    ],
+                    env: workload_env,
                     cwd: &a.dirs.data,
                     log_file: a.dirs.run.join("workload.log"),
                     pid_file: a.dirs.run.join("workload.pid"),
@@ -210,12 +233,13 @@ impl LocalRuntime {
                 .map_err(|e| failed(e.to_string()))?;
                 a.workload = Some(proc);
             }
-            env.push(("CLAWSWARM_WORKLOAD_URL".into(), substitute(&w.url, port, a)));
+            let url = values.render(&w.url).map_err(|e| failed(e.to_string()))?;
+            env.push(("CLAWSWARM_WORKLOAD_URL".into(), url));
         }
         if !a.sidecar.as_mut().is_some_and(|p| p.alive()) {
             let token = self.tokens.mint(&a.id).map_err(|e| failed(e.to_string()))?;
             let token_file = a.dirs.run.join("bootstrap-token");
-            write_secret(&token_file, &token)
+            write_private(&token_file, token.as_bytes())
                 .map_err(|e| failed(format!("{}: {e}", token_file.display())))?;
             env.extend([
                 ("CLAWSWARM_AGENT".into(), a.id.to_string()),
@@ -233,6 +257,11 @@ impl LocalRuntime {
                 ("CLAWSWARM_DEBUG_ADDR".into(), "127.0.0.1:0".into()),
                 ("CLAWSWARM_HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ]);
+            env.extend(
+                values
+                    .render_env(&self.cfg.sidecar_env_template)
+                    .map_err(|e| failed(e.to_string()))?,
+            );
             let proc = Proc::spawn(Launch {
                 name: "sidecar",
                 program: &self.cfg.sidecar_bin,
@@ -386,20 +415,6 @@ impl LocalRuntime {
 fn activity_instant(unix: u64) -> Instant {
     let ago = Duration::from_secs(now_unix().saturating_sub(unix));
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
-
-fn substitute(template: &str, port: u16, a: &LocalAgent) -> String {
-    template
-        .replace("{port}", &port.to_string())
-        .replace("{data_dir}", &a.dirs.data.display().to_string())
-        .replace("{agent}", a.id.name())
-}
-
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, secret)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(&tmp, path)
 }
 
 #[async_trait]
