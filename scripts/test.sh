@@ -35,5 +35,10 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The end-to-end tests run the real binaries; `cargo test` alone does not
+# build binaries of packages without integration tests.
+step "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked
+
 step "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

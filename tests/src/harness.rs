@@ -61,16 +61,15 @@ fn locate() -> Result<Binaries> {
         // would otherwise run whatever controller binary is on disk. Under
         // `cargo test --workspace` it is a no-op.
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        // Exactly what `cargo test --workspace` builds, so feature
-        // unification matches and this is a no-op under it (a narrower
-        // `cargo build -p …` unifies features differently and rebuilds
-        // dependencies, flip-flopping with the outer run).
+        // `cargo test --workspace` does not build the binaries of packages
+        // without integration tests (the controller, the sidecar), so build
+        // them here the way scripts/test.sh does (a no-op after it).
         let status = std::process::Command::new(cargo)
-            .args(["test", "--workspace", "--no-run", "--quiet"])
+            .args(["build", "--workspace", "--bins", "--quiet"])
             .status()
-            .context("running cargo test --workspace --no-run")?;
+            .context("running cargo build --workspace --bins")?;
         if !status.success() {
-            bail!("cargo test --workspace --no-run failed");
+            bail!("cargo build --workspace --bins failed");
         }
     }
     Ok(bins)
