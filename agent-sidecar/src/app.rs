@@ -103,7 +103,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     // OpenClaw brings its model proxy, which meters every model call itself;
     // counting turn usage too would count those tokens twice.
     let (workload, openclaw): (Arc<dyn Workload>, _) = if args.workload.kind == "openclaw" {
-        let services = openclaw_services::start(&args.openclaw, metrics.clone(), shutdown.clone())
+        let oc = args.openclaw.resolved(&args.data_dir, &args.workload);
+        let services = openclaw_services::start(&oc, metrics.clone(), shutdown.clone())
             .await
             .map_err(|e| AppError::Config(format!("openclaw: {e}")))?;
         (services.workload.clone(), Some(services))

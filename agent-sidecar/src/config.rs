@@ -79,6 +79,24 @@ impl fmt::Debug for RunArgs {
     }
 }
 
+/// `clawswarm-sidecar init`: the pod's preparation step, run before the
+/// workload starts, with the workload's part of the volume and the sidecar's.
+#[derive(Clone, Debug, Args)]
+pub struct InitCommand {
+    /// The adapter this agent uses; only `openclaw` has anything to prepare.
+    #[arg(
+        long = "workload",
+        env = "CLAWSWARM_WORKLOAD",
+        default_value = "openclaw"
+    )]
+    pub workload: String,
+    /// The sidecar's persistent data (its part of the agent's volume).
+    #[arg(long, env = "CLAWSWARM_DATA_DIR", default_value = ".")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub openclaw: crate::workload::openclaw::config::InitArgs,
+}
+
 #[derive(Clone, Args)]
 pub struct WorkloadArgs {
     /// `responses` (any OpenAI-style /v1/responses server), `openclaw` (the

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use clawswarm_sidecar::{
     app,
-    config::RunArgs,
-    workload::openclaw::config::{InitArgs, init},
+    config::{InitCommand, RunArgs},
+    workload::openclaw::config::init,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -29,7 +29,7 @@ enum Command {
     /// Prepare the OpenClaw config before the gateway starts (the pod's init
     /// step): seed it on first run, re-apply the enforced security baseline
     /// on every run, and validate it with OpenClaw's own validator.
-    Init(Box<InitArgs>),
+    Init(Box<InitCommand>),
 }
 
 const EX_USAGE: u8 = 64;
@@ -54,8 +54,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
-    if let Command::Init(args) = &cli.command {
-        return match init(args) {
+    if let Command::Init(cmd) = &cli.command {
+        if let Err(e) = std::fs::create_dir_all(&cmd.data_dir) {
+            error!(error = %e, data_dir = %cmd.data_dir.display(), "cannot create the data dir");
+            return ExitCode::from(EX_SOFTWARE);
+        }
+        if cmd.workload != "openclaw" {
+            info!(workload = %cmd.workload, "nothing to prepare for this workload");
+            return ExitCode::SUCCESS;
+        }
+        return match init(&cmd.openclaw.resolved(&cmd.data_dir)) {
             Ok(report) => {
                 info!(report = ?report, "openclaw config ready");
                 ExitCode::SUCCESS

@@ -234,16 +234,21 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     };
     let offboarding = match args.kubernetes.offboarding_secret_file.as_deref() {
         Some(path) if k8s.is_some() => {
-            let key = kubernetes::offboarding::Offboarding::key_from_file(path).map_err(|e| {
-                AppError::Config(format!("off-boarding secret {}: {e}", path.display()))
-            })?;
-            Some(
-                Arc::new(kubernetes::offboarding::Offboarding::new(
-                    runtime.clone(),
-                    key,
-                ))
-                .router(),
-            )
+            match kubernetes::offboarding::Offboarding::key_from_file(path)
+                .map_err(|e| AppError::Config(format!("CLAWSWARM_OFFBOARDING_SECRET_FILE: {e}")))?
+            {
+                Some(key) => Some(
+                    Arc::new(kubernetes::offboarding::Offboarding::new(
+                        runtime.clone(),
+                        key,
+                    ))
+                    .router(),
+                ),
+                None => {
+                    info!(file = %path.display(), "off-boarding webhook off: no key in the file");
+                    None
+                }
+            }
         }
         _ => None,
     };

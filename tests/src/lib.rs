@@ -3,6 +3,7 @@
 pub mod control_plane;
 pub mod fake_slack;
 pub mod harness;
+pub mod install;
 pub mod kubelet;
 pub mod openclaw;
 pub mod stub_model;

@@ -88,6 +88,7 @@ async fn setup(cp: &ControlPlane) -> (String, TestKubelet) {
             images,
             hook: None,
             root: cp.dir().join(format!("kubelet-{ns}")),
+            sandbox: None,
         },
     )
     .await

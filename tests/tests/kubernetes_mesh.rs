@@ -134,6 +134,7 @@ async fn cluster() -> (ControlPlane, TestKubelet) {
             images,
             hook: Some(hook),
             root: cp.dir().join("kubelet"),
+            sandbox: None,
         },
     )
     .await

@@ -147,6 +147,7 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         model_proxy_url: format!("http://127.0.0.1:{proxy_port}"),
         utility_model: None,
         webhook_token_file: sidecar_dir.join("cron-webhook-token"),
+        seed_config: sidecar_dir.join("no-seed.json"),
         openclaw_bin: Some(bin),
     })
     .unwrap();

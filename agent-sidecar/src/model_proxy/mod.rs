@@ -130,12 +130,12 @@ pub struct ModelProxyArgs {
     pub monthly_token_budget: u64,
     #[arg(id = "budget-reply", long = "budget-reply", env = "CLAWSWARM_BUDGET_REPLY", value_enum, default_value_t = BudgetReply::Message)]
     pub budget_reply: BudgetReply,
-    /// Where usage per day and month is kept (the agent's data dir).
+    /// Where usage per day and month is kept; relative to CLAWSWARM_DATA_DIR.
     #[arg(
         id = "model-usage-file",
         long = "model-usage-file",
         env = "CLAWSWARM_MODEL_USAGE_FILE",
-        default_value = "/data/sidecar/model-usage.json"
+        default_value = "model-usage.json"
     )]
     pub usage_file: PathBuf,
     /// Longest silence from the provider while a reply streams, in seconds.

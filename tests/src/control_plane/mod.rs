@@ -29,7 +29,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-pub use apply::{AppliedObject, apply_yaml, kustomize_build};
+pub use apply::{AppliedObject, apply_yaml, kustomize_build, parse_objects};
 pub use pki::{CertKey, Pki};
 use process::Supervised;
 
@@ -114,6 +114,12 @@ impl std::fmt::Debug for ControlPlane {
 impl ControlPlane {
     /// Start etcd and kube-apiserver, wait for `/readyz`, return with an admin client.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_serving(&[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with a serving certificate that also
+    /// names `ips` (where pods of a sandboxed kubelet reach the API server).
+    pub async fn start_serving(ips: &[std::net::IpAddr]) -> anyhow::Result<Self> {
         // kube's rustls needs a process-wide provider when more than one is compiled in.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bin_dir = kube_bin_dir()?;
@@ -125,7 +131,7 @@ impl ControlPlane {
         std::fs::create_dir_all(&pki_dir).context("create pki dir")?;
 
         let pki = Pki::new()?;
-        let serving = pki.serving_cert()?;
+        let serving = pki.serving_cert(ips)?;
         let admin = pki.client_cert("clawswarm-test-admin", &["system:masters"])?;
         let (sa_key, sa_pub) = pki::service_account_key()?;
         let files = [

@@ -57,7 +57,7 @@ impl Pki {
 
     /// The API server's serving certificate: valid for 127.0.0.1 and the
     /// names in-cluster clients use, so a kubeconfig pointing at loopback verifies.
-    pub fn serving_cert(&self) -> anyhow::Result<CertKey> {
+    pub fn serving_cert(&self, extra_ips: &[IpAddr]) -> anyhow::Result<CertKey> {
         let mut params = CertificateParams::new(vec![
             "localhost".to_string(),
             "kubernetes".to_string(),
@@ -71,6 +71,9 @@ impl Pki {
         params
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        for ip in extra_ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "kube-apiserver");
         params.distinguished_name = dn;

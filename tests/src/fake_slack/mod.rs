@@ -62,6 +62,10 @@ pub struct FakeSlackConfig {
     pub users: Vec<FakeUser>,
     /// Slack user groups (`S...` ids) and their members.
     pub usergroups: HashMap<String, Vec<String>>,
+    /// Where both listeners bind. Clients always find them on loopback
+    /// (`api_url`, the Socket Mode URL): a sandboxed pod reaches an address
+    /// other than 127.0.0.1 through a loopback forward of the same port.
+    pub listen_ip: std::net::IpAddr,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +88,7 @@ impl Default for FakeSlackConfig {
             max_redeliveries: 3,
             users: Vec::new(),
             usergroups: HashMap::new(),
+            listen_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 }
@@ -170,10 +175,11 @@ impl FakeSlack {
     }
 
     pub async fn start_with(cfg: FakeSlackConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let ws_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let ws_addr = ws_listener.local_addr()?;
+        let listener = TcpListener::bind((cfg.listen_ip, 0)).await?;
+        let ws_listener = TcpListener::bind((cfg.listen_ip, 0)).await?;
+        let loopback = |a: SocketAddr| SocketAddr::from(([127, 0, 0, 1], a.port()));
+        let addr = loopback(listener.local_addr()?);
+        let ws_addr = loopback(ws_listener.local_addr()?);
         let shared = Arc::new(Shared {
             cfg,
             inner: Mutex::default(),
@@ -202,6 +208,11 @@ impl FakeSlack {
     /// Base URL for slack-morphism's `with_slack_api_url` (no trailing slash).
     pub fn api_url(&self) -> String {
         format!("http://{}/api", self.shared.addr)
+    }
+
+    /// Where Socket Mode clients connect (the URL `apps.connections.open` gives).
+    pub fn socket_mode_addr(&self) -> SocketAddr {
+        self.shared.ws_addr
     }
 
     pub fn addr(&self) -> SocketAddr {

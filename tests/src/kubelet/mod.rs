@@ -20,8 +20,15 @@
 //!   have all ended turns Succeeded or Failed.
 //! - A pod with `deletionTimestamp` has its processes stopped (SIGTERM, then
 //!   SIGKILL) and is deleted with grace 0, like a kubelet finishing a deletion.
+//!
+//! With [`KubeletConfig::sandbox`] set it runs pods as a container runtime
+//! would instead (see [`sandbox`]): own network, mount and PID namespaces,
+//! volumes at their spec paths, the securityContext's ids, the automounted
+//! ServiceAccount token, Services by name. Nothing is rewritten; `LaunchHook`
+//! still may change a launch, and a test that uses it says why.
 
 mod process;
+pub mod sandbox;
 mod status;
 mod volumes;
 
@@ -43,6 +50,7 @@ use process::{PodProcesses, Spawned};
 pub use volumes::Mounts;
 
 const EXIT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+static EXEC_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What the kubelet runs, and where.
 pub struct KubeletConfig {
@@ -55,6 +63,18 @@ pub struct KubeletConfig {
     pub hook: Option<LaunchHook>,
     /// Where pod directories, PVC directories and logs go.
     pub root: PathBuf,
+    /// Run pods in sandboxes on this network (None: host processes).
+    pub sandbox: Option<SandboxConfig>,
+}
+
+/// What a sandboxed kubelet needs besides its pods.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub network: Arc<sandbox::PodNetwork>,
+    /// The cluster CA, for the automounted ServiceAccount volume.
+    pub api_ca_pem: String,
+    /// `127.0.0.1:P` in every pod forwards to `gateway:P`.
+    pub loopback_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for KubeletConfig {
@@ -135,6 +155,43 @@ impl TestKubelet {
             .join(volume)
     }
 
+    /// Run `argv` in running container `container` of pod `pod` as
+    /// `kubectl exec` would: its mounts, user, environment and network (a
+    /// sandboxed kubelet only). Waits at most 60 s.
+    pub async fn exec(
+        &self,
+        pod: &str,
+        container: &str,
+        argv: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let launch = {
+            let pods = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+            pods.values()
+                .find(|p| p.name == pod)
+                .and_then(|p| {
+                    p.containers
+                        .iter()
+                        .find(|c| c.launch.container == container)
+                })
+                .map(|c| c.launch.clone())
+                .with_context(|| format!("no running container {container} in pod {pod}"))?
+        };
+        let mut sandbox = launch
+            .sandbox
+            .clone()
+            .context("exec needs a sandboxed kubelet")?;
+        let n = EXEC_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sandbox.scratch = sandbox.scratch.with_extension(format!("exec-{n}"));
+        let (program, args) = argv.split_first().context("exec needs a command")?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+        let mut cmd = sandbox.command(program, &args, &launch.env, "/")?;
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .with_context(|| format!("exec in {pod}/{container} timed out"))?
+            .with_context(|| format!("exec in {pod}/{container}"))
+    }
+
     /// The local directory of PVC `claim` (to look at what an agent stored).
     pub fn pvc_dir(&self, claim: &str) -> PathBuf {
         pvc_root(&self.shared.config.root)
@@ -151,6 +208,16 @@ impl Drop for TestKubelet {
         let mut pods = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
         pods.clear();
     }
+}
+
+/// The pod's Ready condition is True.
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 fn log_path(root: &Path, pod: &str, container: &str) -> PathBuf {
@@ -319,38 +386,87 @@ async fn start_pod(shared: &Shared, api: &Api<Pod>, pod: &Pod) -> anyhow::Result
         pod_dir: &pod_dir,
         pvc_root: &pvc_root(&cfg.root),
     };
-    let plan =
-        match process::plan(pod, &cfg.images, cfg.hook.as_ref(), &shared.client, &roots).await {
-            Ok(plan) => plan,
-            Err(process::PlanError::ImageNotMapped { container, image }) => {
-                let patch = status::waiting(
-                    &container,
-                    &image,
-                    "ErrImagePull",
-                    &format!("no local program for image {image}"),
-                );
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .context("report ErrImagePull")?;
-                return Ok(());
-            }
-            Err(process::PlanError::Other(e)) => {
-                // Like a kubelet: the pod stays Pending, it does not fail.
-                let first = pod.spec.as_ref().and_then(|s| s.containers.first());
-                let container = first.map(|c| c.name.clone()).unwrap_or_default();
-                let image = first.and_then(|c| c.image.clone()).unwrap_or_default();
-                let patch = status::waiting(
-                    &container,
-                    &image,
-                    "CreateContainerConfigError",
-                    &format!("{e:#}"),
-                );
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .context("report pod failure")?;
-                return Err(e);
-            }
-        };
+    let mut pod_sandbox = None;
+    let mut service_account = None;
+    if let Some(sb) = &cfg.sandbox {
+        std::fs::create_dir_all(&pod_dir)
+            .with_context(|| format!("create {}", pod_dir.display()))?;
+        pod_sandbox = Some(
+            sandbox::PodSandbox::create(
+                &sb.network,
+                &shared.client,
+                pod,
+                &pod_dir,
+                &sb.loopback_ports,
+            )
+            .await?,
+        );
+        service_account =
+            volumes::service_account_volume(&shared.client, pod, &pod_dir, &sb.api_ca_pem).await?;
+    }
+    let ctx = pod_sandbox.as_ref().map(|s| process::PodContext {
+        sandbox: s,
+        service_account: service_account.clone(),
+        service_env: cfg
+            .sandbox
+            .as_ref()
+            .map(|sb| {
+                BTreeMap::from([
+                    (
+                        "KUBERNETES_SERVICE_HOST".to_string(),
+                        sb.network.gateway().to_string(),
+                    ),
+                    (
+                        "KUBERNETES_SERVICE_PORT".to_string(),
+                        sandbox::API_SERVER_PORT.to_string(),
+                    ),
+                ])
+            })
+            .unwrap_or_default(),
+    });
+    let pod_ip = pod_sandbox
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_string(), |s| s.ip.to_string());
+    let planned = process::plan(
+        pod,
+        &cfg.images,
+        cfg.hook.as_ref(),
+        &shared.client,
+        &roots,
+        ctx.as_ref(),
+    )
+    .await;
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(process::PlanError::ImageNotMapped { container, image }) => {
+            let patch = status::waiting(
+                &container,
+                &image,
+                "ErrImagePull",
+                &format!("no local program for image {image}"),
+            );
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .context("report ErrImagePull")?;
+            return Ok(());
+        }
+        Err(process::PlanError::Other(e)) => {
+            // Like a kubelet: the pod stays Pending, it does not fail.
+            let first = pod.spec.as_ref().and_then(|s| s.containers.first());
+            let container = first.map(|c| c.name.clone()).unwrap_or_default();
+            let image = first.and_then(|c| c.image.clone()).unwrap_or_default();
+            let patch = status::waiting(
+                &container,
+                &image,
+                "CreateContainerConfigError",
+                &format!("{e:#}"),
+            );
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .context("report pod failure")?;
+            return Err(e);
+        }
+    };
     let log = |container: &str| log_path(&cfg.root, &name, container);
     for init in &plan.init {
         if let Err(e) = process::run_to_completion(init, &log(&init.container)).await {
@@ -362,12 +478,13 @@ async fn start_pod(shared: &Shared, api: &Api<Pod>, pod: &Pod) -> anyhow::Result
         }
     }
     let mut running = PodProcesses::new(name.clone(), plan.restart_policy, plan.grace);
+    running.sandbox = pod_sandbox;
     for launch in plan.containers {
         let path = log(&launch.container);
         let child = Spawned::spawn(launch, path)?;
         running.containers.push(child);
     }
-    let patch = status::running(&running, plan.init.len(), pod);
+    let patch = status::running(&running, plan.init.len(), pod, &pod_ip);
     shared
         .pods
         .lock()

@@ -19,11 +19,21 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_GRACE: Duration = Duration::from_secs(5);
 
 /// A local stand-in for a container image: its entrypoint and default args.
+///
+/// On a host-process kubelet `program` is a host path that replaces
+/// `command[0]`. On a sandboxed kubelet an image is what a real one is:
+/// files (host paths bind-mounted read-only at their path in the image),
+/// environment (`PATH`), an entrypoint (`program`, a path in the image) and
+/// a CMD; `command` and `args` override them as Kubernetes says.
 #[derive(Clone, Debug)]
 pub struct LocalImage {
     pub program: PathBuf,
     /// The image's CMD: used when the container sets neither command nor args.
     pub default_args: Vec<String>,
+    /// Host path → path in the image (sandboxed kubelet only).
+    pub files: Vec<(PathBuf, String)>,
+    /// The image's environment, under the container's own (sandboxed only).
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalImage {
@@ -31,7 +41,20 @@ impl LocalImage {
         Self {
             program: program.into(),
             default_args: Vec::new(),
+            files: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Put host file or directory `host` at `path` in the image.
+    pub fn with_file(mut self, host: impl Into<PathBuf>, path: &str) -> Self {
+        self.files.push((host.into(), path.to_string()));
+        self
+    }
+
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -47,6 +70,9 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     pub workdir: PathBuf,
     pub mounts: Mounts,
+    /// Set on a sandboxed kubelet: `program`, `args`, env and `workdir` are
+    /// then as the container sees them.
+    pub sandbox: Option<super::sandbox::ContainerSandbox>,
 }
 
 /// Adjust a launch before it starts: give each pod its own ports, add env.
@@ -78,12 +104,22 @@ pub(super) enum RestartPolicy {
     Never,
 }
 
+/// What a sandboxed kubelet gives every container of one pod.
+pub(super) struct PodContext<'a> {
+    pub sandbox: &'a super::sandbox::PodSandbox,
+    /// The automounted ServiceAccount volume, if any.
+    pub service_account: Option<PathBuf>,
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT`.
+    pub service_env: BTreeMap<String, String>,
+}
+
 pub(super) async fn plan(
     pod: &Pod,
     images: &HashMap<String, LocalImage>,
     hook: Option<&LaunchHook>,
     client: &Client,
     roots: &VolumeRoots<'_>,
+    ctx: Option<&PodContext<'_>>,
 ) -> Result<Plan, PlanError> {
     let spec = pod.spec.as_ref().context("pod without spec")?;
     // Images first: an unmapped image must not cost a TokenRequest.
@@ -105,13 +141,22 @@ pub(super) async fn plan(
         .with_context(|| format!("create {}", roots.pod_dir.display()))?;
     let vols = volumes::prepare(client, pod, roots).await?;
     let mut init = Vec::new();
+    let target = |c, init| Target {
+        pod,
+        container: c,
+        init,
+        images,
+        hook,
+        client,
+        vols: &vols,
+        pod_dir: roots.pod_dir,
+    };
     for c in spec.init_containers.iter().flatten() {
-        init.push(launch_for(pod, c, true, images, hook, client, &vols, roots.pod_dir).await?);
+        init.push(launch(&target(c, true), ctx).await?);
     }
     let mut containers = Vec::new();
     for c in &spec.containers {
-        containers
-            .push(launch_for(pod, c, false, images, hook, client, &vols, roots.pod_dir).await?);
+        containers.push(launch(&target(c, false), ctx).await?);
     }
     let restart_policy = match spec.restart_policy.as_deref() {
         None | Some("Always") => RestartPolicy::Always,
@@ -132,23 +177,190 @@ pub(super) async fn plan(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn launch_for(
-    pod: &Pod,
-    c: &Container,
+async fn launch(t: &Target<'_>, ctx: Option<&PodContext<'_>>) -> anyhow::Result<Launch> {
+    match ctx {
+        Some(ctx) => sandboxed_launch(t, ctx).await,
+        None => launch_for(t).await,
+    }
+}
+
+/// One container of one pod, and what the kubelet knows to run it.
+struct Target<'a> {
+    pod: &'a Pod,
+    container: &'a Container,
     init: bool,
-    images: &HashMap<String, LocalImage>,
-    hook: Option<&LaunchHook>,
-    client: &Client,
-    vols: &BTreeMap<String, PathBuf>,
-    pod_dir: &Path,
-) -> anyhow::Result<Launch> {
+    images: &'a HashMap<String, LocalImage>,
+    hook: Option<&'a LaunchHook>,
+    client: &'a Client,
+    vols: &'a BTreeMap<String, PathBuf>,
+    pod_dir: &'a Path,
+}
+
+/// A container on a sandboxed kubelet: mounts at their spec paths, the
+/// image's entrypoint and environment, the securityContext's ids.
+async fn sandboxed_launch(t: &Target<'_>, ctx: &PodContext<'_>) -> anyhow::Result<Launch> {
+    use super::sandbox::{Bind, ContainerSandbox};
+    let (pod, c) = (t.pod, t.container);
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let image = c.image.clone().unwrap_or_default();
+    let local = t
+        .images
+        .get(&image)
+        .with_context(|| format!("image {image} not mapped"))?;
+    let pod_sc = spec.security_context.as_ref();
+    let sc = c.security_context.as_ref();
+    let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let uid = id(sc.and_then(|s| s.run_as_user))
+        .or_else(|| id(pod_sc.and_then(|s| s.run_as_user)))
+        .unwrap_or(0);
+    let gid = id(sc.and_then(|s| s.run_as_group))
+        .or_else(|| id(pod_sc.and_then(|s| s.run_as_group)))
+        .unwrap_or(0);
+    let fs_group = id(pod_sc.and_then(|s| s.fs_group));
+    let mut groups: Vec<u32> = fs_group.into_iter().collect();
+    groups.extend(
+        pod_sc
+            .and_then(|s| s.supplemental_groups.clone())
+            .into_iter()
+            .flatten()
+            .filter_map(|g| u32::try_from(g).ok()),
+    );
+    if sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_non_root))
+        == Some(true)
+        && uid == 0
+    {
+        bail!(
+            "container {} must run as non-root but its user is 0",
+            c.name
+        );
+    }
+
+    let mut binds: Vec<Bind> = local
+        .files
+        .iter()
+        .map(|(host, path)| Bind {
+            host: host.clone(),
+            container: path.clone(),
+            read_only: true,
+        })
+        .collect();
+    for m in c.volume_mounts.iter().flatten() {
+        let base = t
+            .vols
+            .get(&m.name)
+            .with_context(|| format!("container {} mounts unknown volume {}", c.name, m.name))?;
+        let host = match m.sub_path.as_deref() {
+            Some(sub) if !sub.is_empty() => {
+                if Path::new(sub).is_absolute() || sub.split('/').any(|p| p == "..") {
+                    bail!("subPath {sub} of volume {} escapes it", m.name);
+                }
+                base.join(sub)
+            }
+            _ => base.clone(),
+        };
+        std::fs::create_dir_all(&host).with_context(|| format!("create {}", host.display()))?;
+        let vol = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .context("mounted volume not in the pod")?;
+        if let Some(gid) = fs_group {
+            let writable = vol.empty_dir.is_some() || vol.persistent_volume_claim.is_some();
+            volumes::apply_fs_group(&host, gid, writable)?;
+        }
+        binds.push(Bind {
+            host,
+            container: m.mount_path.trim_end_matches('/').to_string(),
+            read_only: m.read_only == Some(true),
+        });
+    }
+    if let Some(dir) = &ctx.service_account {
+        if let Some(gid) = fs_group {
+            volumes::apply_fs_group(dir, gid, false)?;
+        }
+        binds.push(Bind {
+            host: dir.clone(),
+            container: volumes::SERVICE_ACCOUNT_DIR.to_string(),
+            read_only: true,
+        });
+    }
+
+    let mut env: BTreeMap<String, String> = local.env.iter().cloned().collect();
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.extend(ctx.service_env.clone());
+    env.insert("HOSTNAME".into(), pod.name_any());
+    let own = container_env(pod, c, t.client, &ctx.sandbox.ip.to_string()).await?;
+    env.extend(own);
+    let expand = |s: &String| expand_vars(s, &env);
+    let (program, args) = match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => (
+            expand(&cmd[0]),
+            cmd[1..]
+                .iter()
+                .chain(args.iter().flatten())
+                .map(expand)
+                .collect(),
+        ),
+        (_, Some(args)) if !args.is_empty() => (
+            local.program.display().to_string(),
+            args.iter().map(expand).collect(),
+        ),
+        _ => (
+            local.program.display().to_string(),
+            local.default_args.clone(),
+        ),
+    };
+    let workdir = c.working_dir.clone().unwrap_or_else(|| "/".into());
+    let kind = if t.init { "init" } else { "ctr" };
+    let sandbox = ContainerSandbox {
+        netns: ctx.sandbox.netns()?,
+        hosts_file: ctx.sandbox.hosts_file.clone(),
+        scratch: t.pod_dir.join(kind).join(&c.name),
+        binds,
+        read_only_root: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+        uid,
+        gid,
+        groups,
+    };
+    let mut launch = Launch {
+        pod: pod.name_any(),
+        container: c.name.clone(),
+        image,
+        init: t.init,
+        program: PathBuf::from(program),
+        args,
+        env,
+        workdir: PathBuf::from(workdir),
+        mounts: Mounts::default(),
+        sandbox: Some(sandbox),
+    };
+    if let Some(hook) = t.hook {
+        hook(pod, &mut launch).with_context(|| format!("launch hook for {}", c.name))?;
+    }
+    Ok(launch)
+}
+
+async fn launch_for(t: &Target<'_>) -> anyhow::Result<Launch> {
+    let (pod, c, init, images, hook, client, vols, pod_dir) = (
+        t.pod,
+        t.container,
+        t.init,
+        t.images,
+        t.hook,
+        t.client,
+        t.vols,
+        t.pod_dir,
+    );
     let image = c.image.clone().unwrap_or_default();
     let local = images
         .get(&image)
         .with_context(|| format!("image {image} not mapped"))?;
     let mounts = Mounts::for_container(c, vols)?;
-    let env = container_env(pod, c, client).await?;
+    let env = container_env(pod, c, client, "127.0.0.1").await?;
     let expand = |s: &String| mounts.rewrite(&expand_vars(s, &env));
     let args: Vec<String> = match (&c.command, &c.args) {
         (Some(cmd), args) if !cmd.is_empty() => cmd[1..]
@@ -177,6 +389,7 @@ async fn launch_for(
         env,
         workdir,
         mounts,
+        sandbox: None,
     };
     if let Some(hook) = hook {
         hook(pod, &mut launch).with_context(|| format!("launch hook for {}", c.name))?;
@@ -210,6 +423,7 @@ async fn container_env(
     pod: &Pod,
     c: &Container,
     client: &Client,
+    pod_ip: &str,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let ns = pod.namespace().unwrap_or_default();
     let mut env = BTreeMap::new();
@@ -247,7 +461,7 @@ async fn container_env(
     for var in c.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(v), _) => expand_vars(v, &env),
-            (None, Some(src)) => env_from_source(pod, &ns, src, client)
+            (None, Some(src)) => env_from_source(pod, &ns, src, client, pod_ip)
                 .await
                 .with_context(|| format!("env {}", var.name))?,
             (None, None) => String::new(),
@@ -262,9 +476,10 @@ async fn env_from_source(
     ns: &str,
     src: &EnvVarSource,
     client: &Client,
+    pod_ip: &str,
 ) -> anyhow::Result<String> {
     if let Some(f) = &src.field_ref {
-        return field_value(pod, &f.field_path);
+        return field_value(pod, &f.field_path, pod_ip);
     }
     if let Some(k) = &src.secret_key_ref {
         let secret = Api::<Secret>::namespaced(client.clone(), ns)
@@ -295,7 +510,7 @@ async fn env_from_source(
     bail!("env source not supported by the test kubelet (resourceFieldRef?)")
 }
 
-fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
+fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> anyhow::Result<String> {
     let spec = pod.spec.as_ref();
     let bracketed = |prefix: &str| {
         path.strip_prefix(prefix)
@@ -310,7 +525,8 @@ fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.podIP" | "status.hostIP" => "127.0.0.1".to_string(),
+        "status.podIP" => pod_ip.to_string(),
+        "status.hostIP" => "127.0.0.1".to_string(),
         _ => {
             if let Some(key) = bracketed("metadata.labels['") {
                 pod.labels().get(&key).cloned().unwrap_or_default()
@@ -333,18 +549,31 @@ fn command(launch: &Launch, log: &Path) -> anyhow::Result<Command> {
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
     let err = out.try_clone().context("clone log handle")?;
-    std::fs::create_dir_all(&launch.workdir)
-        .with_context(|| format!("create {}", launch.workdir.display()))?;
-    let mut cmd = Command::new(&launch.program);
-    // A container starts with its own environment only; PATH so scripts work.
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(&launch.env)
-        .args(&launch.args)
-        .current_dir(&launch.workdir)
-        .stdin(Stdio::null())
+    let mut cmd = match &launch.sandbox {
+        Some(sb) => sb.command(
+            &launch.program.display().to_string(),
+            &launch.args,
+            &launch.env,
+            &launch.workdir.display().to_string(),
+        )?,
+        None => {
+            std::fs::create_dir_all(&launch.workdir)
+                .with_context(|| format!("create {}", launch.workdir.display()))?;
+            let mut cmd = Command::new(&launch.program);
+            // A container starts with its own environment only; PATH so scripts work.
+            cmd.env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(&launch.env)
+                .args(&launch.args)
+                .current_dir(&launch.workdir);
+            cmd
+        }
+    };
+    // Its own process group: stopping a container signals all of it.
+    cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        .process_group(0)
         .kill_on_drop(true);
     Ok(cmd)
 }
@@ -399,6 +628,8 @@ impl Spawned {
 pub(super) struct PodProcesses {
     pub name: String,
     pub containers: Vec<Spawned>,
+    /// The pod's network namespace (sandboxed kubelet), gone with the pod.
+    pub sandbox: Option<super::sandbox::PodSandbox>,
     restart_policy: RestartPolicy,
     grace: Duration,
 }
@@ -414,6 +645,7 @@ impl PodProcesses {
         Self {
             name,
             containers: Vec::new(),
+            sandbox: None,
             restart_policy,
             grace,
         }
@@ -470,8 +702,9 @@ impl PodProcesses {
             if let Some(pid) = c.child.as_ref().and_then(Child::id)
                 && let Ok(pid) = i32::try_from(pid)
             {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                // The whole group: a sandboxed container's own init is a child.
+                let group = nix::unistd::Pid::from_raw(-pid);
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
             }
         }
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -481,6 +714,10 @@ impl PodProcesses {
                     .await
                     .is_err()
             {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let group = nix::unistd::Pid::from_raw(-pid);
+                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+                }
                 let _ = child.kill().await;
             }
         }
@@ -505,9 +742,13 @@ mod tests {
         let mut pod = Pod::default();
         pod.metadata.name = Some("p".into());
         pod.metadata.labels = Some(BTreeMap::from([("app".into(), "x".into())]));
-        assert_eq!(field_value(&pod, "metadata.name").unwrap(), "p");
-        assert_eq!(field_value(&pod, "metadata.labels['app']").unwrap(), "x");
-        assert_eq!(field_value(&pod, "status.podIP").unwrap(), "127.0.0.1");
-        assert!(field_value(&pod, "spec.nope").is_err());
+        let ip = "10.250.1.10";
+        assert_eq!(field_value(&pod, "metadata.name", ip).unwrap(), "p");
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']", ip).unwrap(),
+            "x"
+        );
+        assert_eq!(field_value(&pod, "status.podIP", ip).unwrap(), ip);
+        assert!(field_value(&pod, "spec.nope", ip).is_err());
     }
 }

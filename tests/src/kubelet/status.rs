@@ -87,7 +87,7 @@ fn all_ready(pod: &PodProcesses) -> bool {
     pod.containers.iter().all(|c| c.child.is_some())
 }
 
-pub(super) fn running(pod: &PodProcesses, init_count: usize, spec: &Pod) -> Value {
+pub(super) fn running(pod: &PodProcesses, init_count: usize, spec: &Pod, pod_ip: &str) -> Value {
     let init_statuses: Vec<Value> = spec
         .spec
         .as_ref()
@@ -106,7 +106,7 @@ pub(super) fn running(pod: &PodProcesses, init_count: usize, spec: &Pod) -> Valu
     json!({ "status": {
         "phase": "Running",
         "hostIP": "127.0.0.1", "hostIPs": [{ "ip": "127.0.0.1" }],
-        "podIP": "127.0.0.1", "podIPs": [{ "ip": "127.0.0.1" }],
+        "podIP": pod_ip, "podIPs": [{ "ip": pod_ip }],
         "startTime": now(),
         "conditions": [
             condition("PodScheduled", true), condition("Initialized", true),

@@ -57,7 +57,17 @@ async fn prepare_one(
     }
     if let Some(cm) = &vol.config_map {
         let name = cm.name.as_str();
-        write_config_map(client, ns, name, cm.items.as_deref(), cm.optional, &dir).await?;
+        let mode = file_mode(cm.default_mode);
+        write_config_map(
+            client,
+            ns,
+            name,
+            cm.items.as_deref(),
+            cm.optional,
+            &dir,
+            mode,
+        )
+        .await?;
         return Ok(dir);
     }
     if let Some(s) = &vol.secret {
@@ -65,10 +75,12 @@ async fn prepare_one(
             .secret_name
             .as_deref()
             .context("secret volume without secretName")?;
-        write_secret(client, ns, name, s.items.as_deref(), s.optional, &dir).await?;
+        let mode = file_mode(s.default_mode);
+        write_secret(client, ns, name, s.items.as_deref(), s.optional, &dir, mode).await?;
         return Ok(dir);
     }
     if let Some(projected) = &vol.projected {
+        let mode = file_mode(projected.default_mode);
         for source in projected.sources.iter().flatten() {
             if let Some(t) = &source.service_account_token {
                 let sa = pod
@@ -85,14 +97,31 @@ async fn prepare_one(
                     expiration_seconds: Some(t.expiration_seconds.unwrap_or(DEFAULT_TOKEN_SECONDS)),
                 };
                 let token = request_token(client, ns, &sa, &opts).await?;
-                write_file(&dir, &t.path, token.as_bytes())?;
+                write_file(&dir, &t.path, token.as_bytes(), mode)?;
             }
             if let Some(cm) = &source.config_map {
-                write_config_map(client, ns, &cm.name, cm.items.as_deref(), cm.optional, &dir)
-                    .await?;
+                write_config_map(
+                    client,
+                    ns,
+                    &cm.name,
+                    cm.items.as_deref(),
+                    cm.optional,
+                    &dir,
+                    mode,
+                )
+                .await?;
             }
             if let Some(s) = &source.secret {
-                write_secret(client, ns, &s.name, s.items.as_deref(), s.optional, &dir).await?;
+                write_secret(
+                    client,
+                    ns,
+                    &s.name,
+                    s.items.as_deref(),
+                    s.optional,
+                    &dir,
+                    mode,
+                )
+                .await?;
             }
             if source.downward_api.is_some() || source.cluster_trust_bundle.is_some() {
                 bail!("projected source kind not supported by the test kubelet");
@@ -103,6 +132,56 @@ async fn prepare_one(
     bail!("volume type not supported by the test kubelet")
 }
 
+/// The volume a kubelet adds when `automountServiceAccountToken` is not
+/// off: a pod-bound token for the API server's own audience, the cluster CA
+/// and the namespace, at [`SERVICE_ACCOUNT_DIR`] in every container.
+pub(super) async fn service_account_volume(
+    client: &Client,
+    pod: &Pod,
+    pod_dir: &Path,
+    ca_pem: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let ns = pod.namespace().context("pod without namespace")?;
+    let sa_name = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let automount = match spec.automount_service_account_token {
+        Some(v) => v,
+        None => {
+            let sa =
+                Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ns)
+                    .get_opt(&sa_name)
+                    .await
+                    .with_context(|| format!("get serviceaccount {sa_name}"))?;
+            sa.and_then(|s| s.automount_service_account_token)
+                .unwrap_or(true)
+        }
+    };
+    if !automount {
+        return Ok(None);
+    }
+    let dir = pod_dir.join("volumes").join("kube-api-access");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let opts = TokenOptions {
+        audiences: Vec::new(),
+        bound_pod: Some(BoundPod {
+            name: pod.name_any(),
+            uid: pod.uid().context("pod without uid")?,
+        }),
+        expiration_seconds: Some(DEFAULT_TOKEN_SECONDS),
+    };
+    let token = request_token(client, &ns, &sa_name, &opts).await?;
+    write_file(&dir, "token", token.as_bytes(), 0o644)?;
+    write_file(&dir, "ca.crt", ca_pem.as_bytes(), 0o644)?;
+    write_file(&dir, "namespace", ns.as_bytes(), 0o644)?;
+    Ok(Some(dir))
+}
+
+/// Where Kubernetes mounts the automounted ServiceAccount token.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 async fn write_config_map(
     client: &Client,
     ns: &str,
@@ -110,6 +189,7 @@ async fn write_config_map(
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
     dir: &Path,
+    mode: u32,
 ) -> anyhow::Result<()> {
     let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -130,7 +210,7 @@ async fn write_config_map(
                 .map(|(k, v)| (k, v.0)),
         )
         .collect();
-    write_keys(&data, items, dir)
+    write_keys(&data, items, dir, mode)
 }
 
 async fn write_secret(
@@ -140,6 +220,7 @@ async fn write_secret(
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
     dir: &Path,
+    mode: u32,
 ) -> anyhow::Result<()> {
     let Some(secret) = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -154,7 +235,7 @@ async fn write_secret(
         .into_iter()
         .map(|(k, v)| (k, v.0))
         .collect();
-    write_keys(&data, items, dir)
+    write_keys(&data, items, dir, mode)
 }
 
 fn missing(optional: Option<bool>, kind: &str, name: &str) -> anyhow::Result<()> {
@@ -169,6 +250,7 @@ fn write_keys(
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
     dir: &Path,
+    mode: u32,
 ) -> anyhow::Result<()> {
     match items {
         Some(items) => {
@@ -176,19 +258,52 @@ fn write_keys(
                 let value = data
                     .get(&item.key)
                     .with_context(|| format!("key {} missing", item.key))?;
-                write_file(dir, &item.path, value)?;
+                let mode = item.mode.map_or(mode, |m| file_mode(Some(m)));
+                write_file(dir, &item.path, value, mode)?;
             }
         }
         None => {
             for (key, value) in data {
-                write_file(dir, key, value)?;
+                write_file(dir, key, value, mode)?;
             }
         }
     }
     Ok(())
 }
 
-fn write_file(dir: &Path, rel: &str, content: &[u8]) -> anyhow::Result<()> {
+/// A volume's file mode: `defaultMode`, else Kubernetes' default 0644.
+fn file_mode(mode: Option<i32>) -> u32 {
+    mode.and_then(|m| u32::try_from(m).ok())
+        .map_or(0o644, |m| m & 0o777)
+}
+
+/// What a kubelet does to a volume for a pod with `fsGroup`: group
+/// ownership, group read (and write for writable volumes), setgid dirs.
+pub(super) fn apply_fs_group(dir: &Path, gid: u32, writable: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(dir, None, Some(gid))
+        .with_context(|| format!("chgrp {}", dir.display()))?;
+    let mut mode = meta.mode() & 0o7777;
+    if meta.is_dir() {
+        mode |= if writable { 0o2770 } else { 0o2550 };
+    } else {
+        mode |= if writable { 0o660 } else { 0o440 };
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+            apply_fs_group(&entry?.path(), gid, writable)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_file(dir: &Path, rel: &str, content: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let rel = Path::new(rel);
@@ -207,11 +322,13 @@ fn write_file(dir: &Path, rel: &str, content: &[u8]) -> anyhow::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
     f.write_all(content)
-        .with_context(|| format!("write {}", path.display()))
+        .with_context(|| format!("write {}", path.display()))?;
+    // The umask must not narrow what the pod spec asked for.
+    super::sandbox::set_mode(&path, mode)
 }
 
 /// A container's mounts: in-pod path → local path, longest first so nested
@@ -299,9 +416,9 @@ mod tests {
     #[test]
     fn write_file_refuses_escaping_paths() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(write_file(dir.path(), "../x", b"1").is_err());
-        assert!(write_file(dir.path(), "/etc/x", b"1").is_err());
-        write_file(dir.path(), "a/b", b"1").unwrap();
+        assert!(write_file(dir.path(), "../x", b"1", 0o644).is_err());
+        assert!(write_file(dir.path(), "/etc/x", b"1", 0o644).is_err());
+        write_file(dir.path(), "a/b", b"1", 0o644).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/b")).unwrap(), b"1");
     }
 }

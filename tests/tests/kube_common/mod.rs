@@ -88,6 +88,7 @@ pub async fn cluster() -> Cluster {
             images,
             hook: Some(hook),
             root: cp.dir().join("kubelet"),
+            sandbox: None,
         },
     )
     .await

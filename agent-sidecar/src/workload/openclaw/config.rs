@@ -39,7 +39,7 @@ pub struct InitArgs {
     #[arg(
         id = "openclaw-port",
         long = "openclaw-port",
-        env = "CLAWSWARM_OPENCLAW_PORT",
+        env = "CLAWSWARM_WORKLOAD_PORT",
         default_value_t = 18789
     )]
     pub gateway_port: u16,
@@ -72,14 +72,25 @@ pub struct InitArgs {
     )]
     pub utility_model: Option<String>,
     /// File with the token OpenClaw sends on cron webhooks to the sidecar;
-    /// created with a random token when missing.
+    /// created with a random token when missing. Relative to the sidecar's
+    /// data dir (`CLAWSWARM_DATA_DIR`).
     #[arg(
         id = "cron-webhook-token-file",
         long = "cron-webhook-token-file",
         env = "CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE",
-        default_value = "/data/sidecar/cron-webhook-token"
+        default_value = "cron-webhook-token"
     )]
     pub webhook_token_file: PathBuf,
+    /// The agent's first config (the template's base config, mounted from
+    /// its ConfigMap); the built-in base config when the file is absent.
+    /// Read on first run only: afterwards the config is the person's.
+    #[arg(
+        id = "openclaw-seed-config",
+        long = "openclaw-seed-config",
+        env = "CLAWSWARM_OPENCLAW_SEED_CONFIG",
+        default_value = "/etc/clawswarm/workload/openclaw.json"
+    )]
+    pub seed_config: PathBuf,
     /// The `openclaw` CLI; when set, the config is checked with
     /// `openclaw config validate --json` before it is installed.
     #[arg(
@@ -99,6 +110,7 @@ impl fmt::Debug for InitArgs {
             .field("provider_api", &self.provider_api)
             .field("model_proxy_url", &self.model_proxy_url)
             .field("webhook_token_file", &self.webhook_token_file)
+            .field("seed_config", &self.seed_config)
             .field("openclaw_bin", &self.openclaw_bin)
             .finish()
     }
@@ -161,6 +173,17 @@ impl InitError {
     }
 }
 
+impl InitArgs {
+    /// Relative paths are the sidecar data dir's.
+    pub fn resolved(&self, data_dir: &Path) -> Self {
+        let mut out = self.clone();
+        if out.webhook_token_file.is_relative() {
+            out.webhook_token_file = data_dir.join(&self.webhook_token_file);
+        }
+        out
+    }
+}
+
 /// Seed or update OpenClaw's config; see the module docs.
 pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
     let path = &args.config_path;
@@ -183,7 +206,10 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
     let seeded = existing.is_none();
     let (old_text, mut cfg) = match existing {
         Some((text, value)) => (Some(text), value),
-        None => (None, baseline::seed(&args.primary_model)),
+        None => match read_config(&args.seed_config)? {
+            Some((_, seed)) => (None, seed),
+            None => (None, baseline::seed(&args.primary_model)),
+        },
     };
     let mut overridden = baseline::enforce(&mut cfg);
     overridden.extend(baseline::apply_sidecar(&mut cfg, &settings));

@@ -14,6 +14,7 @@ fn args(dir: &Path) -> InitArgs {
         model_proxy_url: "http://127.0.0.1:18790".into(),
         utility_model: None,
         webhook_token_file: dir.join("sidecar").join("cron-webhook-token"),
+        seed_config: dir.join("template").join("openclaw.json"),
         openclaw_bin: None,
     }
 }
@@ -191,4 +192,41 @@ fn the_pinned_openclaw_accepts_what_init_writes() {
     std::fs::write(&a.config_path, r#"{ tools: { elevated: { enabled: true } }, skills: { entries: { weather: { enabled: true } } } }"#).unwrap();
     let report = init(&a).unwrap();
     assert!(report.validated && report.written);
+}
+
+#[test]
+fn first_run_starts_from_the_templates_seed_and_later_runs_ignore_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = args(dir.path());
+    std::fs::create_dir_all(a.seed_config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &a.seed_config,
+        "{ agents: { defaults: { workspace: '/data/workspace' } }, tools: { elevated: { enabled: true } } }",
+    )
+    .unwrap();
+    assert!(init(&a).unwrap().seeded);
+    let cfg = read(&a.config_path);
+    assert_eq!(cfg["agents"]["defaults"]["workspace"], "/data/workspace");
+    // The baseline still wins over the seed.
+    assert_eq!(cfg["tools"]["elevated"]["enabled"], false);
+    std::fs::write(
+        &a.seed_config,
+        "{ agents: { defaults: { workspace: '/elsewhere' } } }",
+    )
+    .unwrap();
+    assert!(!init(&a).unwrap().seeded);
+    assert_eq!(
+        read(&a.config_path)["agents"]["defaults"]["workspace"],
+        "/data/workspace"
+    );
+}
+
+#[test]
+fn relative_token_files_live_in_the_sidecars_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.webhook_token_file = "cron-webhook-token".into();
+    let a = a.resolved(&dir.path().join("sidecar-data"));
+    init(&a).unwrap();
+    assert!(dir.path().join("sidecar-data/cron-webhook-token").is_file());
 }

@@ -115,7 +115,7 @@ impl OpenClawArgs {
             (None, Some(t)) => t.clone(),
             (None, None) => {
                 return Err(WorkloadError::NotConfigured(
-                    "set CLAWSWARM_OPENCLAW_TOKEN_FILE or CLAWSWARM_OPENCLAW_TOKEN to the gateway's bearer token".into(),
+                    "set CLAWSWARM_OPENCLAW_TOKEN_FILE, CLAWSWARM_OPENCLAW_TOKEN or CLAWSWARM_WORKLOAD_TOKEN to the gateway's bearer token".into(),
                 ));
             }
         };

@@ -60,20 +60,21 @@ pub struct NoticesArgs {
         default_value = "127.0.0.1:18791"
     )]
     pub listen: SocketAddr,
-    /// Where forwarded runs are remembered (the agent's data dir).
+    /// Where forwarded runs are remembered; relative to CLAWSWARM_DATA_DIR.
     #[arg(
         id = "notices-state-file",
         long = "notices-state-file",
         env = "CLAWSWARM_NOTICES_STATE_FILE",
-        default_value = "/data/sidecar/notices.json"
+        default_value = "notices.json"
     )]
     pub state_file: PathBuf,
-    /// The token OpenClaw sends on webhooks (written by `init`).
+    /// The token OpenClaw sends on webhooks (written by `init`); relative to
+    /// CLAWSWARM_DATA_DIR.
     #[arg(
         id = "notices-webhook-token-file",
         long = "notices-webhook-token-file",
         env = "CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE",
-        default_value = "/data/sidecar/cron-webhook-token"
+        default_value = "cron-webhook-token"
     )]
     pub webhook_token_file: PathBuf,
     /// Seconds between reconciliations from the run history (and job sweeps).

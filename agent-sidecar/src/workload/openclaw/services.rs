@@ -3,7 +3,7 @@
 //! flattens [`OpenClawServiceArgs`] into its run config and calls [`start`]
 //! when `CLAWSWARM_WORKLOAD=openclaw`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,36 @@ pub struct OpenClawServiceArgs {
     pub model_proxy: ModelProxyArgs,
     #[command(flatten)]
     pub notices: NoticesArgs,
+}
+
+impl OpenClawServiceArgs {
+    /// Fill in what the generic workload settings already say: relative
+    /// state files live in the sidecar's data dir, and the workload's bearer
+    /// token and URL (`CLAWSWARM_WORKLOAD_TOKEN`/`_URL`, which the Kubernetes
+    /// runtime sets for every adapter) serve when no OpenClaw-specific
+    /// setting is given.
+    pub fn resolved(&self, data_dir: &Path, workload: &crate::config::WorkloadArgs) -> Self {
+        let mut out = self.clone();
+        let under = |p: &Path| {
+            if p.is_relative() {
+                data_dir.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        out.model_proxy.usage_file = under(&self.model_proxy.usage_file);
+        out.notices.state_file = under(&self.notices.state_file);
+        out.notices.webhook_token_file = under(&self.notices.webhook_token_file);
+        if out.gateway.token.is_none() && out.gateway.token_file.is_none() {
+            out.gateway.token = workload.token.clone();
+        }
+        if out.gateway.url == super::DEFAULT_BASE_URL
+            && let Some(url) = &workload.url
+        {
+            out.gateway.url = url.clone();
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +192,7 @@ mod tests {
         #[derive(clap::Parser)]
         struct Init {
             #[command(flatten)]
-            init: super::super::config::InitArgs,
+            init: crate::config::InitCommand,
         }
         Init::command().debug_assert();
     }

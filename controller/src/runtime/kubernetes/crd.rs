@@ -184,9 +184,16 @@ pub struct WorkloadSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
-    /// Model name the sidecar asks the workload for.
+    /// The agent's model (`provider/model` for OpenClaw): the sidecar asks
+    /// the workload for it, and `init` configures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Environment variable that gives the workload its per-agent bearer
+    /// token (a Secret the controller makes for each agent); the sidecar
+    /// presents the same token (`CLAWSWARM_WORKLOAD_TOKEN`). Unset: the
+    /// workload is not given the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,11 +202,13 @@ pub struct WorkloadSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
     /// ConfigMap with the role's base workload configuration, mounted
-    /// read-only at /etc/clawswarm/workload.
+    /// read-only at /etc/clawswarm/workload in the workload container and
+    /// in `init`, which seeds the agent's own config from it on first start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
-    /// Writable paths the workload needs besides /data and /tmp (the root
-    /// filesystem is read-only); each gets an emptyDir.
+    /// Writable paths the workload needs besides /data (its part of the
+    /// agent's volume) and /tmp (the root filesystem is read-only); each
+    /// gets an emptyDir.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writable_paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -102,16 +102,25 @@ impl Offboarding {
     }
 
     /// Read the key from a file (trailing newline ignored); empty keys are refused.
-    pub fn key_from_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-        let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let key: Vec<u8> = raw.trim_ascii_end().to_vec();
+    /// The key in `path`; `None` when the file is absent or empty (the
+    /// shipped Secret leaves it empty: off-boarding is then off).
+    pub fn key_from_file(path: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
+        let raw = match std::fs::read(path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let key: Vec<u8> = raw.trim_ascii().to_vec();
+        if key.is_empty() {
+            return Ok(None);
+        }
         if key.len() < 16 {
             return Err(format!(
                 "{}: the off-boarding key must be at least 16 bytes",
                 path.display()
             ));
         }
-        Ok(key)
+        Ok(Some(key))
     }
 
     /// The routes to merge into the controller's HTTP server.
@@ -300,8 +309,17 @@ mod tests {
         assert!(Offboarding::key_from_file(&p).is_err());
         std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
         assert_eq!(
-            Offboarding::key_from_file(&p).unwrap(),
-            b"0123456789abcdef0123"
+            Offboarding::key_from_file(&p).unwrap().as_deref(),
+            Some(&b"0123456789abcdef0123"[..])
         );
+    }
+
+    #[test]
+    fn an_absent_or_empty_key_turns_the_webhook_off_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        assert_eq!(Offboarding::key_from_file(&p).unwrap(), None);
+        std::fs::write(&p, "\n").unwrap();
+        assert_eq!(Offboarding::key_from_file(&p).unwrap(), None);
     }
 }

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
     PodSecurityContext, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecretEnvSource, SecurityContext, ServiceAccountTokenProjection, Volume,
-    VolumeMount, VolumeProjection, VolumeResourceRequirements,
+    SeccompProfile, Secret, SecretEnvSource, SecretKeySelector, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -24,7 +25,16 @@ pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const COMPONENT_AGENT: &str = "agent";
 
+/// The workload's part of the agent's volume (subPath [`WORKLOAD_SUBPATH`]).
 pub const DATA_MOUNT: &str = "/data";
+/// The sidecar's part (subPath [`SIDECAR_SUBPATH`]): usage ledger, notice
+/// outbox, tokens. Never mounted into the workload container, whose agent
+/// runs tools and must not reach them.
+pub const SIDECAR_DATA_MOUNT: &str = "/var/lib/clawswarm";
+pub const WORKLOAD_SUBPATH: &str = "workload";
+pub const SIDECAR_SUBPATH: &str = "sidecar";
+/// The per-agent Secret holding the workload's bearer token under this key.
+pub const WORKLOAD_TOKEN_KEY: &str = "token";
 pub const TOKEN_DIR: &str = "/var/run/secrets/clawswarm/identity";
 pub const TOKEN_FILE: &str = "/var/run/secrets/clawswarm/identity/token";
 pub const TRUST_DIR: &str = "/etc/clawswarm/trust";
@@ -61,6 +71,49 @@ pub struct PodSettings {
 
 pub fn volume_claim_name(agent: &str) -> String {
     format!("{agent}-data")
+}
+
+/// The Secret with the agent's workload bearer token (see [`build_workload_secret`]).
+pub fn workload_secret_name(agent: &str) -> String {
+    format!("{agent}-workload")
+}
+
+/// A fresh per-agent bearer token for the sidecar → workload hop. Owned by
+/// the Agent (garbage-collected with it); created once, never rewritten, so
+/// a running pod's token stays valid.
+pub fn build_workload_secret(agent: &Agent) -> Secret {
+    let name = agent.name_any();
+    let token: [u8; 32] = rand::random();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(workload_secret_name(&name)),
+            namespace: agent.namespace(),
+            labels: Some(agent_labels(&name)),
+            owner_references: owner_ref(agent).map(|o| vec![o]),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            WORKLOAD_TOKEN_KEY.to_string(),
+            hex::encode(token),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    }
+}
+
+fn workload_token_env(agent: &str, env_name: &str) -> EnvVar {
+    EnvVar {
+        name: env_name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: workload_secret_name(agent),
+                key: WORKLOAD_TOKEN_KEY.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
 }
 
 pub fn agent_labels(agent: &str) -> BTreeMap<String, String> {
@@ -137,6 +190,14 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.into(),
         read_only: read_only.then_some(true),
         ..Default::default()
+    }
+}
+
+/// One part of the agent's volume.
+fn data_part(sub_path: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        sub_path: Some(sub_path.into()),
+        ..mount("data", path, false)
     }
 }
 
@@ -231,8 +292,12 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         },
     ];
     let mut workload_mounts = vec![
-        mount("data", DATA_MOUNT, false),
+        data_part(WORKLOAD_SUBPATH, DATA_MOUNT),
         mount("tmp", "/tmp", false),
+    ];
+    let mut init_mounts = vec![
+        data_part(WORKLOAD_SUBPATH, DATA_MOUNT),
+        data_part(SIDECAR_SUBPATH, SIDECAR_DATA_MOUNT),
     ];
     if let Some(cm) = &w.config_map {
         volumes.push(Volume {
@@ -244,6 +309,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             ..Default::default()
         });
         workload_mounts.push(mount("workload-config", WORKLOAD_CONFIG_DIR, true));
+        init_mounts.push(mount("workload-config", WORKLOAD_CONFIG_DIR, true));
     }
     for (i, path) in w.writable_paths.iter().enumerate() {
         let vol = format!("writable-{i}");
@@ -257,6 +323,9 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         env("CLAWSWARM_AGENT", format!("{ns}/{name}")),
         env("CLAWSWARM_WORKLOAD_PORT", w.port.to_string()),
     ];
+    if let Some(token_env) = &w.token_env {
+        workload_env.push(workload_token_env(&name, token_env));
+    }
     workload_env.extend(w.env.iter().cloned());
     let workload = Container {
         name: "workload".into(),
@@ -282,7 +351,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             s.controller_namespace.clone(),
         ),
         env("CLAWSWARM_TOKEN_FILE", TOKEN_FILE),
-        env("CLAWSWARM_DATA_DIR", format!("{DATA_MOUNT}/sidecar")),
+        env("CLAWSWARM_DATA_DIR", SIDECAR_DATA_MOUNT),
         env("CLAWSWARM_RUN_DIR", "/run/clawswarm"),
         env(
             "CLAWSWARM_HTTP_ADDR",
@@ -293,6 +362,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             "CLAWSWARM_WORKLOAD_URL",
             format!("http://127.0.0.1:{}", w.port),
         ),
+        workload_token_env(&name, "CLAWSWARM_WORKLOAD_TOKEN"),
         EnvVar {
             name: "CLAWSWARM_POD_NAME".into(),
             value: None,
@@ -340,7 +410,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             ..Default::default()
         }]),
         volume_mounts: Some(vec![
-            mount("data", DATA_MOUNT, false),
+            data_part(SIDECAR_SUBPATH, SIDECAR_DATA_MOUNT),
             mount("sidecar-run", "/run/clawswarm", false),
             mount("identity", TOKEN_DIR, true),
             mount("trust", TRUST_DIR, true),
@@ -355,16 +425,25 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         security_context: Some(hardened()),
         ..Default::default()
     };
+    // `clawswarm-sidecar init` prepares the workload's part of the volume
+    // from the template (for OpenClaw: seed the config, enforce the
+    // baseline) and the sidecar's part; it alone sees both.
+    let mut init_env = vec![
+        env("CLAWSWARM_AGENT", format!("{ns}/{name}")),
+        env("CLAWSWARM_DATA_DIR", SIDECAR_DATA_MOUNT),
+        env("CLAWSWARM_WORKLOAD", w.adapter.clone()),
+        env("CLAWSWARM_WORKLOAD_PORT", w.port.to_string()),
+    ];
+    if let Some(model) = &w.model {
+        init_env.push(env("CLAWSWARM_MODEL", model.clone()));
+    }
     let init = Container {
         name: "init".into(),
         image: Some(s.sidecar_image.clone()),
         image_pull_policy: s.image_pull_policy.clone(),
         args: Some(vec!["init".into()]),
-        env: Some(vec![
-            env("CLAWSWARM_AGENT", format!("{ns}/{name}")),
-            env("CLAWSWARM_DATA_DIR", DATA_MOUNT),
-        ]),
-        volume_mounts: Some(vec![mount("data", DATA_MOUNT, false)]),
+        env: Some(init_env),
+        volume_mounts: Some(init_mounts),
         resources: Some(small_resources()),
         security_context: Some(hardened()),
         ..Default::default()

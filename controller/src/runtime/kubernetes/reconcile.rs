@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -623,7 +623,24 @@ async fn create_pod(
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
+    ensure_workload_secret(agent, ctx, &pp).await?;
     Ok(api.create(&pp, &pod).await?)
+}
+
+/// The agent's workload token Secret, made once before its first pod. Only
+/// created, never read back (the controller needs no `get` on Secrets): an
+/// existing one is kept, so a running workload's token stays valid.
+async fn ensure_workload_secret(
+    agent: &Agent,
+    ctx: &Context,
+    pp: &PostParams,
+) -> Result<(), ReconcileError> {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace);
+    match api.create(pp, &pod::build_workload_secret(agent)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), ReconcileError> {

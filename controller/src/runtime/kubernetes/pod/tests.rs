@@ -137,3 +137,85 @@ fn spec_hash_changes_with_the_template_and_is_stable_otherwise() {
     let c = build_pod(&agent(), &changed, &settings());
     assert_ne!(pod_spec_hash(&a), pod_spec_hash(&c));
 }
+
+fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+        .unwrap()
+}
+
+fn data_mounts(c: &Container) -> Vec<(String, String)> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name == "data")
+        .map(|m| (m.sub_path.clone().unwrap_or_default(), m.mount_path.clone()))
+        .collect()
+}
+
+#[test]
+fn the_workload_mounts_its_own_part_of_the_volume_and_never_the_sidecars() {
+    let pod = build_pod(&agent(), &template(), &settings());
+    assert_eq!(
+        data_mounts(container(&pod, "workload")),
+        [(WORKLOAD_SUBPATH.to_string(), DATA_MOUNT.to_string())]
+    );
+    assert_eq!(
+        data_mounts(container(&pod, "sidecar")),
+        [(SIDECAR_SUBPATH.to_string(), SIDECAR_DATA_MOUNT.to_string())]
+    );
+    // init prepares both parts, from the template's config.
+    let mut mounts = template();
+    mounts.workload.config_map = Some("base".into());
+    let pod = build_pod(&agent(), &mounts, &settings());
+    let init = container(&pod, "init");
+    assert_eq!(data_mounts(init).len(), 2);
+    assert!(
+        init.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == WORKLOAD_CONFIG_DIR && m.read_only == Some(true))
+    );
+    let env: Vec<&str> = init.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(env.contains(&"CLAWSWARM_DATA_DIR") && env.contains(&"CLAWSWARM_WORKLOAD"));
+}
+
+#[test]
+fn workload_and_sidecar_share_the_agents_own_token_secret() {
+    let mut tpl = template();
+    tpl.workload.token_env = Some("OPENCLAW_GATEWAY_TOKEN".into());
+    let pod = build_pod(&agent(), &tpl, &settings());
+    let secret_of = |c: &Container, var: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| (s.name.clone(), s.key.clone()))
+    };
+    let want = Some((
+        workload_secret_name("alice"),
+        WORKLOAD_TOKEN_KEY.to_string(),
+    ));
+    assert_eq!(
+        secret_of(container(&pod, "workload"), "OPENCLAW_GATEWAY_TOKEN"),
+        want
+    );
+    assert_eq!(
+        secret_of(container(&pod, "sidecar"), "CLAWSWARM_WORKLOAD_TOKEN"),
+        want
+    );
+    let secret = build_workload_secret(&agent());
+    assert_eq!(secret.metadata.owner_references.unwrap()[0].kind, "Agent");
+    let token = &secret.string_data.unwrap()[WORKLOAD_TOKEN_KEY];
+    assert_eq!(token.len(), 64);
+    assert_ne!(
+        token,
+        &build_workload_secret(&agent()).string_data.unwrap()[WORKLOAD_TOKEN_KEY],
+        "fresh per agent"
+    );
+}
