@@ -235,5 +235,28 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         !sidecar_view.contains("sidecar-probe"),
         "the workload's part is not the sidecar's: {sidecar_view}"
     );
+
+    // An admin on the cluster uses the CLI in the leader's pod, with the
+    // admin certificate the controller keeps in its state dir (docs/kubernetes.md).
+    let cli = install
+        .kubelet
+        .exec(
+            &ctl_name,
+            "controller",
+            &[
+                "/usr/local/bin/clawswarm",
+                "agents",
+                "--gateway",
+                "https://127.0.0.1:7443",
+                "list",
+            ],
+        )
+        .await?;
+    let listed = String::from_utf8_lossy(&cli.stdout).into_owned();
+    assert!(
+        listed.contains(&agent_name) && listed.contains(ALICE),
+        "{listed}\n{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     Ok(())
 }

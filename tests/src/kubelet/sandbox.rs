@@ -497,7 +497,14 @@ impl ContainerSandbox {
                 "[ -d \"$R{hidden}\" ] && mount -t tmpfs -o mode=1777 tmpfs \"$R{hidden}\" || true"
             );
         }
-        let mut binds = self.binds.clone();
+        let mut binds: Vec<Bind> = self
+            .binds
+            .iter()
+            .map(|b| Bind {
+                container: resolve_in_root(&b.container),
+                ..b.clone()
+            })
+            .collect();
         binds.sort_by_key(|b| b.container.matches('/').count());
         for bind in &binds {
             let dest = format!("\"$R\"{}", q(&bind.container));
@@ -553,6 +560,44 @@ impl ContainerSandbox {
     }
 }
 
+/// `path` with symlinks resolved as they are inside the container's root
+/// (the host's, under the overlay): `/var/run/x` is `/run/x` on Debian. A
+/// bind onto the unresolved path would follow an absolute link out of the
+/// root before the container's `chroot`.
+fn resolve_in_root(path: &str) -> String {
+    let mut out = PathBuf::from("/");
+    let mut rest: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    rest.reverse();
+    let mut hops = 0;
+    while let Some(part) = rest.pop() {
+        let next = out.join(&part);
+        match std::fs::read_link(&next) {
+            Ok(target) if hops < 32 => {
+                hops += 1;
+                if target.is_absolute() {
+                    out = PathBuf::from("/");
+                }
+                let parts: Vec<String> = target
+                    .to_string_lossy()
+                    .split('/')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                rest.extend(parts.into_iter().rev());
+            }
+            _ if part == ".." => {
+                out.pop();
+            }
+            _ => out = next,
+        }
+    }
+    out.display().to_string()
+}
+
 /// Single-quote for sh.
 fn q(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -591,6 +636,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_targets_follow_the_roots_own_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
+        let through = format!("{}/link/x", dir.path().display());
+        assert_eq!(resolve_in_root(&through), format!("{}/x", dir.path().display()));
+        assert_eq!(resolve_in_root("/no/such/path"), "/no/such/path");
+    }
 
     #[test]
     fn quoting_survives_single_quotes_and_spaces() {

@@ -114,8 +114,10 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
             Some(Value::Array(blocks)) => blocks_text(blocks, &path)?,
             Some(c) => content_text(c, &path)?,
         };
-        if role == "user" {
-            last_user_text.clone_from(&text);
+        if role == "user"
+            && let Some(person) = super::person_text(&text)
+        {
+            last_user_text = person;
         }
         input_texts.push(text);
     }

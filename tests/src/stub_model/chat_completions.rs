@@ -69,7 +69,9 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, bool), B
             Some(c) => content_text(c, &format!("messages[{i}].content"))?,
         };
         if role == "user" {
-            last_user_text.clone_from(&text);
+            if let Some(person) = super::person_text(&text) {
+                last_user_text = person;
+            }
         }
         input_texts.push(text);
     }

@@ -110,6 +110,31 @@ impl Default for StubConfig {
     }
 }
 
+/// What the person wrote in a user message: the text without the context
+/// blocks OpenClaw wraps in `<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>` …
+/// `<<<END_OPENCLAW_INTERNAL_CONTEXT>>>` (it sends "Active exec sessions" as
+/// a user message of its own when `exec` is allowed). `None` when nothing
+/// else is left: that message is not the person's, and directives are read
+/// from the person's last one.
+pub(crate) fn person_text(text: &str) -> Option<String> {
+    const BEGIN: &str = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>";
+    const END: &str = "<<<END_OPENCLAW_INTERNAL_CONTEXT>>>";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(END) {
+            Some(end) => rest = &rest[start + end + END.len()..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    let out = out.trim();
+    (!out.is_empty()).then(|| out.to_string())
+}
+
 /// State shared by all handlers.
 pub(crate) struct Shared {
     config: StubConfig,

@@ -350,6 +350,25 @@ async fn anthropic_non_stream_returns_message_and_reads_tool_result_text() {
 }
 
 #[tokio::test]
+async fn directives_come_from_the_persons_message_not_openclaws_context_blocks() {
+    let stub = stub().await;
+    let (status, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        json!({"model": "c", "max_tokens": 5, "messages": [
+            {"role": "user", "content": "[chunks=2] hi"},
+            {"role": "user", "content": "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>\nActive exec sessions:\nnone\n<<<END_OPENCLAW_INTERNAL_CONTEXT>>>"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["content"][0]["text"], "w0 w1 ");
+    assert_eq!(stub.requests()[0].last_user_text, "[chunks=2] hi");
+    assert_eq!(person_text("a <<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>x<<<END_OPENCLAW_INTERNAL_CONTEXT>>> b").as_deref(), Some("a  b"));
+}
+
+#[tokio::test]
 async fn delay_directive_paces_chunks_and_chunk_delay_config_is_the_default() {
     let stub = StubModel::start(StubConfig {
         chunk_delay: Duration::from_millis(20),
