@@ -707,7 +707,7 @@ mod tests {
     fn a_new_pod_waits_for_a_terminating_one_on_the_same_claim() {
         let old = pod_on("alice-old", "alice-data", true);
         assert_eq!(
-            terminating_on_claim(&[old.clone()], "alice-data").as_deref(),
+            terminating_on_claim(std::slice::from_ref(&old), "alice-data").as_deref(),
             Some("alice-old")
         );
         // Another claim, or a pod not terminating, does not block.
