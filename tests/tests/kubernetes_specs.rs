@@ -428,3 +428,69 @@ async fn a_second_agent_of_one_owner_is_flagged_and_routing_picks_the_oldest() {
     );
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_may_update_only_the_leader_label_of_its_own_pods() {
+    let c = cluster().await;
+    let pods = Api::<Pod>::namespaced(c.cp.admin(), NS);
+    let own: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "controller-a", "labels": { "app.kubernetes.io/name": "clawswarm-controller" } },
+        "spec": {
+            "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{ "name": "c", "image": "example.invalid/controller:1",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } } }],
+        },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &own).await.unwrap();
+    impostor(&c, "agent-like", "clawswarm-agent").await;
+    let sa =
+        c.cp.client_for_service_account(NS, "clawswarm-controller")
+            .await
+            .unwrap();
+    let as_controller = Api::<Pod>::namespaced(sa, NS);
+    let label =
+        |key: &str, value: &str| serde_json::json!({ "metadata": { "labels": { key: value } } });
+    let patch = |name: &'static str, body: serde_json::Value| {
+        let api = as_controller.clone();
+        async move {
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+        }
+    };
+    // The policy takes effect shortly after it is applied: wait for a refusal.
+    tokio::time::timeout(WAIT, async {
+        while patch("controller-a", label("app.kubernetes.io/component", "x"))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the controller changed another label of its pod");
+    for (pod, body) in [
+        ("agent-like", label("clawswarm.dev/leader", "true")),
+        ("agent-like", label("clawswarm.dev/agent", "bob")),
+        (
+            "controller-a",
+            serde_json::json!({ "metadata": { "annotations": { "a": "b" } } }),
+        ),
+    ] {
+        let err = patch(pod, body.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(e) if e.message.contains("clawswarm-controller")),
+            "{pod} {body}: {err:?}"
+        );
+    }
+    // What the leader needs still works: set and remove its label.
+    patch("controller-a", label("clawswarm.dev/leader", "true"))
+        .await
+        .unwrap();
+    patch(
+        "controller-a",
+        serde_json::json!({ "metadata": { "labels": { "clawswarm.dev/leader": null } } }),
+    )
+    .await
+    .unwrap();
+}
