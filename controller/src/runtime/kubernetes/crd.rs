@@ -212,8 +212,9 @@ pub struct WorkloadSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Labels added to the agent pods (e.g. for NetworkPolicies per role).
-    /// Keys the controller selects by (`clawswarm.dev/*`,
-    /// `app.kubernetes.io/{name,instance,component,part-of,managed-by}`) are refused.
+    /// Keys the controller sets or selects by (`clawswarm.dev/*` but
+    /// `clawswarm.dev/role`, `app.kubernetes.io/{name,instance,component,part-of,managed-by}`)
+    /// are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "maxProperties" = 64,

@@ -20,7 +20,7 @@ use super::crd::{Agent, AgentTemplateSpec};
 /// Label keys a template's `podLabels` may not set: the controller's own
 /// domain and the `app.kubernetes.io` keys its Services, NetworkPolicies
 /// and PodMonitor select by. The CEL rule on the CRD says the same
-/// ([`RESERVED_LABELS_RULE`]); a unit test keeps the two in step.
+/// ([`RESERVED_LABELS_RULE`]); the API server tier tests it.
 pub const RESERVED_LABEL_KEYS: &[&str] = &[
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -28,15 +28,20 @@ pub const RESERVED_LABEL_KEYS: &[&str] = &[
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 ];
-/// Every key in this domain (or a subdomain of it) is the controller's.
+/// Every key in this domain (or a subdomain of it) is the controller's ...
 pub const RESERVED_LABEL_DOMAIN: &str = "clawswarm.dev";
+/// ... but the role label, which templates set for per-role NetworkPolicies
+/// and nothing of the controller selects by.
+pub const ROLE_LABEL: &str = "clawswarm.dev/role";
 
 /// The CEL rule on `AgentTemplate.spec.workload.podLabels`.
-pub const RESERVED_LABELS_RULE: &str = "self.all(k, !k.matches('^([a-z0-9.-]*[.])?clawswarm[.]dev/') \
+pub const RESERVED_LABELS_RULE: &str = "self.all(k, k == 'clawswarm.dev/role' \
+     || (!k.matches('^([a-z0-9.-]*[.])?clawswarm[.]dev/') \
      && !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', \
-     'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']))";
+     'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by'])))";
 pub const RESERVED_LABELS_MESSAGE: &str = "podLabels may not set reserved keys: clawswarm.dev/* \
-     and app.kubernetes.io/{name,instance,component,part-of,managed-by} belong to the controller";
+     (but clawswarm.dev/role) and app.kubernetes.io/{name,instance,component,part-of,managed-by} \
+     belong to the controller";
 
 /// The CEL rule on an Agent's `metadata.name`: it must be an agent id
 /// (a DNS-1123 label, see `clawswarm_certs::AgentId`).
@@ -130,6 +135,9 @@ pub fn template(tpl: &AgentTemplateSpec) -> Result<(), SpecError> {
 
 /// `true` for label keys only the controller may set.
 pub fn is_reserved_label(key: &str) -> bool {
+    if key == ROLE_LABEL {
+        return false;
+    }
     let prefix = key.split_once('/').map(|(p, _)| p);
     RESERVED_LABEL_KEYS.contains(&key)
         || prefix.is_some_and(|p| {
@@ -142,7 +150,7 @@ fn pod_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), Spec
         if is_reserved_label(k) {
             return Err(SpecError::new(
                 format!("{field}[{k}]"),
-                "reserved for the controller (clawswarm.dev/* and app.kubernetes.io/{name,instance,component,part-of,managed-by})",
+                "reserved for the controller (clawswarm.dev/* but clawswarm.dev/role, and app.kubernetes.io/{name,instance,component,part-of,managed-by})",
             ));
         }
         if !is_label_key(k) {

@@ -129,6 +129,10 @@ fn reserved_and_malformed_pod_labels_are_refused() {
     t.workload
         .pod_labels
         .insert("notclawswarm.dev/x".into(), "".into());
+    // The shipped templates' role label.
+    t.workload
+        .pod_labels
+        .insert("clawswarm.dev/role".into(), "engineer".into());
     template(&t).unwrap();
 }
 
@@ -148,6 +152,8 @@ fn the_crd_rule_names_every_reserved_key() {
         assert!(RESERVED_LABELS_RULE.contains(key), "{key}");
     }
     assert!(RESERVED_LABELS_RULE.contains("clawswarm[.]dev/"));
+    assert!(RESERVED_LABELS_RULE.contains(ROLE_LABEL));
+    assert!(!is_reserved_label(ROLE_LABEL));
 }
 
 #[test]
