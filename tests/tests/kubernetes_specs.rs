@@ -355,14 +355,25 @@ async fn deleting_the_template_keeps_its_delete_retention() {
         .delete("scratch", &DeleteParams::default())
         .await
         .unwrap();
-    wait_agent(
-        &c,
-        "ivan",
-        has_reason("Ready", "TemplateNotFound"),
-        "ivan sees the template gone",
-    )
-    .await;
+    // The template watch and the runtime's template cache are separate
+    // informers: nudge ivan until the reconciler has seen the template gone.
     let agents = Api::<Agent>::namespaced(c.cp.admin(), NS);
+    let gone = has_reason("Ready", "TemplateNotFound");
+    tokio::time::timeout(WAIT, async {
+        for n in 0.. {
+            if gone(agents.get_opt("ivan").await.unwrap().as_ref()) {
+                return;
+            }
+            let nudge = serde_json::json!({ "metadata": { "annotations": { "test/nudge": n.to_string() } } });
+            agents
+                .patch("ivan", &PatchParams::default(), &Patch::Merge(&nudge))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("ivan never saw the template gone");
     let ivan = agents.get("ivan").await.unwrap();
     agents
         .delete("ivan", &DeleteParams::default())
