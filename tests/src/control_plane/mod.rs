@@ -509,6 +509,10 @@ fn spawn_apiserver(
         ))
         .arg("--allow-privileged=true")
         .arg("--disable-admission-plugins=ServiceAccount")
+        // As on OpenShift and hardened clusters: owner references that block
+        // deletion need `update` on the owner's finalizers (the controller's
+        // RBAC must not rely on it being off).
+        .arg("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
         .arg("--v=1");
     Supervised::spawn("kube-apiserver", cmd, &dir.join("kube-apiserver.log"))
 }

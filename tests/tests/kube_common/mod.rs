@@ -264,3 +264,83 @@ pub async fn provision(rt: &KubernetesRuntime, name: &str, owner: &str, template
     .await
     .unwrap();
 }
+
+/// A condition predicate for [`wait_agent`]: condition `type_` has `reason`.
+pub fn has_reason(type_: &'static str, reason: &'static str) -> impl Fn(Option<&Agent>) -> bool {
+    move |a: Option<&Agent>| {
+        a.and_then(|a| a.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.reason == reason)
+        })
+    }
+}
+
+/// The message of `agent`'s condition `type_`.
+pub fn condition_message(a: &Agent, type_: &str) -> String {
+    a.status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// (reason, note) of every Event regarding the Agent `name`.
+pub async fn agent_events(c: &Cluster, name: &str) -> Vec<(String, String)> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.cp.admin(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Wait until an Event with `reason` regards the Agent `name`; its note.
+pub async fn wait_event(c: &Cluster, name: &str, reason: &str) -> String {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some((_, note)) = agent_events(c, name)
+                .await
+                .into_iter()
+                .find(|(r, _)| r == reason)
+            {
+                return note;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {reason} Event for {name}"))
+}
+
+/// Pods labelled for `agent` that are not terminating.
+pub async fn live_agent_pods(c: &Cluster, agent: &str) -> Vec<Pod> {
+    let lp = kube::api::ListParams::default().labels(&format!("clawswarm.dev/agent={agent}"));
+    Api::<Pod>::namespaced(c.cp.admin(), NS)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Create `agent` (owner, template) as the admin, bypassing the runtime's
+/// one-agent-per-owner check (as `kubectl apply` would).
+pub async fn create_agent(c: &Cluster, name: &str, owner: &str, template: &str) -> Agent {
+    let a: Agent = serde_json::from_value(serde_json::json!({
+        "apiVersion": "clawswarm.dev/v1alpha1", "kind": "Agent",
+        "metadata": { "name": name, "namespace": NS },
+        "spec": { "owner": owner, "template": template },
+    }))
+    .unwrap();
+    Api::<Agent>::namespaced(c.cp.admin(), NS)
+        .create(&PostParams::default(), &a)
+        .await
+        .unwrap()
+}

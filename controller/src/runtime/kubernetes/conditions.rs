@@ -21,8 +21,16 @@ pub mod reason {
     pub const SUSPENDED: &str = "Suspended";
     /// Ready=False: `spec.template` names no AgentTemplate.
     pub const TEMPLATE_NOT_FOUND: &str = "TemplateNotFound";
-    /// Ready=False: the template or agent is invalid (see message).
+    /// Ready=False: the template or agent is invalid (the message names the field).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Ready=False: an older Agent serves the same owner; this one gets no pod.
+    pub const DUPLICATE_OWNER: &str = "DuplicateOwner";
+    /// Ready=False: the previous pod is still terminating; the next one
+    /// waits for it (the volume is read-write-once).
+    pub const POD_TERMINATING: &str = "PodTerminating";
+    /// StorageReady=False, Ready=False: the existing claim holds another
+    /// owner's data (retained from an earlier Agent of this name); not mounted.
+    pub const VOLUME_OWNER_MISMATCH: &str = "VolumeOwnerMismatch";
     /// StorageReady=True: the claim exists.
     pub const VOLUME_CLAIMED: &str = "VolumeClaimed";
     /// StorageReady=False: the claim could not be created (see message).
@@ -43,4 +51,12 @@ pub mod event {
     pub const IDLE_SUSPENDED: &str = "IdleSuspended"; // [Suspend]
     pub const VOLUME_CLAIM_DELETED: &str = "VolumeClaimDeleted"; // [Cleanup]
     pub const VOLUME_CLAIM_RETAINED: &str = "VolumeClaimRetained"; // [Cleanup]
+    // Warnings, recorded once when the problem appears (not on every retry).
+    pub const INVALID_SPEC: &str = "InvalidSpec"; // [Validate]
+    pub const TEMPLATE_NOT_FOUND: &str = "TemplateNotFound"; // [Validate]
+    pub const DUPLICATE_OWNER: &str = "DuplicateOwner"; // [Validate]
+    pub const POD_CREATE_FAILED: &str = "PodCreateFailed"; // [CreatePod]
+    pub const VOLUME_OWNER_MISMATCH: &str = "VolumeOwnerMismatch"; // [CreateVolumeClaim]
+    pub const RETENTION_DEFAULTED: &str = "RetentionDefaulted"; // [Cleanup]
+    pub const CLEANUP_INCOMPLETE: &str = "CleanupIncomplete"; // [Cleanup]
 }

@@ -44,6 +44,8 @@ pub enum Retention {
     namespaced,
     status = "AgentStatus",
     shortname = "ag",
+    // The name is the agent id (SPIFFE id, label values, the claim's name).
+    validation = Rule::new(super::validate::AGENT_NAME_RULE).message(super::validate::AGENT_NAME_MESSAGE),
     category = "clawswarm",
     printcolumn(
         name = "Ready",
@@ -116,6 +118,10 @@ pub struct AgentStatus {
     /// Tokens used over the agent's life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TokenUsage>,
+    /// The volume retention in force (the Agent's, else its template's),
+    /// recorded so deletion honours it after the template is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -176,6 +182,7 @@ pub struct AgentTemplateSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
+    #[schemars(length(min = 1))]
     pub image: String,
     /// Sidecar adapter for this workload: `openclaw` or `responses`.
     #[serde(default = "default_adapter")]
@@ -214,7 +221,18 @@ pub struct WorkloadSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Labels added to the agent pods (e.g. for NetworkPolicies per role).
+    /// Keys the controller sets or selects by (`clawswarm.dev/*` but
+    /// `clawswarm.dev/role`, `app.kubernetes.io/{name,instance,component,part-of,managed-by}`)
+    /// are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "x-kubernetes-validations" = [{
+            "rule": super::validate::RESERVED_LABELS_RULE,
+            "message": super::validate::RESERVED_LABELS_MESSAGE,
+            "reason": "FieldValueForbidden",
+        }]
+    ))]
     pub pod_labels: BTreeMap<String, String>,
 }
 

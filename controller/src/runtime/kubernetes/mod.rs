@@ -7,6 +7,7 @@
 //! activity and token totals are all on the Agent objects, read through an
 //! informer cache that every replica keeps warm.
 
+mod cleanup;
 pub mod conditions;
 pub mod crd;
 mod idle;
@@ -19,6 +20,8 @@ pub mod reconcile;
 mod settings;
 mod status;
 pub mod tokenreview;
+pub mod validate;
+mod volume;
 
 pub use settings::{CommonSettings, KubernetesArgs, KubernetesError, build, default_client};
 
@@ -250,8 +253,11 @@ impl Inner {
             self.namespace.clone(),
             self.settings.clone(),
             self.recorder.clone(),
-            self.templates.clone(),
-            self.pods.clone(),
+            (
+                self.agents.clone(),
+                self.templates.clone(),
+                self.pods.clone(),
+            ),
             self.metrics.clone(),
         ));
         let reconciler =
@@ -389,12 +395,11 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn find_by_owner(&self, owner: &str) -> Result<Option<AgentRecord>, RuntimeError> {
-        Ok(self
-            .agents
-            .state()
-            .iter()
-            .filter(|a| a.spec.owner == owner && a.metadata.deletion_timestamp.is_none())
-            .find_map(|a| self.record(a)))
+        // Deterministic when two Agents share an owner: the one the
+        // reconciler lets run (the other is flagged `DuplicateOwner`).
+        let all = self.agents.state();
+        Ok(validate::primary_for_owner(all.iter().map(|a| &**a), owner)
+            .and_then(|a| self.record(a)))
     }
 
     async fn record_activity(&self, id: &AgentId) -> Result<(), RuntimeError> {

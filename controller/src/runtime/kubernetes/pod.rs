@@ -124,8 +124,14 @@ pub fn agent_labels(agent: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Controller reference without `blockOwnerDeletion`: setting it would need
+/// `update` on `agents/finalizers` where OwnerReferencesPermissionEnforcement
+/// runs, and the finalizer deletes the pods itself (docs/kubernetes.md#rbac).
 fn owner_ref(agent: &Agent) -> Option<OwnerReference> {
-    agent.controller_owner_ref(&())
+    agent.controller_owner_ref(&()).map(|o| OwnerReference {
+        block_owner_deletion: None,
+        ..o
+    })
 }
 
 /// The agent's volume. Deliberately not owned by the Agent: garbage

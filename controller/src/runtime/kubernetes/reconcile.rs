@@ -1,5 +1,6 @@
 //! The Agent reconciler: per Agent a volume claim, one Pod, status with
-//! conditions, Events, and a finalizer that cleans up per retention policy.
+//! conditions, Events, and a finalizer that cleans up per retention policy
+//! (see `cleanup`); bad input is refused first (see `validate`).
 //!
 //! Reads come from informer caches (Agents, AgentTemplates, agent Pods);
 //! the only live read is a labelled list before creating a pod, so a cache
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -21,10 +22,13 @@ use kube::{Api, Client, Resource as _, ResourceExt as _};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::cleanup::cleanup;
 use super::conditions::{event, reason};
 use super::crd::{Agent, AgentTemplate, AgentTemplateSpec, Mode, Phase, Retention};
 use super::pod::{self, COMPONENT_AGENT, LABEL_AGENT, LABEL_COMPONENT, PodSettings};
-use super::status::{Observed, write_status};
+use super::status::{Observed, without_generated_name, write_status};
+use super::validate;
+use super::volume::{self, ClaimState};
 
 pub const FINALIZER: &str = "clawswarm.dev/cleanup";
 pub const FIELD_MANAGER: &str = "clawswarm-controller";
@@ -32,6 +36,8 @@ pub const FIELD_MANAGER: &str = "clawswarm-controller";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Requeue while waiting for something (a template, a starting pod).
 const WAITING: Duration = Duration::from_secs(30);
+/// Requeue while the previous pod terminates (its deletion also wakes us).
+const TERMINATING_POLL: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -61,6 +67,7 @@ pub struct Context {
     pub namespace: String,
     pub settings: PodSettings,
     pub recorder: Recorder,
+    pub agents: Store<Agent>,
     pub templates: Store<AgentTemplate>,
     pub pods: Store<Pod>,
     failures: Mutex<HashMap<String, u32>>,
@@ -76,15 +83,16 @@ impl Context {
         namespace: String,
         settings: PodSettings,
         recorder: Recorder,
-        templates: Store<AgentTemplate>,
-        pods: Store<Pod>,
+        stores: (Store<Agent>, Store<AgentTemplate>, Store<Pod>),
         metrics: super::metrics::KubernetesMetrics,
     ) -> Self {
+        let (agents, templates, pods) = stores;
         Self {
             client,
             namespace,
             settings,
             recorder,
+            agents,
             templates,
             pods,
             failures: Mutex::new(HashMap::new()),
@@ -117,6 +125,17 @@ impl Context {
             .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
+    /// The retention of template `name`, if it exists.
+    pub(super) fn template_retention(&self, name: &str) -> Option<Retention> {
+        self.template(name).map(|t| t.spec.storage.retention)
+    }
+
+    /// Name of the Agent that serves `owner` (see [`validate::primary_for_owner`]).
+    fn primary_for_owner(&self, owner: &str) -> Option<String> {
+        let all = self.agents.state();
+        validate::primary_for_owner(all.iter().map(|a| &**a), owner).map(|a| a.name_any())
+    }
+
     /// Cached pods of `agent` (owned by this Agent object, any state).
     fn cached_pods(&self, agent: &Agent) -> Vec<Arc<Pod>> {
         let name = agent.name_any();
@@ -129,7 +148,7 @@ impl Context {
         })
     }
 
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         agent: &Agent,
         type_: EventType,
@@ -239,70 +258,130 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A problem that stops this Agent from getting a pod: every condition
+/// False with `reason`, an Event and a log line when it first appears.
+async fn refuse(
+    agent: &Agent,
+    ctx: &Context,
+    phase: Phase,
+    (reason, scheduled): (&'static str, &'static str),
+    event_reason: &str,
+    message: String,
+) -> Result<(), ReconcileError> {
+    let obs = Observed {
+        phase,
+        ready: (false, reason, message.clone()),
+        storage: (false, reason, message.clone()),
+        scheduled: (false, scheduled, message.clone()),
+        pod: None,
+    };
+    if write_status(agent, ctx, obs).await? {
+        warn!(agent = %agent.name_any(), reason, message = %message, "agent refused");
+        ctx.publish(agent, EventType::Warning, event_reason, "Validate", message)
+            .await;
+    }
+    Ok(())
+}
+
 async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
+    // Its name is its identity and labels its pods: nothing is built for an
+    // Agent whose name is not an agent id (the CRD refuses new ones).
+    if let Err(e) = validate::agent(agent) {
+        let r = (reason::INVALID_SPEC, reason::INVALID_SPEC);
+        refuse(
+            agent,
+            ctx,
+            Phase::Failed,
+            r,
+            event::INVALID_SPEC,
+            e.to_string(),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    // One agent per person: the oldest serves, a later one gets no pod.
+    if let Some(primary) = ctx.primary_for_owner(&agent.spec.owner)
+        && primary != agent.name_any()
+    {
+        let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace);
+        for p in ctx.cached_pods(agent) {
+            delete_pod(&pods_api, &p).await?;
+        }
+        let msg = format!(
+            "owner {:?} already has Agent {primary}, which serves them; this Agent gets no pod \
+             until that one is deleted",
+            agent.spec.owner
+        );
+        let r = (reason::DUPLICATE_OWNER, reason::DUPLICATE_OWNER);
+        refuse(agent, ctx, Phase::Failed, r, event::DUPLICATE_OWNER, msg).await?;
+        return Ok(Action::requeue(WAITING));
+    }
     let Some(tpl) = ctx.template(&agent.spec.template) else {
         let msg = format!(
             "AgentTemplate {:?} not found in namespace {}",
             agent.spec.template, ctx.namespace
         );
-        let obs = Observed {
-            phase: Phase::Pending,
-            ready: (false, reason::TEMPLATE_NOT_FOUND, msg),
-            storage: (
-                false,
-                reason::TEMPLATE_NOT_FOUND,
-                "waiting for the template".into(),
-            ),
-            scheduled: (false, reason::POD_ABSENT, "waiting for the template".into()),
-            pod: None,
-        };
-        write_status(agent, ctx, obs).await?;
+        let r = (reason::TEMPLATE_NOT_FOUND, reason::POD_ABSENT);
+        refuse(
+            agent,
+            ctx,
+            Phase::Pending,
+            r,
+            event::TEMPLATE_NOT_FOUND,
+            msg,
+        )
+        .await?;
         return Ok(Action::requeue(WAITING));
     };
-    if let Some(idle) = &tpl.spec.idle_timeout
-        && crate::config::parse_duration(idle).is_err()
-    {
-        let msg = format!(
-            "AgentTemplate {}: idleTimeout {idle:?} is not a duration",
-            tpl.name_any()
-        );
-        let obs = Observed {
-            phase: Phase::Failed,
-            ready: (false, reason::INVALID_SPEC, msg.clone()),
-            storage: (false, reason::INVALID_SPEC, msg.clone()),
-            scheduled: (false, reason::INVALID_SPEC, msg),
-            pod: None,
-        };
-        write_status(agent, ctx, obs).await?;
+    if let Err(e) = validate::template(&tpl.spec) {
+        let msg = format!("AgentTemplate {}: {e}", tpl.name_any());
+        let r = (reason::INVALID_SPEC, reason::INVALID_SPEC);
+        refuse(agent, ctx, Phase::Failed, r, event::INVALID_SPEC, msg).await?;
         return Ok(Action::requeue(WAITING));
     }
 
-    let claim = ensure_volume_claim(agent, &tpl.spec, ctx).await;
-    let storage = match &claim {
-        Ok(c) => (
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace);
+    let storage = match volume::ensure(agent, &tpl.spec, ctx).await {
+        Ok(ClaimState::Ready(c)) => (
             true,
             reason::VOLUME_CLAIMED,
             format!("PersistentVolumeClaim {c}"),
         ),
-        Err(e) => (false, reason::VOLUME_CLAIM_FAILED, e.to_string()),
+        Ok(ClaimState::Foreign(why)) => {
+            // Another person's data: never mounted, not even by a pod made
+            // before ownership was recorded.
+            for p in ctx.cached_pods(agent) {
+                delete_pod(&pods_api, &p).await?;
+            }
+            let r = (reason::VOLUME_OWNER_MISMATCH, reason::POD_ABSENT);
+            refuse(
+                agent,
+                ctx,
+                Phase::Failed,
+                r,
+                event::VOLUME_OWNER_MISMATCH,
+                why,
+            )
+            .await?;
+            return Ok(Action::requeue(WAITING));
+        }
+        Err(e) => {
+            let obs = Observed {
+                phase: Phase::Pending,
+                ready: (false, reason::VOLUME_CLAIM_FAILED, e.to_string()),
+                storage: (false, reason::VOLUME_CLAIM_FAILED, e.to_string()),
+                scheduled: (
+                    false,
+                    reason::POD_ABSENT,
+                    "waiting for the volume claim".into(),
+                ),
+                pod: None,
+            };
+            write_status(agent, ctx, obs).await?;
+            return Err(e);
+        }
     };
-    if let Err(e) = claim {
-        let obs = Observed {
-            phase: Phase::Pending,
-            ready: (false, reason::VOLUME_CLAIM_FAILED, e.to_string()),
-            storage,
-            scheduled: (
-                false,
-                reason::POD_ABSENT,
-                "waiting for the volume claim".into(),
-            ),
-            pod: None,
-        };
-        write_status(agent, ctx, obs).await?;
-        return Err(e);
-    }
 
-    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace);
     let cached = ctx.cached_pods(agent);
     let (alive, finished): (Vec<_>, Vec<_>) = cached
         .into_iter()
@@ -382,9 +461,28 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
     }
     let current = match alive.first() {
         Some(p) => Some((**p).clone()),
-        None => match live_pod(agent, &pods_api).await? {
-            Some(p) => Some(p),
-            None => {
+        None => {
+            let live = live_pods(agent, &pods_api).await?;
+            let claim = pod::volume_claim_name(&agent.name_any());
+            if let Some(p) = owned_running(agent, &live) {
+                Some(p.clone())
+            } else if let Some(old) = terminating_on_claim(&live, &claim) {
+                // The volume is read-write-once: a second pod must not start
+                // on it while the last one is still stopping.
+                let msg = format!(
+                    "waiting for the previous pod {old} to stop before starting a new one \
+                     (the volume is read-write-once)"
+                );
+                let obs = Observed {
+                    phase: Phase::Starting,
+                    ready: (false, reason::POD_TERMINATING, msg.clone()),
+                    storage,
+                    scheduled: (false, reason::POD_TERMINATING, msg),
+                    pod: None,
+                };
+                write_status(agent, ctx, obs).await?;
+                return Ok(Action::requeue(TERMINATING_POLL));
+            } else {
                 let had_pod = agent.status.as_ref().is_some_and(|s| s.pod.is_some());
                 let name = agent.name_any();
                 if (had_pod || recreating)
@@ -429,19 +527,32 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
                         Some(p)
                     }
                     Err(e) => {
+                        // Stable for a stable failure, so retries do not
+                        // rewrite status and wake themselves past the backoff.
+                        let msg = without_generated_name(&e.to_string(), &format!("{name}-"));
                         let obs = Observed {
                             phase: Phase::Failed,
-                            ready: (false, reason::POD_CREATE_FAILED, e.to_string()),
+                            ready: (false, reason::POD_CREATE_FAILED, msg.clone()),
                             storage,
-                            scheduled: (false, reason::POD_CREATE_FAILED, e.to_string()),
+                            scheduled: (false, reason::POD_CREATE_FAILED, msg.clone()),
                             pod: None,
                         };
-                        write_status(agent, ctx, obs).await?;
+                        if write_status(agent, ctx, obs).await? {
+                            warn!(agent = %name, message = %msg, "pod create refused");
+                            ctx.publish(
+                                agent,
+                                EventType::Warning,
+                                event::POD_CREATE_FAILED,
+                                "CreatePod",
+                                msg,
+                            )
+                            .await;
+                        }
                         return Err(e);
                     }
                 }
             }
-        },
+        }
     };
     let pod_name = current.as_ref().map(|p| p.name_any());
     let ready = current.as_ref().is_some_and(pod_ready);
@@ -496,120 +607,41 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
     Ok(Action::requeue(if ready { RESYNC } else { WAITING }))
 }
 
-async fn cleanup(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
-    let name = agent.name_any();
-    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace);
-    let lp = ListParams::default().labels(&format!("{LABEL_AGENT}={name}"));
-    for p in pods_api.list(&lp).await?.items {
-        if p.metadata.deletion_timestamp.is_none() {
-            delete_pod(&pods_api, &p).await?;
-            ctx.publish(
-                agent,
-                EventType::Normal,
-                event::POD_DELETED,
-                "Cleanup",
-                format!("pod {} deleted", p.name_any()),
-            )
-            .await;
-        }
-    }
-    let retention = agent
-        .spec
-        .retention
-        .or_else(|| {
-            ctx.template(&agent.spec.template)
-                .map(|t| t.spec.storage.retention)
-        })
-        .unwrap_or_default();
-    let claim = pod::volume_claim_name(&name);
-    match retention {
-        Retention::Delete => {
-            let pvcs = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ctx.namespace);
-            match pvcs.delete(&claim, &DeleteParams::default()).await {
-                Ok(_) => {
-                    ctx.publish(
-                        agent,
-                        EventType::Normal,
-                        event::VOLUME_CLAIM_DELETED,
-                        "Cleanup",
-                        format!("volume claim {claim} deleted (retention Delete)"),
-                    )
-                    .await
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Retention::Retain => {
-            ctx.publish(
-                agent,
-                EventType::Normal,
-                event::VOLUME_CLAIM_RETAINED,
-                "Cleanup",
-                format!("volume claim {claim} kept (retention Retain)"),
-            )
-            .await;
-        }
-    }
-    info!(agent = %name, ?retention, "agent cleaned up");
-    Ok(Action::await_change())
-}
-
-async fn ensure_volume_claim(
-    agent: &Agent,
-    tpl: &AgentTemplateSpec,
-    ctx: &Context,
-) -> Result<String, ReconcileError> {
-    let want = pod::build_volume_claim(agent, tpl);
-    let name = want
-        .metadata
-        .name
-        .clone()
-        .ok_or(ReconcileError::MissingField("claim name"))?;
-    let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ctx.namespace);
-    if api.get_opt(&name).await?.is_none() {
-        match api
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &want,
-            )
-            .await
-        {
-            Ok(_) => {
-                ctx.publish(
-                    agent,
-                    EventType::Normal,
-                    event::VOLUME_CLAIM_CREATED,
-                    "CreateVolumeClaim",
-                    format!("created volume claim {name} ({})", tpl.storage.size),
-                )
-                .await;
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(name)
-}
-
-/// The live (uncached) view, consulted only when the cache shows no pod.
-async fn live_pod(agent: &Agent, api: &Api<Pod>) -> Result<Option<Pod>, ReconcileError> {
+/// The live (uncached) view of the pods labelled for `agent`, any owner and
+/// state, consulted only when the cache shows no running pod.
+async fn live_pods(agent: &Agent, api: &Api<Pod>) -> Result<Vec<Pod>, ReconcileError> {
     let lp = ListParams::default().labels(&format!("{LABEL_AGENT}={}", agent.name_any()));
+    Ok(api.list(&lp).await?.items)
+}
+
+/// This Agent's pod that is neither ending nor ended, if any.
+fn owned_running<'a>(agent: &Agent, pods: &'a [Pod]) -> Option<&'a Pod> {
     let uid = agent.uid();
-    Ok(api
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| {
-            p.owner_references()
+    pods.iter().find(|p| {
+        p.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == uid.as_ref())
+            && p.metadata.deletion_timestamp.is_none()
+            && !pod_finished(p)
+    })
+}
+
+/// A pod still terminating that mounts `claim` (whoever owns it: an earlier
+/// Agent of the same name counts too), whose end a new pod must wait for.
+pub fn terminating_on_claim(pods: &[Pod], claim: &str) -> Option<String> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .find(|p| {
+            p.spec
                 .iter()
-                .any(|o| Some(&o.uid) == uid.as_ref())
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == claim)
+                })
         })
-        .find(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p)))
+        .map(|p| p.name_any())
 }
 
 async fn create_pod(
@@ -643,7 +675,7 @@ async fn ensure_workload_secret(
     }
 }
 
-async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), ReconcileError> {
+pub(super) async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), ReconcileError> {
     match api.delete(&pod.name_any(), &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -669,6 +701,39 @@ pub fn pod_ready(p: &Pod) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn pod_on(name: &str, claim: &str, terminating: bool) -> Pod {
+        let mut p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": {
+                "containers": [{ "name": "c" }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": claim } }],
+            },
+        }))
+        .unwrap();
+        if terminating {
+            p.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+        }
+        p
+    }
+
+    #[test]
+    fn a_new_pod_waits_for_a_terminating_one_on_the_same_claim() {
+        let old = pod_on("alice-old", "alice-data", true);
+        assert_eq!(
+            terminating_on_claim(std::slice::from_ref(&old), "alice-data").as_deref(),
+            Some("alice-old")
+        );
+        // Another claim, or a pod not terminating, does not block.
+        assert_eq!(terminating_on_claim(&[old], "bob-data"), None);
+        assert_eq!(
+            terminating_on_claim(&[pod_on("alice-new", "alice-data", false)], "alice-data"),
+            None
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

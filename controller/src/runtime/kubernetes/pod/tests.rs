@@ -54,6 +54,8 @@ fn pod_is_owned_by_the_agent_and_labelled_for_it() {
     let owners = pod.metadata.owner_references.unwrap();
     assert_eq!(owners[0].kind, "Agent");
     assert_eq!(owners[0].controller, Some(true));
+    // Would need update on agents/finalizers (not granted, docs/kubernetes.md#rbac).
+    assert_eq!(owners[0].block_owner_deletion, None);
     assert_eq!(pod.metadata.labels.unwrap()[LABEL_AGENT], "alice");
     assert_eq!(pod.metadata.generate_name.as_deref(), Some("alice-"));
 }
