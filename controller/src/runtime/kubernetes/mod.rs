@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod crd;
 mod idle;
 pub mod issuer;
+pub mod label_value;
 pub mod leader;
 pub mod metrics;
 pub mod offboarding;

@@ -17,9 +17,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource as _, ResourceExt as _};
 
 use super::crd::{Agent, AgentTemplateSpec};
+use super::label_value::label_value;
 
 /// Every agent pod and claim carries these; the value is the Agent's name.
 pub const LABEL_AGENT: &str = "clawswarm.dev/agent";
+/// The owner (Slack user id) as a label value; the PodMonitor turns it into `owner`.
+pub const LABEL_OWNER: &str = "clawswarm.dev/owner";
+/// Selected by deploy/monitoring/podmonitor.yaml.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const NAME_AGENT: &str = "clawswarm-agent";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const COMPONENT_AGENT: &str = "agent";
@@ -33,6 +39,8 @@ pub const TRUST_KEY: &str = "ca.pem";
 pub const WORKLOAD_CONFIG_DIR: &str = "/etc/clawswarm/workload";
 /// The sidecar's plain HTTP port (/metrics, /healthz, /readyz).
 pub const SIDECAR_HTTP_PORT: u16 = 9464;
+/// Its name, which deploy/monitoring/podmonitor.yaml scrapes.
+pub const SIDECAR_HTTP_PORT_NAME: &str = "metrics";
 /// Digest of the desired pod (see [`spec_hash`]).
 pub const SPEC_HASH_ANNOTATION: &str = "clawswarm.dev/spec-hash";
 /// Non-root uid/gid every container runs as (distroless "nonroot").
@@ -63,9 +71,11 @@ pub fn volume_claim_name(agent: &str) -> String {
     format!("{agent}-data")
 }
 
-pub fn agent_labels(agent: &str) -> BTreeMap<String, String> {
+pub fn agent_labels(agent: &Agent) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LABEL_AGENT.to_string(), agent.to_string()),
+        (LABEL_AGENT.to_string(), agent.name_any()),
+        (LABEL_OWNER.to_string(), label_value(&agent.spec.owner)),
+        (LABEL_NAME.to_string(), NAME_AGENT.to_string()),
         (LABEL_COMPONENT.to_string(), COMPONENT_AGENT.to_string()),
         (LABEL_PART_OF.to_string(), "clawswarm".to_string()),
     ])
@@ -84,7 +94,7 @@ pub fn build_volume_claim(agent: &Agent, tpl: &AgentTemplateSpec) -> PersistentV
         metadata: ObjectMeta {
             name: Some(volume_claim_name(&name)),
             namespace: agent.namespace(),
-            labels: Some(agent_labels(&name)),
+            labels: Some(agent_labels(agent)),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -186,7 +196,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
     let ns = agent.namespace().unwrap_or_default();
     let w = &tpl.workload;
     let mut labels = w.pod_labels.clone();
-    labels.extend(agent_labels(&name));
+    labels.extend(agent_labels(agent));
 
     let mut volumes = vec![
         Volume {
@@ -334,7 +344,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             }]
         }),
         ports: Some(vec![ContainerPort {
-            name: Some("http-metrics".into()),
+            name: Some(SIDECAR_HTTP_PORT_NAME.into()),
             container_port: i32::from(SIDECAR_HTTP_PORT),
             protocol: Some("TCP".into()),
             ..Default::default()
