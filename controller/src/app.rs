@@ -24,7 +24,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     admin::{Endpoints, write_admin_credentials},
-    config::{RunArgs, RuntimeKind, default_state_dir, parse_agent_pair},
+    config::{RunArgs, RuntimeKind, default_state_dir},
+    front_door::{FrontDoor, spawn_slack},
     gateway::GatewayService,
     http::{HttpState, serve as serve_http},
     identity::IdentityService,
@@ -32,12 +33,13 @@ use crate::{
     metrics::Metrics,
     router::{Router, RouterConfig},
     runtime::{
-        AgentSpec, Runtime, RuntimeError, TokenTotals, kubernetes,
+        Runtime, RuntimeError, TokenTotals, kubernetes,
         local::{
             LocalConfig, LocalRuntime, WorkloadLaunch,
             template::{EnvTemplate, Template, TemplateError},
         },
     },
+    startup::{await_role, listed_agents, provision_listed},
 };
 use clawswarm_certs::tls_incoming;
 use clawswarm_proto::introspection::with_introspection;
@@ -82,9 +84,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             .await
             .map_err(|source| AppError::Bind { what, addr, source })
     };
+    let listed_agents = listed_agents(&args)?;
     let mesh_listener = bind("mesh", args.mesh_addr).await?;
     let identity_listener = bind("identity", args.identity_addr).await?;
     let http_listener = bind("http", args.http_addr).await?;
+    let slack_events_listener = match args.slack.slack_transport {
+        crate::slack::SlackTransport::Events if args.slack.enabled() => {
+            Some(bind("slack events api", args.slack.slack_events_addr).await?)
+        }
+        _ => None,
+    };
     let local = |l: &TcpListener| l.local_addr().map_err(|e| AppError::Io(e.to_string()));
     let (mesh_addr, identity_addr, http_addr) = (
         local(&mesh_listener)?,
@@ -135,20 +144,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             Arc::new(LocalRuntime::open(cfg, metrics.clone())?)
         }
     };
-    for pair in &args.local.agents {
-        let (name, owner) = parse_agent_pair(pair).map_err(AppError::Config)?;
-        let id = AgentId::new(ns.clone(), name)
-            .map_err(|e| AppError::Config(format!("CLAWSWARM_LOCAL_AGENTS: {e}")))?;
-        if runtime.get(&id).await?.is_none() {
-            runtime
-                .provision(AgentSpec {
-                    id,
-                    owner,
-                    template: "default".into(),
-                })
-                .await?;
-        }
-    }
+    // Nothing serves before the runtime knows this replica's role.
+    let front_door = FrontDoor::new(runtime.role(), args.slack.enabled(), metrics.slack.clone());
 
     let tasks = TaskTracker::new();
     let stop_serving = CancellationToken::new();
@@ -215,14 +212,22 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         stop_serving.clone(),
         &tasks,
     );
-    let stop = stop_serving.clone();
+    // Connections that arrive before the role is known wait in the accept
+    // queue (bounded) instead of meeting empty caches.
+    let (stop, door) = (stop_serving.clone(), front_door.clone());
     let mesh_task = tokio::spawn(async move {
+        if !door.serving_allowed(&stop).await {
+            return Ok(());
+        }
         mesh_server
             .serve_with_incoming_shutdown(mesh_incoming, stop.cancelled_owned())
             .await
     });
-    let stop = stop_serving.clone();
+    let (stop, door) = (stop_serving.clone(), front_door.clone());
     let identity_task = tokio::spawn(async move {
+        if !door.serving_allowed(&stop).await {
+            return Ok(());
+        }
         identity_server
             .serve_with_incoming_shutdown(identity_incoming, stop.cancelled_owned())
             .await
@@ -231,6 +236,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let http_state = HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        front_door: front_door.clone(),
     };
     let offboarding = match args.kubernetes.offboarding_secret_file.as_deref() {
         Some(path) if k8s.is_some() => {
@@ -270,7 +276,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let runtime_stop = CancellationToken::new();
     let rt = runtime.clone();
     let rt_stop = runtime_stop.clone();
-    let runtime_task =
+    let mut runtime_task =
         tokio::spawn(async move { rt.run(rt_stop).await }.instrument(info_span!("runtime")));
     tasks.spawn(
         renew_own_certificates(
@@ -285,23 +291,40 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         .instrument(info_span!("renewal")),
     );
     tasks.spawn(record_usage(outputs.usage, runtime.clone()).instrument(info_span!("usage")));
-    // Slack delivers notices when configured; otherwise they stay with the sidecars.
+    // Slack delivers notices when configured (on the leader); otherwise they
+    // stay with the sidecars.
     let slack_task = if args.slack.enabled() {
-        let (slack_args, slack_router, slack_stop) =
-            (args.slack.clone(), router.clone(), shutdown.clone());
-        let front_door = async move {
-            // Said when it happens (a rejected token shows at start), not at exit.
-            if let Err(e) =
-                crate::slack::run(slack_args, slack_router, outputs.notices, slack_stop).await
-            {
-                error!(error = %e, "slack front door failed");
-            }
-        };
-        Some(tokio::spawn(front_door.instrument(info_span!("slack"))))
+        Some(spawn_slack(
+            &args.slack,
+            router.clone(),
+            outputs.notices,
+            slack_events_listener,
+            front_door.clone(),
+            &tasks,
+            shutdown.clone(),
+        ))
     } else {
         tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
         None
     };
+
+    // Start-up order: caches synced and leadership known, then pre-provision.
+    match await_role(&front_door, &mut runtime_task, &shutdown).await {
+        Ok(Some(role)) => {
+            info!(role = role.as_str(), "role known: serving");
+            if let Err(e) = provision_listed(runtime.as_ref(), listed_agents).await {
+                stop_serving.cancel();
+                shutdown.cancel();
+                return Err(e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            stop_serving.cancel();
+            shutdown.cancel();
+            return Err(e);
+        }
+    }
 
     let endpoints = Endpoints {
         mesh: mesh_addr.to_string(),
@@ -344,7 +367,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         Ok(Ok(())) => {}
     }
     if let Some(slack) = slack_task {
-        match tokio::time::timeout(Duration::from_secs(15), slack).await {
+        match tokio::time::timeout(Duration::from_secs(25), slack).await {
             Ok(Err(e)) => error!(error = %e, "slack front door panicked"),
             Err(_) => warn!("slack front door did not stop in time"),
             Ok(Ok(())) => {}

@@ -1,5 +1,7 @@
 //! Plain HTTP for operators and probes: `/metrics` (Prometheus text),
-//! `/healthz` (alive), `/readyz` (serving; false while shutting down).
+//! `/healthz` (alive), `/readyz` (200 once this replica knows its role, the
+//! standby too, so rollouts proceed; 503 while starting or shutting down; the
+//! body says the role and where the Slack front door stands).
 
 use std::sync::{
     Arc,
@@ -12,12 +14,14 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{front_door::FrontDoor, metrics::Metrics};
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
+    /// False once shutdown began.
     pub ready: Arc<AtomicBool>,
+    pub front_door: Arc<FrontDoor>,
 }
 
 /// `extra` adds routes of other components (the off-boarding webhook).
@@ -51,9 +55,74 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+    let (known, detail) = s.front_door.readiness();
+    if !s.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: shutting down\n{detail}"),
+        )
+    } else if known {
+        (StatusCode::OK, format!("ready\n{detail}"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{detail}"),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use axum::body::Body;
+    use tokio::sync::watch;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::runtime::Role;
+
+    async fn readyz_of(role: Role, ready: bool) -> (StatusCode, String) {
+        let metrics = Metrics::new();
+        let state = HttpState {
+            front_door: FrontDoor::new(watch::channel(role).1, true, metrics.slack.clone()),
+            metrics,
+            ready: Arc::new(AtomicBool::new(ready)),
+        };
+        let app = Router::new()
+            .route("/readyz", get(readyz))
+            .with_state(state);
+        let resp = app
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn standby_is_ready_and_says_it_holds_no_slack_connection() {
+        let (status, body) = readyz_of(Role::Standby, true).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("role: standby"), "{body}");
+        assert!(body.contains("slack: standby (no connection"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn starting_or_stopping_replica_is_not_ready() {
+        let (status, body) = readyz_of(Role::Starting, true).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("role: starting"), "{body}");
+        let (status, body) = readyz_of(Role::Leader, false).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("shutting down"), "{body}");
+        let (status, _) = readyz_of(Role::Leader, true).await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

@@ -1,6 +1,8 @@
 //! The Kubernetes runtime across controller lifetimes on a real API server:
 //! restart rebuilds the view from the API, the Lease moves leadership and the
-//! leader label, and the HR off-boarding webhook ends in the finalizer.
+//! leader label, only the leader holds the Slack connection (the fake
+//! Slack's Socket Mode counts them) and the HR off-boarding webhook ends in
+//! the finalizer.
 //!
 //! Needs `eval "$(scripts/deps.sh kube)"`; fails (never skips) without it.
 
@@ -161,4 +163,134 @@ async fn offboarding_webhook_deletes_the_persons_agent_once() {
     .unwrap();
     server.abort();
     ctl.stop().await;
+}
+
+/// One replica's Slack front door, assembled as `app.rs` assembles it: the
+/// controller's `FrontDoor` following the runtime's role, `lead_slack`
+/// running the real `slack::run` against the fake Slack.
+struct SlackReplica {
+    door: Arc<clawswarm_controller::front_door::FrontDoor>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlackReplica {
+    fn start(ctl: &Controller, fake: &clawswarm_tests::fake_slack::FakeSlack) -> Self {
+        use clap::Parser as _;
+        use clawswarm_controller::front_door::{FrontDoor, lead_slack};
+        use clawswarm_controller::mesh::{Mesh, MeshConfig};
+        use clawswarm_controller::metrics::Metrics;
+        use clawswarm_controller::router::{Router, RouterConfig};
+        use clawswarm_controller::slack::{SlackArgs, SlackIo};
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            slack: SlackArgs,
+        }
+        let cfg = fake.config();
+        let api_url = fake.api_url();
+        let args = Cli::try_parse_from([
+            "clawswarm",
+            "--slack-bot-token",
+            cfg.bot_token.as_str(),
+            "--slack-app-token",
+            cfg.app_token.as_str(),
+            "--slack-api-url",
+            api_url.as_str(),
+            "--slack-socket-connections",
+            "1",
+        ])
+        .unwrap()
+        .slack;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let metrics = Metrics::new();
+        let td = clawswarm_certs::TrustDomain::new("clawswarm.local".to_string()).unwrap();
+        let (mesh, outputs) = Mesh::new(MeshConfig::new(td, NS), metrics.clone(), stop.clone());
+        let runtime: Arc<dyn Runtime> = ctl.runtime.clone();
+        let router = Router::new(runtime.clone(), mesh, RouterConfig::default());
+        let door = FrontDoor::new(runtime.role(), true, metrics.slack.clone());
+        let io = SlackIo::new(outputs.notices);
+        let start = move |on_serving, stop| {
+            let io = SlackIo {
+                on_serving,
+                ..io.clone()
+            };
+            clawswarm_controller::slack::run(args.clone(), router.clone(), io, stop)
+        };
+        let task = tokio::spawn(lead_slack(door.clone(), start, stop.clone()));
+        Self { door, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_leader_holds_the_slack_connection_and_the_new_leader_takes_it() {
+    use clawswarm_controller::front_door::SlackState;
+    use clawswarm_controller::runtime::Role;
+
+    let c = cluster().await;
+    let fake = clawswarm_tests::fake_slack::FakeSlack::start()
+        .await
+        .unwrap();
+    let a = Controller::start(&c, None).await;
+    a.wait_leading(true).await;
+    let a_slack = SlackReplica::start(&a, &fake);
+    let b = Controller::start(&c, None).await;
+    let b_slack = SlackReplica::start(&b, &fake);
+    eventually("b knows it is the standby", || {
+        b_slack.door.role() == Role::Standby
+    })
+    .await;
+    eventually("the leader's socket mode connection", || {
+        a_slack.door.slack() == SlackState::Serving && fake.socket().connections() == 1
+    })
+    .await;
+    // Give a wrongly started standby every chance to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fake.calls_to("apps.connections.open").len(),
+        1,
+        "the standby opened a socket mode connection too"
+    );
+    assert_eq!(fake.socket().connections(), 1);
+    assert_eq!(b_slack.door.slack(), SlackState::Standby);
+    let (ready, detail) = b_slack.door.readiness();
+    assert!(ready, "a standby must stay Ready: {detail}");
+    assert!(detail.contains("slack: standby (no connection"), "{detail}");
+
+    // The leader gives up the Lease (its process stays): its Slack front
+    // door closes, and the standby takes the Lease and the Slack connection.
+    a.stop().await;
+    eventually("the former leader's slack front door closed", || {
+        a_slack.door.slack() == SlackState::Standby
+    })
+    .await;
+    b.wait_leading(true).await;
+    eventually("the new leader's socket mode connection", || {
+        b_slack.door.slack() == SlackState::Serving && fake.socket().connections() == 1
+    })
+    .await;
+    assert_eq!(fake.calls_to("apps.connections.open").len(), 2);
+    assert!(b_slack.door.readiness().1.contains("slack: serving"));
+    a_slack.stop().await;
+    b_slack.stop().await;
+    b.stop().await;
 }

@@ -541,3 +541,94 @@ async fn standby_refuses_links_then_takes_over_and_the_sidecar_moves() {
     b.stop().await;
     proxies.close();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "unproven: failed once and timed out once on a loaded machine, cause not found yet (issue 9 item 2)"]
+async fn a_leader_that_loses_its_lease_without_exiting_drains_and_the_sidecar_moves() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{Patch, PatchParams};
+
+    let (cp, _kubelet) = cluster().await;
+    let [
+        svc_mesh,
+        svc_identity,
+        a_mesh,
+        a_identity,
+        b_mesh,
+        b_identity,
+    ] = free_ports().unwrap();
+    let (to_mesh, mesh_target) = tokio::sync::watch::channel(a_mesh);
+    let (to_identity, identity_target) = tokio::sync::watch::channel(a_identity);
+    let proxies = TaskTracker::new();
+    let bind = |port: u16| tokio::net::TcpListener::bind(("127.0.0.1", port));
+    service(bind(svc_mesh).await.unwrap(), mesh_target, &proxies);
+    service(bind(svc_identity).await.unwrap(), identity_target, &proxies);
+
+    let a = Controller::start_behind(&cp, (a_mesh, a_identity), (svc_mesh, svc_identity)).await;
+    tokio::time::timeout(WAIT, a.runtime.leadership().wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    let b = Controller::start_behind(&cp, (b_mesh, b_identity), (svc_mesh, svc_identity)).await;
+    let kim = id("kim");
+    a.runtime
+        .provision(AgentSpec {
+            id: kim.clone(),
+            owner: "U11".into(),
+            template: "stub".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, a.mesh.wait_connected(&kim, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.turn(&kim, "before the lease moves").await.2, Outcome::Ok);
+
+    // An admin hands the Lease to someone else; `a` keeps running.
+    let leases = Api::<Lease>::namespaced(cp.admin(), NS);
+    let now = serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    leases
+        .patch(
+            "clawswarm-controller-leader",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": { "holderIdentity": "an-admin", "renewTime": now }
+            })),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, a.runtime.leadership().wait_for(|l| !*l))
+        .await
+        .unwrap()
+        .unwrap();
+    // The former leader drained: the sidecar left it although its process
+    // and its stream could have stayed up.
+    tokio::time::timeout(WAIT, async {
+        while a.mesh.state(&kim).connected {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the sidecar stayed on the former leader: it did not drain");
+    assert!(!a.mesh.is_accepting());
+
+    // The admin's lease lapses, the standby takes it, the Service follows
+    // the label, and the sidecar reconnects to the new leader.
+    tokio::time::timeout(WAIT, b.runtime.leadership().wait_for(|l| *l))
+        .await
+        .unwrap()
+        .unwrap();
+    to_mesh.send(b_mesh).unwrap();
+    to_identity.send(b_identity).unwrap();
+    tokio::time::timeout(WAIT, b.mesh.wait_connected(&kim, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!*a.runtime.leadership().borrow(), "two leaders");
+    assert_eq!(b.turn(&kim, "after the lease moved").await.2, Outcome::Ok);
+    b.stop().await;
+    a.stop().await;
+    proxies.close();
+}

@@ -1,8 +1,10 @@
 //! The monitoring we ship passes Prometheus' own tools: `promtool check
 //! rules` on deploy/monitoring's alert rules, `promtool check metrics` on
 //! what the sidecar exports, every series the dashboard and the rules query
-//! is one the sidecar actually exports, and the real Prometheus scrapes the
-//! sidecar's metrics server and answers a token query.
+//! is one the sidecar actually exports, the shipped PodMonitor selects the
+//! pods the controller builds (the real `build_pod`, the shipped templates),
+//! and the real Prometheus, configured with that PodMonitor's relabelling,
+//! scrapes the sidecar's metrics server and answers tokens per owner.
 //!
 //! Needs promtool and prometheus: `scripts/deps.sh promtool` prints
 //! CLAWSWARM_PROMTOOL and CLAWSWARM_PROMETHEUS.
@@ -295,4 +297,436 @@ async fn prometheus_scrapes_the_sidecar_and_answers_a_token_query() {
     stop.cancel();
     let _ = server.await;
     assert_eq!(value, "4242");
+}
+
+/// deploy/monitoring/podmonitor.yaml, parsed.
+fn shipped_pod_monitor() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("deploy/monitoring/podmonitor.yaml")).unwrap();
+    serde_saphyr::from_str(&text).expect("podmonitor.yaml is YAML")
+}
+
+/// `namespace:` of a kustomization.yaml.
+fn kustomization_namespace(dir: &str) -> Option<String> {
+    let text = std::fs::read_to_string(repo().join(dir).join("kustomization.yaml")).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    v["namespace"].as_str().map(str::to_owned)
+}
+
+/// Every AgentTemplate the deployment ships (deploy/templates/*.yaml).
+fn shipped_templates() -> Vec<clawswarm_controller::runtime::kubernetes::crd::AgentTemplate> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo().join("deploy/templates")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for doc in docs {
+            if doc["kind"] == "AgentTemplate" {
+                out.push(
+                    serde_json::from_value(doc)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+                );
+            }
+        }
+    }
+    assert!(!out.is_empty(), "deploy/templates ships no AgentTemplate");
+    out
+}
+
+/// A pod as the controller builds it (the real `build_pod`) from a shipped
+/// template for an Agent owned by `owner`, in the namespace the deployment
+/// installs into.
+fn controller_built_pod(
+    tpl: &clawswarm_controller::runtime::kubernetes::crd::AgentTemplate,
+    owner: &str,
+) -> k8s_openapi::api::core::v1::Pod {
+    use clawswarm_controller::runtime::kubernetes::{crd::Agent, pod};
+
+    let ns = kustomization_namespace("deploy").expect("deploy/ sets a namespace");
+    let mut agent: Agent = serde_json::from_value(serde_json::json!({
+        "apiVersion": "clawswarm.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "alice", "namespace": ns, "uid": "uid-alice"},
+        "spec": {"owner": owner, "template": tpl.metadata.name.clone().unwrap()},
+    }))
+    .unwrap();
+    agent.metadata.namespace = Some(ns.clone());
+    let settings = pod::PodSettings {
+        sidecar_image: "example.invalid/sidecar:1".into(),
+        image_pull_policy: None,
+        service_account: "clawswarm-agent".into(),
+        controller_url: format!("https://clawswarm-controller.{ns}.svc:7443"),
+        identity_url: format!("https://clawswarm-controller.{ns}.svc:7444"),
+        trust_bundle_config_map: "clawswarm-trust-bundle".into(),
+        trust_domain: "clawswarm.local".into(),
+        controller_namespace: ns.clone(),
+        token_audience: "clawswarm-identity".into(),
+        token_expiration_seconds: 3600,
+        shared_secret: None,
+    };
+    let mut built = pod::build_pod(&agent, &tpl.spec, &settings);
+    // The API server fills the name in from generateName.
+    built.metadata.name = Some(format!(
+        "{}abcde",
+        built.metadata.generate_name.clone().unwrap_or_default()
+    ));
+    built.metadata.namespace = Some(ns);
+    built
+}
+
+/// Whether a LabelSelector (matchLabels and matchExpressions) selects `labels`.
+fn selector_matches(
+    selector: &serde_json::Value,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let by_expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            let got = labels.get(key).map(String::as_str);
+            match e["operator"].as_str().unwrap() {
+                "In" => got.is_some_and(|g| values.contains(&g)),
+                "NotIn" => got.is_none_or(|g| !values.contains(&g)),
+                "Exists" => got.is_some(),
+                "DoesNotExist" => got.is_none(),
+                op => panic!("unknown selector operator {op}"),
+            }
+        });
+    by_labels && by_expressions
+}
+
+/// The container port named `name`, with its container.
+fn named_port<'a>(
+    pod: &'a k8s_openapi::api::core::v1::Pod,
+    name: &str,
+) -> Option<(&'a k8s_openapi::api::core::v1::Container, i32)> {
+    pod.spec.as_ref()?.containers.iter().find_map(|c| {
+        c.ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| (c, p.container_port))
+    })
+}
+
+#[test]
+fn shipped_pod_monitor_selects_the_pods_the_controller_builds() {
+    let monitor = shipped_pod_monitor();
+    let monitor_ns = monitor["metadata"]["namespace"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| kustomization_namespace("deploy/monitoring"));
+    let endpoints = monitor["spec"]["podMetricsEndpoints"].as_array().unwrap();
+    assert!(!endpoints.is_empty());
+    for tpl in shipped_templates() {
+        let tpl_name = tpl.metadata.name.clone().unwrap();
+        let pod = controller_built_pod(&tpl, "U0123456");
+        let labels = pod.metadata.labels.clone().unwrap();
+        // Without a namespaceSelector a PodMonitor selects pods of its own
+        // namespace only.
+        if monitor["spec"]["namespaceSelector"].is_null() {
+            assert_eq!(
+                monitor_ns, pod.metadata.namespace,
+                "the PodMonitor lands in another namespace than the agent pods"
+            );
+        }
+        assert!(
+            selector_matches(&monitor["spec"]["selector"], &labels),
+            "template {tpl_name}: the PodMonitor's selector does not select {labels:?}"
+        );
+        for ep in endpoints {
+            let port = ep["port"].as_str().expect("endpoints name their port");
+            let (container, number) = named_port(&pod, port)
+                .unwrap_or_else(|| panic!("template {tpl_name}: no container port named {port}"));
+            assert_eq!(container.name, "sidecar", "{tpl_name}");
+            assert_eq!(
+                number, 9464,
+                "{tpl_name}: the sidecar's metrics server port"
+            );
+            // Every label a relabelling reads is one the pod carries.
+            for rule in ep["relabelings"].as_array().into_iter().flatten() {
+                for source in rule["sourceLabels"].as_array().into_iter().flatten() {
+                    let source = source.as_str().unwrap();
+                    if let Some(label) = source.strip_prefix("__meta_kubernetes_pod_label_") {
+                        assert!(
+                            labels.keys().any(|k| prom_label_name(k) == label),
+                            "{tpl_name}: relabelling reads {source}, the pod has {labels:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(labels["clawswarm.dev/owner"], "U0123456");
+    }
+    // An owner that is not a label value still yields a pod the API server
+    // accepts, with an owner label.
+    let tpl = &shipped_templates()[0];
+    let pod = controller_built_pod(tpl, "alice@example.com");
+    let owner = &pod.metadata.labels.unwrap()["clawswarm.dev/owner"];
+    assert!(
+        clawswarm_controller::runtime::kubernetes::label_value::is_valid(owner)
+            && !owner.is_empty(),
+        "{owner:?}"
+    );
+}
+
+/// How Prometheus' Kubernetes discovery names a label in `__meta_*`.
+fn prom_label_name(k: &str) -> String {
+    k.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The `__meta_kubernetes_*` labels Kubernetes discovery (role: pod) gives
+/// the target of `pod`'s container port `port`.
+fn pod_discovery_labels(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    port: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in pod.metadata.labels.iter().flatten() {
+        let n = prom_label_name(k);
+        m.insert(format!("__meta_kubernetes_pod_label_{n}"), v.clone().into());
+        m.insert(
+            format!("__meta_kubernetes_pod_labelpresent_{n}"),
+            "true".into(),
+        );
+    }
+    m.insert(
+        "__meta_kubernetes_namespace".into(),
+        pod.metadata.namespace.clone().unwrap().into(),
+    );
+    m.insert(
+        "__meta_kubernetes_pod_name".into(),
+        pod.metadata.name.clone().unwrap().into(),
+    );
+    if let Some((c, number)) = named_port(pod, port) {
+        m.insert(
+            "__meta_kubernetes_pod_container_name".into(),
+            c.name.clone().into(),
+        );
+        m.insert(
+            "__meta_kubernetes_pod_container_port_name".into(),
+            port.into(),
+        );
+        m.insert(
+            "__meta_kubernetes_pod_container_port_number".into(),
+            number.to_string().into(),
+        );
+    }
+    m
+}
+
+/// The scrape job the Prometheus operator generates from a PodMonitor
+/// endpoint, translated from the parsed YAML: keep only targets the
+/// selector and the port name select (the operator's own relabellings),
+/// then the endpoint's `relabelings`, camelCase keys in snake_case.
+fn scrape_job_from_pod_monitor(
+    monitor: &serde_json::Value,
+    ep: &serde_json::Value,
+    sd_file: &Path,
+) -> serde_json::Value {
+    let mut relabel = Vec::new();
+    let selector = &monitor["spec"]["selector"];
+    assert!(
+        selector["matchExpressions"].is_null(),
+        "translate matchExpressions into keep rules too"
+    );
+    for (k, v) in selector["matchLabels"].as_object().into_iter().flatten() {
+        let n = prom_label_name(k);
+        relabel.push(serde_json::json!({
+            "action": "keep",
+            "source_labels": [format!("__meta_kubernetes_pod_label_{n}"), format!("__meta_kubernetes_pod_labelpresent_{n}")],
+            "regex": format!("({});true", v.as_str().unwrap()),
+        }));
+    }
+    relabel.push(serde_json::json!({
+        "action": "keep",
+        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+        "regex": ep["port"].as_str().unwrap(),
+    }));
+    for rule in ep["relabelings"].as_array().into_iter().flatten() {
+        let mut out = serde_json::Map::new();
+        for (k, v) in rule.as_object().unwrap() {
+            let key = match k.as_str() {
+                "sourceLabels" => "source_labels",
+                "targetLabel" => "target_label",
+                "separator" | "regex" | "modulus" | "replacement" => k.as_str(),
+                "action" => {
+                    out.insert("action".into(), v.as_str().unwrap().to_lowercase().into());
+                    continue;
+                }
+                other => panic!("translate relabeling key {other}"),
+            };
+            out.insert(key.into(), v.clone());
+        }
+        relabel.push(out.into());
+    }
+    serde_json::json!({
+        "job_name": format!("podMonitor/{}", monitor["metadata"]["name"].as_str().unwrap()),
+        "metrics_path": ep["path"].as_str().unwrap_or("/metrics"),
+        "scheme": ep["scheme"].as_str().unwrap_or("http"),
+        // The shipped interval is 30s; the test scrapes every second.
+        "scrape_interval": "1s",
+        "file_sd_configs": [{"files": [sd_file.display().to_string()], "refresh_interval": "1s"}],
+        "relabel_configs": relabel,
+    })
+}
+
+/// The real Prometheus, configured with the shipped PodMonitor translated
+/// into a scrape job, discovers a pod built by the controller from a shipped
+/// template (its labels and port as Kubernetes discovery would present them),
+/// scrapes the sidecar's metrics server there and answers tokens per person.
+/// A controller pod on the same address is not selected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_with_the_shipped_pod_monitor_answers_tokens_by_owner() {
+    use std::sync::{Arc, atomic::AtomicBool};
+
+    use clawswarm_sidecar::http::{HttpState, serve};
+    use tokio_util::sync::CancellationToken;
+
+    let prometheus = match std::env::var_os("CLAWSWARM_PROMETHEUS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "CLAWSWARM_PROMETHEUS is not set: run `scripts/deps.sh promtool` and export what it prints \
+             (or `source ~/.cache/clawswarm/env.sh`)"
+        ),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = SidecarMetrics::new();
+    metrics.add_usage(&Usage {
+        input_tokens: 1000,
+        output_tokens: 200,
+        cache_read_tokens: 30,
+        cache_write_tokens: 4,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let state = HttpState {
+        metrics,
+        certified: Arc::new(AtomicBool::new(true)),
+        linked: Arc::new(AtomicBool::new(true)),
+    };
+    let server = tokio::spawn(serve(listener, state, stop.clone()));
+
+    let monitor = shipped_pod_monitor();
+    let ep = &monitor["spec"]["podMetricsEndpoints"][0];
+    let port = ep["port"].as_str().unwrap();
+    let tpl = &shipped_templates()[0];
+    let pod = controller_built_pod(tpl, "U0123456");
+    let mut decoy = pod.clone();
+    decoy.metadata.name = Some("clawswarm-controller-abc".into());
+    decoy.metadata.labels = Some(std::collections::BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        "clawswarm-controller".to_string(),
+    )]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let sd_file = dir.path().join("pods.json");
+    let groups = serde_json::json!([
+        {"targets": [target.to_string()], "labels": pod_discovery_labels(&pod, port)},
+        {"targets": [target.to_string()], "labels": pod_discovery_labels(&decoy, port)},
+    ]);
+    std::fs::write(&sd_file, serde_json::to_vec_pretty(&groups).unwrap()).unwrap();
+    let config = dir.path().join("prometheus.yml");
+    let prom_config = serde_json::json!({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [scrape_job_from_pod_monitor(&monitor, ep, &sd_file)],
+    });
+    // JSON is YAML.
+    std::fs::write(&config, serde_json::to_vec_pretty(&prom_config).unwrap()).unwrap();
+    let web = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = Command::new(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let query =
+        format!("http://{web}/api/v1/query?query=sum%20by%20(owner)%20(clawswarm_tokens_total)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let result = loop {
+        let answer = client.get(&query).send().await;
+        if let Ok(resp) = answer
+            && let Ok(body) = resp.json::<serde_json::Value>().await
+            && let Some(r) = body.pointer("/data/result").and_then(|r| r.as_array())
+            && !r.is_empty()
+        {
+            break r.clone();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!(
+                "prometheus never answered tokens by owner; config:\n{}\nits log:\n{log}",
+                serde_json::to_string_pretty(&prom_config).unwrap()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    // Which targets were kept, with the labels the relabelling gave them.
+    let targets: serde_json::Value = client
+        .get(format!("http://{web}/api/v1/targets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    stop.cancel();
+    let _ = server.await;
+
+    assert_eq!(result.len(), 1, "{result:?}");
+    assert_eq!(result[0]["metric"]["owner"], "U0123456", "{result:?}");
+    assert_eq!(result[0]["value"][1], "1234", "{result:?}");
+    let active = targets["data"]["activeTargets"].as_array().unwrap();
+    assert_eq!(active.len(), 1, "only the agent pod is scraped: {active:?}");
+    let labels = &active[0]["labels"];
+    assert_eq!(labels["agent"], "alice", "{labels}");
+    assert_eq!(labels["owner"], "U0123456", "{labels}");
+    assert_eq!(
+        labels["pod"],
+        pod.metadata.name.clone().unwrap().as_str(),
+        "{labels}"
+    );
+    assert_eq!(
+        labels["namespace"],
+        pod.metadata.namespace.clone().unwrap().as_str(),
+        "{labels}"
+    );
 }

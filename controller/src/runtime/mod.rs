@@ -17,6 +17,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::identity::Authenticator;
 
+/// This controller replica's part, as its runtime knows it. Front doors
+/// (Slack, the Gateway, AgentLink) serve only once it is known, and only the
+/// leader holds the Slack connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Caches not synced or leadership not decided yet.
+    Starting,
+    /// Serves turns: holds the Lease, or is the only replica (local runtime).
+    Leader,
+    /// Alive and Ready, serves nothing until it takes the Lease.
+    Standby,
+}
+
+impl Role {
+    /// For logs, `/readyz` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Leader => "leader",
+            Self::Standby => "standby",
+        }
+    }
+}
+
 /// What the operator or the person asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AgentMode {
@@ -180,6 +204,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Add tokens a turn reported to the agent's persisted totals (the
     /// controller batches calls; totals survive controller restarts).
     async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError>;
+
+    /// This replica's role. The default (one replica, nothing to elect) is
+    /// always the leader; the Kubernetes runtime starts `Starting` and
+    /// follows its Lease.
+    fn role(&self) -> tokio::sync::watch::Receiver<Role> {
+        tokio::sync::watch::channel(Role::Leader).1
+    }
 
     /// Supervise until `shutdown` fires; then stop what this runtime owns
     /// (the local runtime stops its processes; Kubernetes leaves pods alone).

@@ -4,7 +4,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -33,8 +33,18 @@ pub struct DecisionLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every value of `clawswarm_slack_front_door{state}`.
+pub const FRONT_DOOR_STATES: [&str; 5] = ["off", "standby", "connecting", "serving", "failed"];
+
 #[derive(Clone, Debug, Default)]
 pub struct SlackMetrics {
+    /// 1 for this replica's Slack front door state, 0 for the others.
+    pub front_door: Family<StateLabel, Gauge>,
     pub api_calls: Family<CallLabels, Counter>,
     pub events: Family<EventLabels, Counter>,
     pub replies: Family<ReplyLabels, Counter>,
@@ -65,7 +75,15 @@ impl SlackMetrics {
             "Agent provisioning decisions from Slack",
             self.provisioning.clone(),
         );
+        r.register(
+            "front_door",
+            "This replica's Slack front door: 1 for its state (off, standby, connecting, serving, failed)",
+            self.front_door.clone(),
+        );
         // Series that must read 0 exist from startup.
+        for state in FRONT_DOOR_STATES {
+            let _ = self.front_door.get_or_create(&StateLabel { state });
+        }
         for result in ["queued", "duplicate", "busy"] {
             let _ = self.events.get_or_create(&EventLabels {
                 kind: "event",
@@ -76,6 +94,15 @@ impl SlackMetrics {
             decision: "allow",
             reason: "allowed",
         });
+    }
+
+    /// Set the front door state gauge to `state` (one of [`FRONT_DOOR_STATES`]).
+    pub fn set_front_door(&self, state: &'static str) {
+        for s in FRONT_DOOR_STATES {
+            self.front_door
+                .get_or_create(&StateLabel { state: s })
+                .set(i64::from(s == state));
+        }
     }
 
     pub fn call(&self, method: &'static str, result: &'static str) {

@@ -4,6 +4,7 @@
 //! `run` is the whole of it: check the bot token (`auth.test`), start the
 //! transport (Socket Mode by default, or the Events API), the workers that
 //! turn messages into turns and stream replies, and the notice courier.
+//! Which replica runs it, and when, is `crate::front_door`'s decision.
 
 pub mod api;
 pub mod app;
@@ -266,12 +267,38 @@ impl SlackError {
 /// How long in-flight replies may take to finish after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Run the Slack front door until `shutdown` fires. `notices` is the mesh's
-/// notice queue (`MeshOutputs::notices`).
+/// What a Slack front door borrows from the process for one run, so it can
+/// stop (this replica lost the Lease) and start again (it regained it):
+/// the mesh's notice queue, the Events API listener (bound once, see
+/// [`transport::events_api::EventsDoor`]) and who to tell it is serving.
+#[derive(Clone)]
+pub struct SlackIo {
+    /// The mesh's notice queue (`MeshOutputs::notices`); one courier at a time.
+    pub notices: Arc<tokio::sync::Mutex<mpsc::Receiver<InboundNotice>>>,
+    /// The Events API listener's door; `None` binds `--slack-events-addr`
+    /// for this run only.
+    pub events: Option<transport::events_api::EventsDoor>,
+    /// Called with `true` once the transport serves (Socket Mode connected,
+    /// Events API routes open) and with `false` when it stops.
+    pub on_serving: Arc<dyn Fn(bool) + Send + Sync>,
+}
+
+impl SlackIo {
+    /// Only the notice queue; the run binds its own Events API listener.
+    pub fn new(notices: mpsc::Receiver<InboundNotice>) -> Self {
+        Self {
+            notices: Arc::new(tokio::sync::Mutex::new(notices)),
+            events: None,
+            on_serving: Arc::new(|_| {}),
+        }
+    }
+}
+
+/// Run the Slack front door until `shutdown` fires.
 pub async fn run(
     args: SlackArgs,
     router: Router,
-    notices: mpsc::Receiver<InboundNotice>,
+    io: SlackIo,
     shutdown: CancellationToken,
 ) -> Result<(), SlackError> {
     args.validate()?;
@@ -279,12 +306,12 @@ pub async fn run(
     if url.starts_with("http://") {
         let connector = SlackClientHyperConnector::with_connector(HttpConnector::new())
             .with_slack_api_url(&url);
-        run_with(connector, args, router, notices, shutdown).await
+        run_with(connector, args, router, io, shutdown).await
     } else {
         let connector = SlackClientHyperHttpsConnector::new()
             .map_err(|e| SlackError::Config(format!("TLS roots: {e}")))?
             .with_slack_api_url(&url);
-        run_with(connector, args, router, notices, shutdown).await
+        run_with(connector, args, router, io, shutdown).await
     }
 }
 
@@ -293,7 +320,7 @@ pub async fn run_with<C: Connector>(
     connector: C,
     args: SlackArgs,
     router: Router,
-    notices: mpsc::Receiver<InboundNotice>,
+    io: SlackIo,
     shutdown: CancellationToken,
 ) -> Result<(), SlackError> {
     let Some(bot_token) = args.slack_bot_token.clone() else {
@@ -364,7 +391,7 @@ pub async fn run_with<C: Connector>(
 
     // Bind before starting anything, so a taken port fails cleanly.
     let events_listener = match args.slack_transport {
-        SlackTransport::Events => Some(
+        SlackTransport::Events if io.events.is_none() => Some(
             tokio::net::TcpListener::bind(args.slack_events_addr)
                 .await
                 .map_err(|source| SlackError::Bind {
@@ -372,7 +399,7 @@ pub async fn run_with<C: Connector>(
                     source,
                 })?,
         ),
-        SlackTransport::Socket => None,
+        SlackTransport::Events | SlackTransport::Socket => None,
     };
     let workers = tokio::spawn(
         app.clone()
@@ -380,7 +407,8 @@ pub async fn run_with<C: Connector>(
             .instrument(info_span!("slack_workers")),
     );
     let courier = tokio::spawn(
-        notices::deliver_notices(app.clone(), notices).instrument(info_span!("slack_notices")),
+        notices::deliver_notices(app.clone(), io.notices.clone())
+            .instrument(info_span!("slack_notices")),
     );
     let transport = match args.slack_transport {
         SlackTransport::Socket => {
@@ -390,14 +418,13 @@ pub async fn run_with<C: Connector>(
                 client,
                 token.expose(),
                 args.slack_socket_connections,
+                || (io.on_serving)(true),
                 stop_transport.clone(),
             )
             .instrument(info_span!("slack_socket_mode"))
             .await
         }
         SlackTransport::Events => {
-            let listener = events_listener
-                .ok_or_else(|| SlackError::Serve("events listener missing".into()))?;
             let verifier = SignatureVerifier::new(
                 args.slack_signing_secret
                     .clone()
@@ -406,11 +433,30 @@ pub async fn run_with<C: Connector>(
                     .as_bytes()
                     .to_vec(),
             );
-            transport::events_api::serve(listener, app.clone(), verifier, stop_transport.clone())
-                .instrument(info_span!("slack_events_api"))
-                .await
+            match (&io.events, events_listener) {
+                (Some(door), _) => {
+                    door.open(transport::events_api::routes(app.clone(), verifier));
+                    (io.on_serving)(true);
+                    stop_transport.cancelled().await;
+                    door.close();
+                    Ok(())
+                }
+                (None, Some(listener)) => {
+                    (io.on_serving)(true);
+                    transport::events_api::serve(
+                        listener,
+                        app.clone(),
+                        verifier,
+                        stop_transport.clone(),
+                    )
+                    .instrument(info_span!("slack_events_api"))
+                    .await
+                }
+                (None, None) => Err(SlackError::Serve("events listener missing".into())),
+            }
         }
     };
+    (io.on_serving)(false);
     // The transport returns on shutdown (or failure): let in-flight work end.
     let finished = app.drain(SHUTDOWN_GRACE).await;
     work_stop.cancel();

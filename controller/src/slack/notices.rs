@@ -18,8 +18,14 @@ use crate::mesh::InboundNotice;
 
 pub async fn deliver_notices<C: Connector>(
     app: Arc<SlackApp<C>>,
-    mut rx: mpsc::Receiver<InboundNotice>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<InboundNotice>>>,
 ) {
+    // One courier at a time: a front door that stops hands the queue to the
+    // next one (this replica leads again) by dropping the guard.
+    let mut rx = tokio::select! {
+        _ = app.shutdown.cancelled() => return,
+        rx = rx.lock_owned() => rx,
+    };
     // DM channel per owner; bounded by the number of agents.
     let mut dms: HashMap<String, String> = HashMap::new();
     loop {

@@ -642,7 +642,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(dir.path(), dir.path().join("link")).unwrap();
         let through = format!("{}/link/x", dir.path().display());
-        assert_eq!(resolve_in_root(&through), format!("{}/x", dir.path().display()));
+        assert_eq!(
+            resolve_in_root(&through),
+            format!("{}/x", dir.path().display())
+        );
         assert_eq!(resolve_in_root("/no/such/path"), "/no/such/path");
     }
 

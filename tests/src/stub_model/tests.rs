@@ -365,7 +365,13 @@ async fn directives_come_from_the_persons_message_not_openclaws_context_blocks()
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["content"][0]["text"], "w0 w1 ");
     assert_eq!(stub.requests()[0].last_user_text, "[chunks=2] hi");
-    assert_eq!(person_text("a <<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>x<<<END_OPENCLAW_INTERNAL_CONTEXT>>> b").as_deref(), Some("a  b"));
+    assert_eq!(
+        person_text(
+            "a <<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>x<<<END_OPENCLAW_INTERNAL_CONTEXT>>> b"
+        )
+        .as_deref(),
+        Some("a  b")
+    );
 }
 
 #[tokio::test]

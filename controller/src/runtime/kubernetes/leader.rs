@@ -2,7 +2,8 @@
 //! Ready (a standby that is never Ready stalls rollouts); the leader labels
 //! its own pod so the mesh Service selects it, runs the reconciler, and is
 //! the only one accepting AgentLink streams. A standby refuses them with
-//! UNAVAILABLE so a sidecar that reaches it retries.
+//! UNAVAILABLE so a sidecar that reaches it retries; a leader that loses the
+//! Lease drains the streams it holds (see [`follow_leadership`]).
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::mesh::Mesh;
+use crate::runtime::Role;
 
 /// The label the mesh Service selects.
 pub const LEADER_LABEL: &str = "clawswarm.dev/leader";
@@ -52,12 +54,15 @@ impl LeaderConfig {
     }
 }
 
-/// Take and keep the lease until `shutdown`; report leadership on `tx`.
+/// Take and keep the lease until `shutdown`; report leadership on `tx` and
+/// this replica's [`Role`] on `role` (`Standby` as soon as the first attempt
+/// finds the Lease held or fails, so the front doors know where they stand).
 /// On shutdown a leader releases the lease so the standby takes over at once.
 pub async fn run(
     client: Client,
     cfg: LeaderConfig,
     tx: watch::Sender<bool>,
+    role: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) {
     let leases = Api::<Lease>::namespaced(client.clone(), &cfg.namespace);
@@ -94,11 +99,13 @@ pub async fn run(
                 }
             }
         }
+        role.send_if_modified(|r| set_role(r, leading));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(cfg.renew_interval) => {}
         }
     }
+    role.send_if_modified(|r| set_role(r, false));
     if leading {
         let _ = tx.send(false);
         label_own_pod(&client, &cfg, false).await;
@@ -110,15 +117,33 @@ pub async fn run(
     }
 }
 
-/// Keep the mesh's accepting flag in step with leadership (starts refusing).
+fn set_role(r: &mut Role, leading: bool) -> bool {
+    let want = if leading { Role::Leader } else { Role::Standby };
+    let changed = *r != want;
+    *r = want;
+    changed
+}
+
+/// Keep the mesh in step with leadership: refuse streams while not leading,
+/// and when leadership is lost without the process exiting, drain the
+/// streams this replica holds so their sidecars reconnect, through the mesh
+/// Service, to the new leader (a former leader must not keep serving turns).
 pub async fn follow_leadership(
     mut rx: watch::Receiver<bool>,
     mesh: Mesh,
     shutdown: CancellationToken,
 ) {
+    let mut was_leading = false;
     loop {
         let leading = *rx.borrow_and_update();
         mesh.set_accepting(leading);
+        if was_leading && !leading {
+            let streams = mesh.connected_agents().len();
+            warn!(streams, "lost leadership: draining agent links");
+            mesh.drain("this controller lost leadership; reconnect to the leader")
+                .await;
+        }
+        was_leading = leading;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },

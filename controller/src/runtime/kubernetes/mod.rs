@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod crd;
 mod idle;
 pub mod issuer;
+pub mod label_value;
 pub mod leader;
 pub mod metrics;
 pub mod offboarding;
@@ -91,6 +92,7 @@ pub struct Inner {
     pods: Store<Pod>,
     writers: Mutex<Option<Writers>>,
     leader_tx: watch::Sender<bool>,
+    role_tx: watch::Sender<crate::runtime::Role>,
     recorder: Recorder,
     pending: Mutex<HashMap<AgentId, Pending>>,
     idle_check_interval: Duration,
@@ -280,6 +282,12 @@ impl Inner {
 impl Runtime for KubernetesRuntime {
     fn kind(&self) -> &'static str {
         "kubernetes"
+    }
+
+    /// `Starting` until the caches synced and the first Lease attempt
+    /// decided; then `Leader` or `Standby` as the Lease moves.
+    fn role(&self) -> watch::Receiver<crate::runtime::Role> {
+        self.role_tx.subscribe()
     }
 
     fn authenticator(&self) -> Arc<dyn Authenticator> {
@@ -506,6 +514,7 @@ impl Runtime for KubernetesRuntime {
                 client.clone(),
                 self.leader.clone(),
                 self.leader_tx.clone(),
+                self.role_tx.clone(),
                 leader_stop.clone(),
             )
             .instrument(info_span!("leader")),

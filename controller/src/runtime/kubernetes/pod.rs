@@ -18,9 +18,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource as _, ResourceExt as _};
 
 use super::crd::{Agent, AgentTemplateSpec};
+use super::label_value::label_value;
 
 /// Every agent pod and claim carries these; the value is the Agent's name.
 pub const LABEL_AGENT: &str = "clawswarm.dev/agent";
+/// The owner (Slack user id) as a label value; the PodMonitor turns it into `owner`.
+pub const LABEL_OWNER: &str = "clawswarm.dev/owner";
+/// Selected by deploy/monitoring/podmonitor.yaml.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const NAME_AGENT: &str = "clawswarm-agent";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const COMPONENT_AGENT: &str = "agent";
@@ -43,6 +49,8 @@ pub const TRUST_KEY: &str = "ca.pem";
 pub const WORKLOAD_CONFIG_DIR: &str = "/etc/clawswarm/workload";
 /// The sidecar's plain HTTP port (/metrics, /healthz, /readyz).
 pub const SIDECAR_HTTP_PORT: u16 = 9464;
+/// Its name, which deploy/monitoring/podmonitor.yaml scrapes.
+pub const SIDECAR_HTTP_PORT_NAME: &str = "metrics";
 /// Digest of the desired pod (see [`spec_hash`]).
 pub const SPEC_HASH_ANNOTATION: &str = "clawswarm.dev/spec-hash";
 /// Non-root uid/gid every container runs as (distroless "nonroot").
@@ -88,7 +96,7 @@ pub fn build_workload_secret(agent: &Agent) -> Secret {
         metadata: ObjectMeta {
             name: Some(workload_secret_name(&name)),
             namespace: agent.namespace(),
-            labels: Some(agent_labels(&name)),
+            labels: Some(agent_labels(agent)),
             owner_references: owner_ref(agent).map(|o| vec![o]),
             ..Default::default()
         },
@@ -116,9 +124,11 @@ fn workload_token_env(agent: &str, env_name: &str) -> EnvVar {
     }
 }
 
-pub fn agent_labels(agent: &str) -> BTreeMap<String, String> {
+pub fn agent_labels(agent: &Agent) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LABEL_AGENT.to_string(), agent.to_string()),
+        (LABEL_AGENT.to_string(), agent.name_any()),
+        (LABEL_OWNER.to_string(), label_value(&agent.spec.owner)),
+        (LABEL_NAME.to_string(), NAME_AGENT.to_string()),
         (LABEL_COMPONENT.to_string(), COMPONENT_AGENT.to_string()),
         (LABEL_PART_OF.to_string(), "clawswarm".to_string()),
     ])
@@ -143,7 +153,7 @@ pub fn build_volume_claim(agent: &Agent, tpl: &AgentTemplateSpec) -> PersistentV
         metadata: ObjectMeta {
             name: Some(volume_claim_name(&name)),
             namespace: agent.namespace(),
-            labels: Some(agent_labels(&name)),
+            labels: Some(agent_labels(agent)),
             ..Default::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -253,7 +263,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
     let ns = agent.namespace().unwrap_or_default();
     let w = &tpl.workload;
     let mut labels = w.pod_labels.clone();
-    labels.extend(agent_labels(&name));
+    labels.extend(agent_labels(agent));
 
     let mut volumes = vec![
         Volume {
@@ -410,7 +420,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             }]
         }),
         ports: Some(vec![ContainerPort {
-            name: Some("http-metrics".into()),
+            name: Some(SIDECAR_HTTP_PORT_NAME.into()),
             container_port: i32::from(SIDECAR_HTTP_PORT),
             protocol: Some("TCP".into()),
             ..Default::default()
@@ -521,4 +531,4 @@ pub fn pod_spec_hash(pod: &Pod) -> Option<&str> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests;
+pub(crate) mod tests;

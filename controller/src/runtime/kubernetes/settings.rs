@@ -196,6 +196,7 @@ pub async fn build(
     let (templates, templates_w) = reflector::store();
     let (pods, pods_w) = reflector::store();
     let (leader_tx, _) = watch::channel(false);
+    let (role_tx, _) = watch::channel(crate::runtime::Role::Starting);
     let reporter = Reporter {
         controller: "clawswarm-controller".into(),
         instance: Some(identity),
@@ -211,6 +212,7 @@ pub async fn build(
         pods,
         writers: Mutex::new(Some((agents_w, templates_w, pods_w))),
         leader_tx,
+        role_tx,
         recorder: Recorder::new(client, reporter),
         pending: Mutex::new(HashMap::new()),
         idle_check_interval: args.idle_check_interval,

@@ -2,6 +2,10 @@
 //! (five-minute window, constant-time compare) before its body is parsed;
 //! the request is answered as soon as the work is queued. Events, slash
 //! commands and interactions may share one URL or use the three paths.
+//!
+//! [`EventsDoor`] keeps the listener for the life of the process and hands
+//! requests to whichever front door is open: on a standby (or while this
+//! replica starts) none is, and Slack gets 503, which it retries.
 
 use std::{
     collections::HashMap,
@@ -19,7 +23,7 @@ use axum::{
 };
 use serde_json::json;
 use slack_morphism::prelude::*;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -28,6 +32,97 @@ use crate::slack::{
     app::{Accepted, SlackApp},
     signature::SignatureVerifier,
 };
+
+/// How long a request waits for a front door to open (this replica is
+/// starting, or taking over) before it is refused: inside Slack's 3 s.
+pub const DOOR_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The Events API listener, bound once for the process. Requests go to the
+/// routes of the front door running now ([`EventsDoor::open`]); with none
+/// open they wait up to a hold time, then get `503` and `Retry-After: 1`, so
+/// Slack delivers them again (to the leader, once the Service follows it).
+#[derive(Clone)]
+pub struct EventsDoor {
+    current: Arc<watch::Sender<Option<Router>>>,
+    metrics: crate::slack::metrics::SlackMetrics,
+}
+
+impl EventsDoor {
+    pub fn new(metrics: crate::slack::metrics::SlackMetrics) -> Self {
+        Self {
+            current: Arc::new(watch::Sender::new(None)),
+            metrics,
+        }
+    }
+
+    /// Serve `routes` from now on.
+    pub fn open(&self, routes: Router) {
+        self.current.send_replace(Some(routes));
+    }
+
+    /// Refuse from now on (the front door stopped).
+    pub fn close(&self) {
+        self.current.send_replace(None);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.current.borrow().is_some()
+    }
+
+    /// Every request, whatever its path, through the door.
+    pub fn router(&self, hold: std::time::Duration) -> Router {
+        let door = self.clone();
+        Router::new().fallback(move |req: axum::extract::Request| {
+            let door = door.clone();
+            async move { door.handle(req, hold).await }
+        })
+    }
+
+    /// Serve `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        hold: std::time::Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), SlackError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| SlackError::Serve(e.to_string()))?;
+        info!(addr = %addr, "slack events api listening");
+        axum::serve(listener, self.router(hold))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(|e| SlackError::Serve(e.to_string()))
+    }
+
+    async fn handle(&self, req: axum::extract::Request, hold: std::time::Duration) -> Response {
+        let mut rx = self.current.subscribe();
+        let routes = match tokio::time::timeout(hold, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(r)) => r.clone(),
+            _ => None,
+        };
+        match routes {
+            Some(r) => match tower::ServiceExt::oneshot(r, req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            },
+            None => {
+                self.metrics.event("request", "not_serving");
+                warn!(
+                    status = 503,
+                    reason = "not_serving",
+                    "slack request refused: this replica does not serve slack now"
+                );
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "this controller replica is not serving slack; retry",
+                )
+                    .into_response()
+            }
+        }
+    }
+}
 
 struct Ctx<C: Connector> {
     app: Arc<SlackApp<C>>,
@@ -167,5 +262,55 @@ fn event<C: Connector>(app: &SlackApp<C>, body: &[u8], retry: Option<(u32, &str)
             Accepted::Busy => StatusCode::SERVICE_UNAVAILABLE.into_response(),
             _ => StatusCode::OK.into_response(),
         },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod door_tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn request() -> axum::extract::Request {
+        axum::extract::Request::builder()
+            .uri("/slack/events")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_door_refuses_with_503_after_the_hold() {
+        let door = EventsDoor::new(Default::default());
+        let resp = door.router(DOOR_HOLD).oneshot(request()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let refused = door
+            .metrics
+            .events
+            .get_or_create(&crate::slack::metrics::EventLabels {
+                kind: "request",
+                result: "not_serving",
+            })
+            .get();
+        assert_eq!(refused, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_door_forwards_and_a_waiting_request_gets_the_new_front_door() {
+        let door = EventsDoor::new(Default::default());
+        let routes = Router::new().route("/slack/events", get(|| async { "front door" }));
+        // A request that arrives while the replica is starting waits…
+        let waiting = tokio::spawn(door.router(DOOR_HOLD).oneshot(request()));
+        tokio::task::yield_now().await;
+        door.open(routes);
+        let resp = waiting.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // …and once the front door stops, requests are refused again.
+        door.close();
+        assert!(!door.is_open());
+        let resp = door.router(DOOR_HOLD).oneshot(request()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

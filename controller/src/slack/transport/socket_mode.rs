@@ -99,6 +99,7 @@ pub async fn serve<C: Connector>(
     client: Arc<SlackClient<C>>,
     app_token: &str,
     connections: u32,
+    on_open: impl FnOnce(),
     shutdown: CancellationToken,
 ) -> Result<(), SlackError> {
     let env = Arc::new(
@@ -120,6 +121,7 @@ pub async fn serve<C: Connector>(
         .map_err(|e| SlackError::SocketMode(socket_error(&e)))?;
     listener.start().await;
     info!(connections, "slack socket mode listening");
+    on_open();
     shutdown.cancelled().await;
     listener.shutdown().await;
     info!("slack socket mode stopped");

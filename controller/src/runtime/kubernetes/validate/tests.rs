@@ -138,7 +138,7 @@ fn reserved_and_malformed_pod_labels_are_refused() {
 
 #[test]
 fn every_label_the_controller_sets_on_agent_pods_is_reserved() {
-    for key in pod::agent_labels("alice").keys() {
+    for key in pod::agent_labels(&crate::runtime::kubernetes::pod::tests::agent()).keys() {
         assert!(is_reserved_label(key), "{key}");
     }
     assert!(is_reserved_label(
