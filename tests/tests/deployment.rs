@@ -157,7 +157,7 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let status_tokens = loop {
         let a = agents.get(&agent_name).await?;
-        let t = a.status.as_ref().and_then(|s| s.usage.clone());
+        let t = a.status.as_ref().and_then(|s| s.usage);
         if let Some(t) = t.filter(|t| t.input == billed.input_tokens) {
             break t;
         }

@@ -68,10 +68,10 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, bool), B
             None => String::new(),
             Some(c) => content_text(c, &format!("messages[{i}].content"))?,
         };
-        if role == "user" {
-            if let Some(person) = super::person_text(&text) {
-                last_user_text = person;
-            }
+        if role == "user"
+            && let Some(person) = super::person_text(&text)
+        {
+            last_user_text = person;
         }
         input_texts.push(text);
     }
