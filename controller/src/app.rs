@@ -298,6 +298,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             &args.slack,
             router.clone(),
             outputs.notices,
+            outputs.pending,
             slack_events_listener,
             front_door.clone(),
             &tasks,
@@ -305,6 +306,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         ))
     } else {
         tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
+        // Orphaned turns stay with their sidecars (Gateway clients resume
+        // their own by turn id); a closed queue tells the mesh so at once.
+        drop(outputs.pending);
         None
     };
 

@@ -246,6 +246,7 @@ pub fn spawn_slack(
     args: &crate::slack::SlackArgs,
     router: crate::router::Router,
     notices: tokio::sync::mpsc::Receiver<crate::mesh::InboundNotice>,
+    pending: tokio::sync::mpsc::Receiver<crate::mesh::PendingReply>,
     events_listener: Option<tokio::net::TcpListener>,
     door: Arc<FrontDoor>,
     tasks: &tokio_util::task::TaskTracker,
@@ -269,7 +270,7 @@ pub fn spawn_slack(
         );
         events
     });
-    let io = crate::slack::SlackIo::new(notices);
+    let io = crate::slack::SlackIo::new(notices, pending);
     let slack_args = args.clone();
     let start = move |on_serving, stop| {
         let io = crate::slack::SlackIo {

@@ -31,25 +31,6 @@ const START: Duration = Duration::from_secs(240);
 const REPLY: Duration = Duration::from_secs(120);
 const ALICE: &str = "U0ALICE";
 
-async fn response_containing(
-    install: &Install,
-    id: &str,
-    needle: &str,
-    timeout: Duration,
-) -> Result<String> {
-    install
-        .fake
-        .wait_for(timeout, |f| {
-            f.responses()
-                .into_iter()
-                .filter(|(rid, _)| rid == id)
-                .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
-                .find(|t| t.contains(needle))
-        })
-        .await
-        .with_context(|| format!("responses so far: {:?}", install.fake.responses()))
-}
-
 /// The agent pod of Alice's agent, once it runs.
 async fn agent_pod(install: &Install, agent: &str) -> Result<Pod> {
     let api = Api::<Pod>::namespaced(install.cp.admin(), NAMESPACE);
@@ -92,8 +73,8 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         "setup",
         &install.fake.response_url("setup"),
     ))?;
-    response_containing(&install, "setup", "is starting", START).await?;
-    let ready = response_containing(&install, "setup", "is ready", START).await;
+    install.fake.response_containing("setup", "is starting", START).await?;
+    let ready = install.fake.response_containing("setup", "is ready", START).await;
     let agent_name = clawswarm_controller::slack::commands::agent_name_for(ALICE);
     if let Err(e) = ready {
         let pod = agent_pod(&install, &agent_name).await.ok();
@@ -177,9 +158,7 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         "usage",
         &install.fake.response_url("usage"),
     ))?;
-    let usage = response_containing(
-        &install,
-        "usage",
+    let usage = install.fake.response_containing("usage",
         &billed.input_tokens.to_string(),
         Duration::from_secs(30),
     )

@@ -210,7 +210,7 @@ impl SlackReplica {
         let runtime: Arc<dyn Runtime> = ctl.runtime.clone();
         let router = Router::new(runtime.clone(), mesh, RouterConfig::default());
         let door = FrontDoor::new(runtime.role(), true, metrics.slack.clone());
-        let io = SlackIo::new(outputs.notices);
+        let io = SlackIo::new(outputs.notices, outputs.pending);
         let start = move |on_serving, stop| {
             let io = SlackIo {
                 on_serving,

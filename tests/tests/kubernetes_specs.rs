@@ -404,13 +404,23 @@ async fn deleting_the_template_keeps_its_delete_retention() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "failed in the full suite after merging the front-door branch (no DuplicateOwner within 90 s); passed on its branch; not yet investigated (issue 9 item 5)"]
 async fn a_second_agent_of_one_owner_is_flagged_and_routing_picks_the_oldest() {
     let c = cluster().await;
     let ctl = Controller::start(&c, None).await;
     let rt = ctl.runtime.clone();
-    create_agent(&c, "jill", "U40", "engineer").await;
+    let jill = create_agent(&c, "jill", "U40", "engineer").await;
     ready_pod(&c, "jill").await;
+    // creationTimestamp has one-second resolution and ties go to the name
+    // ("jack" < "jill"): make jack strictly younger, as it would be when
+    // someone applies a second Agent by hand later.
+    let created = jill.metadata.creation_timestamp.clone().unwrap().0;
+    let now = || {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.map_or(0, |d| d.as_secs() as i64)
+    };
+    while now() <= created.as_second() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Created later (kubectl apply bypasses the runtime's one-per-owner check).
     create_agent(&c, "jack", "U40", "engineer").await;
     let jack = wait_agent(

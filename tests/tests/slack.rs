@@ -100,23 +100,6 @@ async fn reply_in(
     Ok(fake.thread_text(channel, Some(thread_ts)))
 }
 
-async fn response_containing(
-    fake: &FakeSlack,
-    id: &str,
-    needle: &str,
-    timeout: Duration,
-) -> Result<String> {
-    fake.wait_for(timeout, |f| {
-        f.responses()
-            .into_iter()
-            .filter(|(rid, _)| rid == id)
-            .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
-            .find(|t| t.contains(needle))
-    })
-    .await
-    .with_context(|| format!("responses so far: {:?}", fake.responses()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     let fake = FakeSlack::start().await?;
@@ -148,8 +131,8 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     ))?;
     let ack = fake.wait_ack(&env, Duration::from_secs(10)).await?;
     assert_eq!(ack.frame["payload"]["text"], "Setting up your agent…");
-    response_containing(&fake, "setup", "is starting", START).await?;
-    response_containing(&fake, "setup", "is ready", START)
+    fake.response_containing("setup", "is starting", START).await?;
+    fake.response_containing("setup", "is ready", START)
         .await
         .with_context(|| ctl.logs())?;
 
@@ -292,15 +275,15 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
         payloads::slash_command(user, &dm, "/agent", text, &fake.response_url(id))
     };
     fake.socket().send_command(cmd("U0ALICE", "list", "l1"))?;
-    response_containing(&fake, "l1", "Only admins", REPLY).await?;
+    fake.response_containing("l1", "Only admins", REPLY).await?;
     fake.socket().send_command(cmd("U0ADMIN", "list", "l2"))?;
-    let list = response_containing(&fake, "l2", "u-u0alice", REPLY).await?;
+    let list = fake.response_containing("l2", "u-u0alice", REPLY).await?;
     assert!(list.contains("<@U0ALICE>"), "{list}");
     fake.socket()
         .send_command(cmd("U0ADMIN", "deprovision <@U0ALICE|alice>", "d1"))?;
-    response_containing(&fake, "d1", "Deleted <@U0ALICE>'s agent", REPLY).await?;
+    fake.response_containing("d1", "Deleted <@U0ALICE>'s agent", REPLY).await?;
     fake.socket().send_command(cmd("U0ALICE", "status", "s1"))?;
-    response_containing(&fake, "s1", "/agent setup", REPLY).await?;
+    fake.response_containing("s1", "/agent setup", REPLY).await?;
 
     let m = metrics(&ctl).await?;
     for series in [
@@ -480,14 +463,15 @@ async fn events_api_verifies_signatures_and_falls_back_to_post_and_update() -> R
     let resp = poster.post_command(&cmd, &ok).await?;
     assert_eq!(resp.status, 200);
     assert!(resp.body.contains("Working on it"), "{}", resp.body);
-    let status = response_containing(&fake, "status", "u-u0bob", REPLY).await?;
+    let status = fake.response_containing("status", "u-u0bob", REPLY).await?;
     assert!(status.contains("Connected: yes"), "{status}");
 
     let m = metrics(&ctl).await?;
     for series in [
         r#"clawswarm_slack_events_total{kind="request",result="stale"} 1"#,
         r#"clawswarm_slack_events_total{kind="request",result="mismatch"} 1"#,
-        r#"clawswarm_slack_api_calls_total{method="chat.startStream",result="api"} 1"#,
+        // Each reply's message is opened before its turn: both tried a stream first.
+        r#"clawswarm_slack_api_calls_total{method="chat.startStream",result="api"} 2"#,
         r#"clawswarm_slack_replies_total{mode="fallback",outcome="ok"} 1"#,
         r#"clawswarm_slack_replies_total{mode="fallback",outcome="error"} 1"#,
     ] {
@@ -512,7 +496,7 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
         &fake.response_url("s"),
     ))?;
     fake.wait_ack(&env, Duration::from_secs(10)).await?;
-    response_containing(&fake, "s", "suspended", START)
+    fake.response_containing("s", "suspended", START)
         .await
         .with_context(|| ctl.logs())?;
     let outbox = ctl
@@ -588,9 +572,9 @@ async fn a_slow_start_gets_patience_messages_then_ready() -> Result<()> {
         "",
         &url,
     ))?;
-    response_containing(&fake, "dan", "is starting", START).await?;
-    response_containing(&fake, "dan", "Still starting", START).await?;
-    response_containing(&fake, "dan", "is ready", START)
+    fake.response_containing("dan", "is starting", START).await?;
+    fake.response_containing("dan", "Still starting", START).await?;
+    fake.response_containing("dan", "is ready", START)
         .await
         .with_context(|| ctl.logs())?;
     let texts: Vec<String> = fake
@@ -624,9 +608,7 @@ async fn a_start_that_never_gets_ready_ends_with_a_clear_error() -> Result<()> {
     fake.socket().send_command(payloads::slash_command(
         "U0ERIN", "D0ERIN", "/agent", "setup", &url,
     ))?;
-    let err = response_containing(
-        &fake,
-        "erin",
+    let err = fake.response_containing("erin",
         "did not become ready within 3 seconds",
         START,
     )
@@ -637,5 +619,55 @@ async fn a_start_that_never_gets_ready_ends_with_a_clear_error() -> Result<()> {
         "{err}"
     );
     wait_log(&ctl, "agent not ready in time", Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Issue 12 item 1 (and issue 9 item 2's Slack half), on the real binary in
+/// its embedded mode: the controller dies with SIGKILL while a reply
+/// streams; the restarted controller learns of the turn from the sidecar
+/// (which survived), and the reply finishes in the same Slack message, whole
+/// and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_cut_by_a_controller_crash_finishes_in_the_same_message() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let mut ctl = controller(&fake, &[("alice", "U0ALICE")], &[]).await?;
+    ctl.wait_ready("alice", START).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let dm = fake.dm_channel_for("U0ALICE");
+    let asked = "1700000300.000001";
+    fake.socket().send_event(payloads::event_callback(
+        "Ev1",
+        payloads::dm("U0ALICE", &dm, asked, "[chunks=40] [delay_ms=100]"),
+    ))?;
+    let in_thread = |f: &FakeSlack| -> Vec<_> {
+        f.bot_messages()
+            .into_iter()
+            .filter(|m| m.channel == dm && m.thread_ts.as_deref() == Some(asked))
+            .collect()
+    };
+    let partial = fake
+        .wait_for(REPLY, |f| {
+            in_thread(f)
+                .into_iter()
+                .find(|m| m.streaming && m.text.contains("w5 "))
+        })
+        .await
+        .with_context(|| ctl.logs())?;
+
+    ctl.kill().await?;
+    ctl.restart().await?;
+    wait_log(&ctl, "start=\"resumed\"", REPLY).await?;
+
+    let expected: String = (0..40).map(|i| format!("w{i} ")).collect();
+    let messages = in_thread(&fake);
+    assert_eq!(messages.len(), 1, "one message for one reply: {messages:?}");
+    let reply = &messages[0];
+    assert_eq!(reply.ts, partial.ts, "the same message continued");
+    assert!(!reply.streaming, "its stream was closed: {reply:?}");
+    assert_eq!(reply.text.trim_end(), expected.trim_end(), "whole, and once");
+    // The sidecar replayed what it held: the model answered once.
+    assert_eq!(ctl.model_requests("alice").len(), 1);
     Ok(())
 }

@@ -133,7 +133,7 @@ impl AgentLink for AgentLinkService {
             cancel: cancel.clone(),
         };
         let entry = self.mesh.entry(&agent);
-        let resumes = attach(&self.mesh, &entry, handle, hello.pending);
+        let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending);
         info!(agent = %agent, conn_id, version = %hello.version, resumed = resumes.len(), "agent connected");
 
         let mesh = self.mesh.clone();
@@ -149,6 +149,7 @@ impl AgentLink for AgentLinkService {
                     }
                 }
                 drop(tx);
+                offer_orphans(&mesh, &entry, orphans);
                 read_frames(&mesh, &entry, inbound, cancel).await;
                 detach(&mesh, &entry, conn_id);
             }
@@ -159,13 +160,14 @@ impl AgentLink for AgentLinkService {
 }
 
 /// Make `handle` the agent's stream, replacing any older one cleanly, and
-/// return the turns to resume on it (those still in flight here).
+/// return the turns to resume on it (those still in flight here) and the
+/// ones it holds that nobody here asked for.
 fn attach(
     mesh: &Mesh,
     entry: &Arc<AgentEntry>,
     handle: LinkHandle,
     pending: Vec<pb::PendingTurn>,
-) -> Vec<(String, u64)> {
+) -> (Vec<(String, u64)>, Vec<pb::PendingTurn>) {
     let conn_id = handle.conn_id;
     let old = lock(&entry.link).replace(handle);
     match old {
@@ -191,12 +193,34 @@ fn attach(
         .collect();
     let mut held = lock(&entry.pending);
     held.clear();
+    let mut orphans = Vec::new();
     for p in pending {
         if !turns.contains_key(&p.turn_id) && validate_turn_id(&p.turn_id).is_ok() {
-            held.insert(p.turn_id.clone(), p);
+            held.insert(p.turn_id.clone(), p.clone());
+            orphans.push(p);
         }
     }
-    resumes
+    (resumes, orphans)
+}
+
+/// Tell whoever finishes orphaned replies (the Slack front door) about them.
+/// Never waits: a full queue leaves the turn in `pending_turns`, logged.
+fn offer_orphans(mesh: &Mesh, entry: &AgentEntry, orphans: Vec<pb::PendingTurn>) {
+    for turn in orphans {
+        let turn_id = turn.turn_id.clone();
+        let offer = super::PendingReply {
+            agent: entry.id.clone(),
+            turn,
+        };
+        match mesh.inner.pending.try_send(offer) {
+            Ok(()) => debug!(agent = %entry.id, turn_id, "orphaned turn offered for resumption"),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(agent = %entry.id, turn_id, "orphaned-turn queue full; the turn stays pending")
+            }
+            // Nobody here finishes orphaned replies (no Slack front door).
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
 }
 
 fn detach(mesh: &Mesh, entry: &Arc<AgentEntry>, conn_id: u64) {

@@ -88,6 +88,18 @@ pub struct MeshOutputs {
     pub notices: mpsc::Receiver<InboundNotice>,
     /// Token usage of every finished turn, for the runtime's persisted totals.
     pub usage: mpsc::Receiver<(AgentId, pb::Usage)>,
+    /// Turns a reconnecting sidecar holds that no requester here is waiting
+    /// for (their controller died): whoever made the reply target may pick
+    /// them up with `Router::resume_turn`. Unclaimed ones stay listed in
+    /// [`Mesh::pending_turns`] until the sidecar's next connection.
+    pub pending: mpsc::Receiver<PendingReply>,
+}
+
+/// A turn whose requester is gone, as its sidecar reported it on connect.
+#[derive(Clone, Debug)]
+pub struct PendingReply {
+    pub agent: AgentId,
+    pub turn: pb::PendingTurn,
 }
 
 /// A proactive message from an agent, to be delivered to its owner and then
@@ -176,6 +188,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     notices: mpsc::Sender<InboundNotice>,
     usage: mpsc::Sender<(AgentId, pb::Usage)>,
+    pending: mpsc::Sender<PendingReply>,
     next_conn: AtomicU64,
     accepting: AtomicBool,
     tasks: TaskTracker,
@@ -203,12 +216,14 @@ impl Mesh {
     ) -> (Self, MeshOutputs) {
         let (notices, notices_rx) = mpsc::channel(1024);
         let (usage, usage_rx) = mpsc::channel(4096);
+        let (pending, pending_rx) = mpsc::channel(4096);
         let inner = Inner {
             cfg,
             agents: RwLock::default(),
             metrics,
             notices,
             usage,
+            pending,
             next_conn: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
             tasks: TaskTracker::new(),
@@ -221,6 +236,7 @@ impl Mesh {
             MeshOutputs {
                 notices: notices_rx,
                 usage: usage_rx,
+                pending: pending_rx,
             },
         )
     }

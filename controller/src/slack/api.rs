@@ -412,6 +412,10 @@ impl<C: Connector> ReplyApi for SlackApi<C> {
             Action::Stop { ts, text } => self.stop_stream(ch, ts, text).await.map(|_| None),
             Action::Post { text } => self.post_message(ch, Some(thread), text).await.map(Some),
             Action::Update { ts, text } => self.update(ch, ts, text).await.map(|_| None),
+            Action::Seal { ts } => match self.stop_stream(ch, ts, "").await {
+                Err(e) if e.code() == Some("message_not_in_streaming_state") => Ok(None),
+                r => r.map(|_| None),
+            },
         }
     }
 }

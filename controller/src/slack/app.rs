@@ -17,10 +17,19 @@ use super::{
     commands::{self, Command, CommandsConfig},
     dedupe::Dedupe,
     policy::{GroupDirectory, Policy},
-    reply::{ReplyApi, ReplyConfig, ReplyPlace, failure_note, write_reply},
+    reply::{
+        Opening, ReplyApi, ReplyConfig, ReplyPlace, TurnEvents, failure_note, open_message,
+        write_reply,
+    },
     routing::{ActiveThreads, BotIdentity, Inbound, Skip, classify},
+    target::{SlackTarget, TargetError, TargetSeal},
 };
-use crate::{mesh::TurnSpec, router::Router};
+use crate::{
+    mesh::{PendingReply, TurnEnd, TurnEvent, TurnSpec},
+    router::Router,
+};
+use clawswarm_certs::AgentId;
+use clawswarm_proto::v1::Outcome;
 
 /// Work taken off the transports' hands.
 #[derive(Debug)]
@@ -52,6 +61,7 @@ pub struct SlackApp<C: Connector> {
     pub(crate) commands: CommandsConfig,
     pub(crate) reply: ReplyConfig,
     pub(crate) namespace: String,
+    seal: TargetSeal,
     dedupe: Dedupe,
     threads: ActiveThreads,
     work: mpsc::Sender<Work>,
@@ -68,6 +78,7 @@ impl<C: Connector> SlackApp<C> {
         policy: Policy,
         commands: CommandsConfig,
         reply: ReplyConfig,
+        seal: TargetSeal,
         queue: usize,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, mpsc::Receiver<Work>) {
@@ -81,6 +92,7 @@ impl<C: Connector> SlackApp<C> {
             commands,
             reply,
             namespace,
+            seal,
             dedupe: Dedupe::default(),
             threads: ActiveThreads::new(10_000),
             work,
@@ -252,29 +264,47 @@ impl<C: Connector> SlackApp<C> {
                 return;
             }
         };
+        // The message exists before the turn does, so its ts travels in the
+        // sealed reply target and a controller that takes over after a
+        // crash continues this same message.
+        let api: Arc<dyn ReplyApi> = self.api.clone();
+        let opening = open_message(api.as_ref(), &place, &self.reply).await;
+        let target = SlackTarget {
+            place: place.clone(),
+            ts: opening.ts().map(str::to_owned),
+        };
         let spec = TurnSpec {
             turn_id: None,
             conversation: m.conversation(),
             text: m.text,
-            reply_target: serde_json::to_vec(&place).unwrap_or_default(),
+            reply_target: self.seal.seal(&target),
         };
-        let mut stream = match self.router.send_turn(&agent.id, spec).await {
-            Ok(s) => s,
+        match self.router.send_turn(&agent.id, spec).await {
+            Ok(mut stream) => {
+                let turn_id = stream.turn_id().to_owned();
+                self.finish_reply(&agent.id, &turn_id, place, opening, &mut stream, "new")
+                    .await;
+            }
             Err(e) => {
                 warn!(agent = %agent.id, error = %e, "turn not started");
-                let end = crate::mesh::TurnEnd::failed(
-                    clawswarm_proto::v1::Outcome::Error,
-                    e.to_string(),
-                );
-                if let Some(note) = failure_note(&end) {
-                    self.tell(&place, &note).await;
-                }
-                return;
+                let end = TurnEnd::failed(Outcome::Error, e.to_string());
+                self.end_unstarted(place, opening, end).await;
             }
-        };
-        let turn_id = stream.turn_id().to_owned();
+        }
+    }
+
+    /// Write a turn's reply into Slack, then count and log how it went.
+    async fn finish_reply(
+        &self,
+        agent: &AgentId,
+        turn_id: &str,
+        place: ReplyPlace,
+        opening: Opening,
+        events: &mut dyn TurnEvents,
+        start: &'static str,
+    ) {
         let api: Arc<dyn ReplyApi> = self.api.clone();
-        let report = write_reply(api, place, self.reply.clone(), &mut stream).await;
+        let report = write_reply(api, place, self.reply.clone(), opening, events).await;
         let outcome = crate::mesh::outcome_label(report.outcome);
         let replies = &self.api.metrics().replies;
         replies
@@ -284,8 +314,91 @@ impl<C: Connector> SlackApp<C> {
             })
             .inc();
         info!(
-            agent = %agent.id, turn_id = %turn_id, outcome = ?report.outcome, mode = report.mode,
+            agent = %agent, turn_id = %turn_id, start, outcome = ?report.outcome, mode = report.mode,
             messages = report.messages, failed_calls = report.failed_calls, gave_up = report.gave_up, "slack reply finished"
+        );
+    }
+
+    /// A turn that never started: say why, in its opened message if it has one.
+    async fn end_unstarted(&self, place: ReplyPlace, opening: Opening, end: TurnEnd) {
+        if opening == Opening::Fresh {
+            if let Some(note) = failure_note(&end) {
+                self.tell(&place, &note).await;
+            }
+            return;
+        }
+        let api: Arc<dyn ReplyApi> = self.api.clone();
+        let mut ended = Ended(Some(TurnEvent::End(end)));
+        write_reply(api, place, self.reply.clone(), opening, &mut ended).await;
+    }
+
+    /// Finish, in their own Slack messages, the replies a dead controller
+    /// was writing: sidecars report those turns when they reconnect here.
+    /// One taker at a time, like the notice courier.
+    pub async fn resume_orphans(
+        self: Arc<Self>,
+        rx: Arc<tokio::sync::Mutex<mpsc::Receiver<PendingReply>>>,
+    ) {
+        let mut rx = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            rx = rx.lock_owned() => rx,
+        };
+        loop {
+            let orphan = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            };
+            self.adopt(orphan).await;
+        }
+    }
+
+    async fn adopt(self: &Arc<Self>, orphan: PendingReply) {
+        let PendingReply { agent, turn } = orphan;
+        let target = match self.seal.open(&turn.reply_target) {
+            Ok(t) => t,
+            // Another requester's turn (a Gateway client resumes its own).
+            Err(TargetError::NotSlack) => return,
+            Err(e) => {
+                self.api.metrics().event("resume", e.metric_label());
+                return warn!(agent = %agent, turn_id = %turn.turn_id, error = %e, "orphaned turn not resumed: its reply target is refused");
+            }
+        };
+        // Defence in depth: a sealed target from this agent names its owner.
+        match self.router.runtime().get(&agent).await {
+            Ok(Some(a)) if a.owner == target.place.user => {}
+            Ok(_) => {
+                self.api.metrics().event("resume", "wrong_owner");
+                return warn!(agent = %agent, turn_id = %turn.turn_id, "orphaned turn not resumed: its reply target names someone other than the agent's owner");
+            }
+            Err(e) => {
+                self.api.metrics().event("resume", "lookup_failed");
+                return warn!(agent = %agent, turn_id = %turn.turn_id, error = %e, "orphaned turn not resumed: agent lookup failed");
+            }
+        }
+        self.api.metrics().event("resume", "resumed");
+        info!(agent = %agent, turn_id = %turn.turn_id, chunks_held = turn.next_seq, ended = turn.ended, ts = ?target.ts, "resuming a reply another controller was writing");
+        let app = self.clone();
+        let span = info_span!("slack_resume", owner = %target.place.user);
+        self.tasks.spawn(
+            async move {
+                let opening = match target.ts {
+                    Some(ts) => Opening::Resumed { ts },
+                    None => Opening::Fresh,
+                };
+                // From the first chunk: the message is rewritten whole.
+                match app.router.resume_turn(&agent, &turn.turn_id, 0).await {
+                    Ok(mut stream) => {
+                        app.finish_reply(&agent, &turn.turn_id, target.place, opening, &mut stream, "resumed")
+                            .await;
+                    }
+                    Err(e) => {
+                        warn!(agent = %agent, turn_id = %turn.turn_id, error = %e, "orphaned turn could not be resumed");
+                        let end = TurnEnd::failed(Outcome::Error, e.to_string());
+                        app.end_unstarted(target.place, opening, end).await;
+                    }
+                }
+            }
+            .instrument(span),
         );
     }
 
@@ -310,6 +423,16 @@ impl<C: Connector> SlackApp<C> {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// The events of a turn that ended before it began.
+struct Ended(Option<TurnEvent>);
+
+#[async_trait]
+impl TurnEvents for Ended {
+    async fn next_event(&mut self) -> Option<TurnEvent> {
+        self.0.take()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod reply;
 pub mod routing;
 pub mod signature;
 pub mod split;
+pub mod target;
 pub mod transport;
 
 use std::{collections::HashSet, fmt, net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
@@ -30,7 +31,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{config::parse_duration, mesh::InboundNotice, router::Router};
+use crate::{
+    config::parse_duration,
+    mesh::{InboundNotice, PendingReply},
+    router::Router,
+};
 use api::SlackApi;
 use app::SlackApp;
 use commands::CommandsConfig;
@@ -275,6 +280,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct SlackIo {
     /// The mesh's notice queue (`MeshOutputs::notices`); one courier at a time.
     pub notices: Arc<tokio::sync::Mutex<mpsc::Receiver<InboundNotice>>>,
+    /// The mesh's orphaned turns (`MeshOutputs::pending`); one taker at a time.
+    pub pending: Arc<tokio::sync::Mutex<mpsc::Receiver<PendingReply>>>,
     /// The Events API listener's door; `None` binds `--slack-events-addr`
     /// for this run only.
     pub events: Option<transport::events_api::EventsDoor>,
@@ -284,10 +291,14 @@ pub struct SlackIo {
 }
 
 impl SlackIo {
-    /// Only the notice queue; the run binds its own Events API listener.
-    pub fn new(notices: mpsc::Receiver<InboundNotice>) -> Self {
+    /// Only the mesh's queues; the run binds its own Events API listener.
+    pub fn new(
+        notices: mpsc::Receiver<InboundNotice>,
+        pending: mpsc::Receiver<PendingReply>,
+    ) -> Self {
         Self {
             notices: Arc::new(tokio::sync::Mutex::new(notices)),
+            pending: Arc::new(tokio::sync::Mutex::new(pending)),
             events: None,
             on_serving: Arc::new(|_| {}),
         }
@@ -385,6 +396,7 @@ pub async fn run_with<C: Connector>(
         policy,
         commands,
         reply,
+        target::TargetSeal::from_bot_token(bot_token.expose()),
         1024,
         work_stop.clone(),
     );
@@ -409,6 +421,11 @@ pub async fn run_with<C: Connector>(
     let courier = tokio::spawn(
         notices::deliver_notices(app.clone(), io.notices.clone())
             .instrument(info_span!("slack_notices")),
+    );
+    let resumer = tokio::spawn(
+        app.clone()
+            .resume_orphans(io.pending.clone())
+            .instrument(info_span!("slack_resume")),
     );
     let transport = match args.slack_transport {
         SlackTransport::Socket => {
@@ -462,6 +479,7 @@ pub async fn run_with<C: Connector>(
     work_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), workers).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), courier).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), resumer).await;
     info!(finished_in_grace = finished, "slack front door stopped");
     transport
 }

@@ -1,5 +1,10 @@
 //! Writes one turn's reply into Slack as it streams.
 //!
+//! The reply's first message may be made before the turn starts
+//! ([`open_message`]) so its ts can travel in the turn's reply target; a
+//! controller that takes over a turn continues that message
+//! ([`Opening::Resumed`]).
+//!
 //! Native streaming first: `chat.startStream` → `chat.appendStream` (text
 //! coalesced to ~256 characters or one second, as Slack's own SDK buffers) →
 //! `chat.stopStream`. Where native streaming is off or fails, the reply falls
@@ -17,7 +22,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use clawswarm_proto::v1::Outcome;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 mod writer;
 
@@ -82,6 +87,9 @@ pub enum Action {
     Stop { ts: String, text: String },
     Post { text: String },
     Update { ts: String, text: String },
+    /// `chat.stopStream` with no text on a stream another controller left
+    /// open; a message that is not streaming any more is already sealed.
+    Seal { ts: String },
 }
 
 impl Action {
@@ -93,6 +101,7 @@ impl Action {
             Self::Stop { .. } => "stop_stream",
             Self::Post { .. } => "post_message",
             Self::Update { .. } => "update",
+            Self::Seal { .. } => "seal_stream",
         }
     }
 }
@@ -160,16 +169,76 @@ pub fn failure_note(end: &TurnEnd) -> Option<String> {
 type InFlight =
     Pin<Box<dyn Future<Output = (Action, Result<Option<String>, SlackApiError>)> + Send>>;
 
+/// Where a reply starts writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// No message yet: the first text makes one.
+    Fresh,
+    /// A message made before the turn started ([`open_message`]).
+    Opened { ts: String, native: bool },
+    /// A message another controller was writing when it died: finish it
+    /// with the whole reply, replayed from the first chunk.
+    Resumed { ts: String },
+}
+
+impl Opening {
+    pub fn ts(&self) -> Option<&str> {
+        match self {
+            Self::Fresh => None,
+            Self::Opened { ts, .. } | Self::Resumed { ts } => Some(ts),
+        }
+    }
+}
+
+/// Make the reply's first message before the turn starts, so its ts can
+/// travel in the turn's reply target and a controller that takes over
+/// after a crash continues the same message. A stream where native
+/// streaming works, else a placeholder post; `Fresh` if Slack refuses both
+/// (the reply then makes its message when text arrives, as before).
+pub async fn open_message(api: &dyn ReplyApi, place: &ReplyPlace, cfg: &ReplyConfig) -> Opening {
+    if cfg.native_streaming {
+        let start = Action::Start {
+            text: String::new(),
+        };
+        match api.perform(place, &start).await {
+            Ok(Some(ts)) if !ts.is_empty() => return Opening::Opened { ts, native: true },
+            Ok(_) => warn!("chat.startStream returned no ts"),
+            Err(e) => {
+                info!(error = %e, "native streaming unavailable; falling back to post and update")
+            }
+        }
+    }
+    let post = Action::Post {
+        text: format!("_{}_", cfg.thinking_status),
+    };
+    match api.perform(place, &post).await {
+        Ok(Some(ts)) if !ts.is_empty() => Opening::Opened { ts, native: false },
+        Ok(_) => {
+            warn!("chat.postMessage returned no ts");
+            Opening::Fresh
+        }
+        Err(e) => {
+            warn!(error = %e, "reply message not opened; it is made when text arrives");
+            Opening::Fresh
+        }
+    }
+}
+
 /// Stream a turn's events into Slack until the turn ends and the reply is
 /// complete (or Slack keeps refusing it).
 pub async fn write_reply(
     api: Arc<dyn ReplyApi>,
     place: ReplyPlace,
     cfg: ReplyConfig,
+    opening: Opening,
     events: &mut dyn TurnEvents,
 ) -> ReplyReport {
     let idle = cfg.idle_timeout;
-    let mut w = Writer::new(cfg);
+    let mut w = match opening {
+        Opening::Fresh => Writer::new(cfg),
+        Opening::Opened { ts, native } => Writer::into_message(cfg, native, ts),
+        Opening::Resumed { ts } => Writer::resuming(cfg, ts),
+    };
     let place = Arc::new(place);
     let mut inflight: Option<InFlight> = None;
     let mut idle_deadline = Instant::now() + idle;

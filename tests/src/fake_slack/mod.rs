@@ -301,6 +301,26 @@ impl FakeSlack {
         }
     }
 
+    /// The first response posted to `response_url(id)` whose text contains
+    /// `needle`, waiting at most `timeout` (the error lists what arrived).
+    pub async fn response_containing(
+        &self,
+        id: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let found = self
+            .wait_for(timeout, |f| {
+                f.responses()
+                    .into_iter()
+                    .filter(|(rid, _)| rid == id)
+                    .filter_map(|(_, v)| v["text"].as_str().map(str::to_owned))
+                    .find(|t| t.contains(needle))
+            })
+            .await;
+        found.map_err(|e| e.context(format!("responses so far: {:?}", self.responses())))
+    }
+
     /// Socket Mode side: deliver envelopes, inspect acks.
     pub fn socket(&self) -> socket_mode::SocketMode<'_> {
         socket_mode::SocketMode {

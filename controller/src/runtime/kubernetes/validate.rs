@@ -280,8 +280,9 @@ fn is_label_key(k: &str) -> bool {
 
 /// Of the Agents in `agents`, the one that serves `owner`: among those not
 /// being deleted and named as agent ids, the oldest (creation time, then
-/// name). Routing and the reconciler's `DuplicateOwner` check both ask here,
-/// so they never disagree.
+/// name: creation times are whole seconds, so two Agents made in the same
+/// second are ordered by name). Routing and the reconciler's `DuplicateOwner`
+/// check both ask here, so they never disagree.
 pub fn primary_for_owner<'a, I>(agents: I, owner: &str) -> Option<&'a Agent>
 where
     I: IntoIterator<Item = &'a Agent>,

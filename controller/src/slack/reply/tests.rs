@@ -7,7 +7,7 @@ use clawswarm_proto::v1::Usage;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::slack::split::open_fence;
+use crate::slack::split::{MAX_STREAM_MESSAGE, MAX_TEXT_MESSAGE, open_fence};
 
 #[derive(Default)]
 struct FakeApi {
@@ -63,9 +63,13 @@ impl FakeApi {
                     text.entry(ts).or_default().push_str(&t)
                 }
                 Action::Update { ts, text: t } => {
+                    // A message made elsewhere (by a controller that died).
+                    if !order.contains(&ts) {
+                        order.push(ts.clone());
+                    }
                     text.insert(ts, t);
                 }
-                Action::Status(_) => {}
+                Action::Status(_) | Action::Seal { .. } => {}
             }
         }
         order.iter().map(|ts| text[ts].clone()).collect()
@@ -140,6 +144,18 @@ async fn run(
     gap: Duration,
     last: Option<TurnEvent>,
 ) -> ReplyReport {
+    run_from(api, cfg, Opening::Fresh, deltas, gap, last).await
+}
+
+/// [`run`], starting from `opening`.
+async fn run_from(
+    api: Arc<FakeApi>,
+    cfg: ReplyConfig,
+    opening: Opening,
+    deltas: Vec<String>,
+    gap: Duration,
+    last: Option<TurnEvent>,
+) -> ReplyReport {
     let (tx, rx) = mpsc::channel(8);
     let feeder = tokio::spawn(async move {
         for (seq, delta) in deltas.into_iter().enumerate() {
@@ -157,7 +173,7 @@ async fn run(
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     });
-    let report = write_reply(api, place(), cfg, &mut Events(rx)).await;
+    let report = write_reply(api, place(), cfg, opening, &mut Events(rx)).await;
     feeder.abort();
     report
 }
@@ -375,7 +391,7 @@ async fn a_silent_turn_is_closed_after_the_idle_timeout() {
         ..ReplyConfig::default()
     };
     let (_tx, rx) = mpsc::channel(1);
-    let report = write_reply(api.clone(), place(), cfg, &mut Events(rx)).await;
+    let report = write_reply(api.clone(), place(), cfg, Opening::Fresh, &mut Events(rx)).await;
     assert_eq!(report.outcome, Outcome::Timeout);
     assert_eq!(api.messages().len(), 1);
     assert!(api.messages()[0].contains("took too long"));
@@ -426,6 +442,7 @@ async fn waking_and_starting_show_as_thread_status_before_the_reply() {
         api.clone(),
         place(),
         ReplyConfig::default(),
+        Opening::Fresh,
         &mut Events(rx),
     )
     .await;
@@ -447,4 +464,97 @@ async fn waking_and_starting_show_as_thread_status_before_the_reply() {
         ]
     );
     assert_eq!(api.messages(), vec!["hi".to_owned()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_opened_stream_gets_the_whole_reply_and_no_second_message() {
+    let api = Arc::new(FakeApi::default());
+    let cfg = ReplyConfig::default();
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    assert_eq!(
+        opening,
+        Opening::Opened {
+            ts: "m1".into(),
+            native: true
+        }
+    );
+    let deltas = words(40);
+    let expected: String = deltas.concat();
+    let ok = Some(end(Outcome::Ok, ""));
+    let report = run_from(api.clone(), cfg, opening, deltas, Duration::from_millis(20), ok).await;
+    assert_eq!(report.outcome, Outcome::Ok);
+    assert_eq!(report.mode, "native");
+    assert_eq!(api.messages(), vec![expected]);
+    assert_eq!(api.times_of("start_stream").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_native_streaming_an_opened_placeholder_is_replaced_by_the_reply() {
+    let api = Arc::new(FakeApi::default());
+    let cfg = ReplyConfig {
+        native_streaming: false,
+        ..ReplyConfig::default()
+    };
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    assert_eq!(
+        api.messages(),
+        vec!["_is thinking…_".to_owned()],
+        "the placeholder shows while the agent works"
+    );
+    let deltas = words(40);
+    let expected: String = deltas.concat();
+    let ok = Some(end(Outcome::Ok, ""));
+    run_from(api.clone(), cfg, opening, deltas, Duration::from_millis(20), ok).await;
+    assert_eq!(api.messages(), vec![expected]);
+    assert_eq!(api.times_of("start_stream").len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_opened_message_whose_agent_says_nothing_says_so() {
+    let api = Arc::new(FakeApi::default());
+    let cfg = ReplyConfig::default();
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    let ok = Some(end(Outcome::Ok, ""));
+    run_from(api.clone(), cfg, opening, vec![], Duration::ZERO, ok).await;
+    assert_eq!(api.messages(), vec![writer::EMPTY_REPLY.to_owned()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_turn_in_an_opened_message_ends_with_its_note_alone() {
+    let api = Arc::new(FakeApi::default());
+    let cfg = ReplyConfig::default();
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    let failed = Some(end(Outcome::Rejected, ""));
+    run_from(api.clone(), cfg, opening, vec![], Duration::ZERO, failed).await;
+    let messages = api.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].starts_with(":warning: Your agent is busy"), "{messages:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_reply_seals_the_dead_controllers_stream_then_rewrites_it_whole() {
+    let api = Arc::new(FakeApi::default());
+    // Replayed from the first chunk, longer than a plain message may be.
+    let deltas = words(600);
+    let expected: String = deltas.concat();
+    assert!(expected.len() > MAX_TEXT_MESSAGE && expected.len() < MAX_STREAM_MESSAGE);
+    let opening = Opening::Resumed { ts: "old".into() };
+    let ok = Some(end(Outcome::Ok, ""));
+    let report = run_from(
+        api.clone(),
+        ReplyConfig::default(),
+        opening,
+        deltas,
+        Duration::from_millis(5),
+        ok,
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Ok);
+    let actions = api.actions();
+    assert_eq!(actions[0], Action::Seal { ts: "old".into() }, "{actions:?}");
+    assert!(
+        actions.iter().all(|a| matches!(a, Action::Seal { .. } | Action::Update { .. })),
+        "only edits of the same message: {actions:?}"
+    );
+    assert_eq!(api.messages(), vec![expected]);
 }

@@ -49,10 +49,14 @@ pub(super) struct Writer {
     pub(super) used_native: bool,
     /// The call in flight finishes the current message (it is full).
     closing: bool,
+    /// A stream another controller left open, to finish before editing it.
+    seal: Option<String>,
 }
 
 /// Consecutive failed calls after which the reply is abandoned.
 const MAX_CONSECUTIVE_FAILURES: u32 = 4;
+
+pub(super) const EMPTY_REPLY: &str = "_Your agent finished without saying anything._";
 
 impl Writer {
     pub(super) fn new(cfg: ReplyConfig) -> Self {
@@ -81,6 +85,43 @@ impl Writer {
             done: false,
             used_native: false,
             closing: false,
+            seal: None,
+        }
+    }
+
+    /// Write into a message made before the turn started (its ts is in the
+    /// turn's reply target): a stream when `native`, else a placeholder
+    /// post whose first edit replaces it.
+    pub(super) fn into_message(cfg: ReplyConfig, native: bool, ts: String) -> Self {
+        let mut w = Self::new(cfg);
+        w.mode = if native { Mode::Native } else { Mode::Fallback };
+        w.used_native = native;
+        w.messages = 1;
+        w.cur = Some(Current {
+            ts,
+            sent: String::new(),
+        });
+        w
+    }
+
+    /// Finish a reply another controller was writing into message `ts`,
+    /// from the turn's first chunk: close its stream if still open, then
+    /// replace the message with the whole reply. Edits, not appends, so
+    /// what the dead controller wrote is never written twice.
+    pub(super) fn resuming(mut cfg: ReplyConfig, ts: String) -> Self {
+        // The message may already hold a full stream's worth of text.
+        cfg.text_max = cfg.text_max.max(cfg.stream_max);
+        let mut w = Self::into_message(cfg, false, ts.clone());
+        w.seal = Some(ts);
+        w.status_sent = true;
+        w
+    }
+
+    /// No reply text has reached Slack yet (an opened message may exist).
+    fn nothing_written(&self) -> bool {
+        match &self.cur {
+            Some(c) => self.messages == 1 && c.sent.is_empty(),
+            None => self.messages == 0,
         }
     }
 
@@ -96,7 +137,7 @@ impl Writer {
         } else {
             return;
         };
-        if self.messages == 0 {
+        if self.nothing_written() {
             self.progress = Some(status.to_owned());
         }
     }
@@ -172,11 +213,13 @@ impl Writer {
             self.status_sent = true;
             return Some(Action::Status(self.cfg.thinking_status.clone()));
         }
-        if self.cur.is_none()
-            && self.messages == 0
+        if self.nothing_written()
             && let Some(status) = self.progress.take()
         {
             return Some(Action::Status(status));
+        }
+        if let Some(ts) = self.seal.take() {
+            return Some(Action::Seal { ts });
         }
         if let Some(ts) = self.abandon.take() {
             return Some(Action::Stop {
@@ -204,9 +247,7 @@ impl Writer {
                     self.done = true;
                     let text = match failure_note(end) {
                         Some(note) => note,
-                        None if self.messages == 0 => {
-                            "_Your agent finished without saying anything._".to_owned()
-                        }
+                        None if self.messages == 0 => EMPTY_REPLY.to_owned(),
                         None => return None,
                     };
                     self.note_sent = true;
@@ -281,7 +322,13 @@ impl Writer {
                 let note = failure_note(end).filter(|_| !self.note_sent);
                 self.note_sent = true;
                 self.done = true;
-                let note_text = note.map(|n| format!("\n\n{n}")).unwrap_or_default();
+                let note_text = match note {
+                    Some(n) if sent.is_empty() => n,
+                    Some(n) => format!("\n\n{n}"),
+                    // An opened message must not stay empty (or a placeholder).
+                    None if self.nothing_written() => EMPTY_REPLY.to_owned(),
+                    None => String::new(),
+                };
                 match self.mode {
                     Mode::Native => Some(Action::Stop {
                         ts,
@@ -327,6 +374,10 @@ impl Writer {
         match (action, result) {
             (Action::Status(_), Err(e)) => debug!(error = %e, "thread status not set"),
             (Action::Status(_), Ok(_)) => {}
+            (Action::Seal { .. }, Ok(_)) => {}
+            (Action::Seal { ts }, Err(e)) => {
+                warn!(error = %e, ts, "could not close the earlier stream; editing it anyway")
+            }
             (Action::Start { text }, Ok(ts)) => {
                 self.used_native = true;
                 self.messages += 1;
