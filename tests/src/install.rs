@@ -186,6 +186,43 @@ impl Install {
         }
     }
 
+    /// GET `path` from pod `name` on its container port called `port`, as a
+    /// probe or Prometheus reaches it (the pod network is routed from here).
+    pub async fn http_get(
+        &self,
+        name: &str,
+        port: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        use http_body_util::BodyExt as _;
+        let pod = Api::<Pod>::namespaced(self.cp.admin(), NAMESPACE)
+            .get(name)
+            .await?;
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .with_context(|| format!("pod {name} has no IP"))?;
+        let number = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(port))
+            .map(|p| p.container_port)
+            .with_context(|| format!("pod {name} has no port named {port}"))?;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: http::Uri = format!("http://{ip}:{number}{path}").parse()?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+            .await
+            .with_context(|| format!("GET {path} from {name} timed out"))??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// The tail of every container log of pod `name`, for failure messages.
     pub fn pod_logs(&self, name: &str) -> String {
         let mut out = String::new();

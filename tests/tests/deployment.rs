@@ -10,6 +10,9 @@
 //! the shipped `default` template exactly as written: the real
 //! `clawswarm-sidecar init`, the real OpenClaw gateway, the real sidecar
 //! with its model proxy in front of the stub model. Slack is the fake Slack.
+//! Then a second replica joins as a standby, and the leader is killed with
+//! SIGKILL mid-reply: the reply must finish, through the new leader, in the
+//! same Slack message.
 //!
 //! One installation for the file (~1.5 GB for OpenClaw, a minute to start),
 //! so the checks are steps of one test. Needs `scripts/deps.sh kube openclaw`
@@ -73,8 +76,14 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         "setup",
         &install.fake.response_url("setup"),
     ))?;
-    install.fake.response_containing("setup", "is starting", START).await?;
-    let ready = install.fake.response_containing("setup", "is ready", START).await;
+    install
+        .fake
+        .response_containing("setup", "is starting", START)
+        .await?;
+    let ready = install
+        .fake
+        .response_containing("setup", "is ready", START)
+        .await;
     let agent_name = clawswarm_controller::slack::commands::agent_name_for(ALICE);
     if let Err(e) = ready {
         let pod = agent_pod(&install, &agent_name).await.ok();
@@ -158,11 +167,14 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         "usage",
         &install.fake.response_url("usage"),
     ))?;
-    let usage = install.fake.response_containing("usage",
-        &billed.input_tokens.to_string(),
-        Duration::from_secs(30),
-    )
-    .await?;
+    let usage = install
+        .fake
+        .response_containing(
+            "usage",
+            &billed.input_tokens.to_string(),
+            Duration::from_secs(30),
+        )
+        .await?;
     assert!(usage.contains(&billed.output_tokens.to_string()), "{usage}");
 
     // The workload's container holds its own part of the volume only: the
@@ -236,6 +248,94 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         listed.contains(&agent_name) && listed.contains(ALICE),
         "{listed}\n{}",
         String::from_utf8_lossy(&cli.stderr)
+    );
+
+    // Both replicas, one front door: a second replica from the same
+    // Deployment is Ready as a standby and holds no Slack connection.
+    let standby = install.start_controller("b").await?.name_any();
+    install
+        .wait_pod_ready(&standby, START)
+        .await
+        .context("the second replica never became Ready")?;
+    let (code, readyz) = install.http_get(&standby, "http", "/readyz").await?;
+    assert_eq!(code, 200, "{readyz}");
+    assert!(readyz.contains("standby"), "{readyz}");
+    let (_, metrics) = install.http_get(&standby, "http", "/metrics").await?;
+    assert!(
+        metrics.contains(r#"clawswarm_slack_front_door{state="standby"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(
+        install.fake.socket().connections(),
+        1,
+        "only the leader holds Socket Mode"
+    );
+
+    // The leader dies with SIGKILL (its node is gone) in the middle of a
+    // streamed reply: the standby takes the Lease, the sidecar moves to it,
+    // and the reply finishes in the same Slack message, whole and once.
+    let asked = "1700000200.000001";
+    install.fake.socket().send_event(payloads::event_callback(
+        "Ev2",
+        payloads::dm(ALICE, &dm, asked, "[chunks=30] [delay_ms=400] a long one"),
+    ))?;
+    let in_thread = |f: &clawswarm_tests::fake_slack::FakeSlack| -> Vec<_> {
+        f.bot_messages()
+            .into_iter()
+            .filter(|m| m.channel == dm && m.thread_ts.as_deref() == Some(asked))
+            .collect()
+    };
+    let partial = install
+        .fake
+        .wait_for(REPLY, |f| {
+            in_thread(f)
+                .into_iter()
+                .find(|m| m.streaming && m.text.contains("w1 "))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the long reply never streamed:\n{}",
+                install.pod_logs(&ctl_name)
+            )
+        })?;
+    install.kubelet.crash_pod(&ctl_name)?;
+    let expected: String = (0..30).map(|i| format!("w{i} ")).collect();
+    let finished = install
+        .fake
+        .wait_for(REPLY + START, |f| {
+            in_thread(f)
+                .into_iter()
+                .find(|m| !m.streaming && m.text.contains("w29"))
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "the reply never finished after the leader died: {:?}\nstandby:\n{}\nagent pod:\n{}",
+                in_thread(&install.fake),
+                install.pod_logs(&standby),
+                install.pod_logs(&pod_name)
+            )
+        })?;
+    assert_eq!(finished.ts, partial.ts, "the same message continued");
+    assert_eq!(
+        finished.text.trim_end(),
+        expected.trim_end(),
+        "whole, and once"
+    );
+    assert_eq!(
+        in_thread(&install.fake).len(),
+        1,
+        "one message for one reply"
+    );
+    let (_, metrics) = install.http_get(&standby, "http", "/metrics").await?;
+    assert!(
+        metrics.contains(r#"clawswarm_slack_front_door{state="serving"} 1"#),
+        "the standby now leads: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"clawswarm_slack_events_total{kind="resume",result="resumed"} 1"#),
+        "{metrics}"
     );
     Ok(())
 }

@@ -131,7 +131,8 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     ))?;
     let ack = fake.wait_ack(&env, Duration::from_secs(10)).await?;
     assert_eq!(ack.frame["payload"]["text"], "Setting up your agent…");
-    fake.response_containing("setup", "is starting", START).await?;
+    fake.response_containing("setup", "is starting", START)
+        .await?;
     fake.response_containing("setup", "is ready", START)
         .await
         .with_context(|| ctl.logs())?;
@@ -281,9 +282,11 @@ async fn socket_mode_from_setup_to_a_streamed_reply() -> Result<()> {
     assert!(list.contains("<@U0ALICE>"), "{list}");
     fake.socket()
         .send_command(cmd("U0ADMIN", "deprovision <@U0ALICE|alice>", "d1"))?;
-    fake.response_containing("d1", "Deleted <@U0ALICE>'s agent", REPLY).await?;
+    fake.response_containing("d1", "Deleted <@U0ALICE>'s agent", REPLY)
+        .await?;
     fake.socket().send_command(cmd("U0ALICE", "status", "s1"))?;
-    fake.response_containing("s1", "/agent setup", REPLY).await?;
+    fake.response_containing("s1", "/agent setup", REPLY)
+        .await?;
 
     let m = metrics(&ctl).await?;
     for series in [
@@ -572,8 +575,10 @@ async fn a_slow_start_gets_patience_messages_then_ready() -> Result<()> {
         "",
         &url,
     ))?;
-    fake.response_containing("dan", "is starting", START).await?;
-    fake.response_containing("dan", "Still starting", START).await?;
+    fake.response_containing("dan", "is starting", START)
+        .await?;
+    fake.response_containing("dan", "Still starting", START)
+        .await?;
     fake.response_containing("dan", "is ready", START)
         .await
         .with_context(|| ctl.logs())?;
@@ -608,12 +613,10 @@ async fn a_start_that_never_gets_ready_ends_with_a_clear_error() -> Result<()> {
     fake.socket().send_command(payloads::slash_command(
         "U0ERIN", "D0ERIN", "/agent", "setup", &url,
     ))?;
-    let err = fake.response_containing("erin",
-        "did not become ready within 3 seconds",
-        START,
-    )
-    .await
-    .with_context(|| ctl.logs())?;
+    let err = fake
+        .response_containing("erin", "did not become ready within 3 seconds", START)
+        .await
+        .with_context(|| ctl.logs())?;
     assert!(
         err.starts_with(":x:") && err.contains("/agent restart"),
         "{err}"
@@ -666,7 +669,11 @@ async fn a_reply_cut_by_a_controller_crash_finishes_in_the_same_message() -> Res
     let reply = &messages[0];
     assert_eq!(reply.ts, partial.ts, "the same message continued");
     assert!(!reply.streaming, "its stream was closed: {reply:?}");
-    assert_eq!(reply.text.trim_end(), expected.trim_end(), "whole, and once");
+    assert_eq!(
+        reply.text.trim_end(),
+        expected.trim_end(),
+        "whole, and once"
+    );
     // The sidecar replayed what it held: the model answered once.
     assert_eq!(ctl.model_requests("alice").len(), 1);
     Ok(())

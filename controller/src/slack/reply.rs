@@ -82,14 +82,29 @@ pub struct ReplyPlace {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Status(String),
-    Start { text: String },
-    Append { ts: String, text: String },
-    Stop { ts: String, text: String },
-    Post { text: String },
-    Update { ts: String, text: String },
+    Start {
+        text: String,
+    },
+    Append {
+        ts: String,
+        text: String,
+    },
+    Stop {
+        ts: String,
+        text: String,
+    },
+    Post {
+        text: String,
+    },
+    Update {
+        ts: String,
+        text: String,
+    },
     /// `chat.stopStream` with no text on a stream another controller left
     /// open; a message that is not streaming any more is already sealed.
-    Seal { ts: String },
+    Seal {
+        ts: String,
+    },
 }
 
 impl Action {

@@ -192,6 +192,18 @@ impl TestKubelet {
             .with_context(|| format!("exec in {pod}/{container}"))
     }
 
+    /// Kill every process of pod `pod` with SIGKILL and restart none, as if
+    /// its node died: the pod ends Failed, with no clean stop anywhere.
+    pub fn crash_pod(&self, pod: &str) -> anyhow::Result<()> {
+        let mut pods = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let running = pods
+            .values_mut()
+            .find(|p| p.name == pod)
+            .with_context(|| format!("no running pod {pod}"))?;
+        running.crash();
+        Ok(())
+    }
+
     /// The local directory of PVC `claim` (to look at what an agent stored).
     pub fn pvc_dir(&self, claim: &str) -> PathBuf {
         pvc_root(&self.shared.config.root)

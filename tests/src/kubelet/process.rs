@@ -696,6 +696,20 @@ impl PodProcesses {
         }
     }
 
+    /// SIGKILL every container's process group and restart none of them:
+    /// what a pod sees when the node under it dies (no SIGTERM, no drain).
+    pub fn crash(&mut self) {
+        self.restart_policy = RestartPolicy::Never;
+        for c in &self.containers {
+            if let Some(pid) = c.child.as_ref().and_then(Child::id)
+                && let Ok(pid) = i32::try_from(pid)
+            {
+                let group = nix::unistd::Pid::from_raw(-pid);
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
     /// SIGTERM every process, wait up to the grace period, then SIGKILL.
     pub async fn stop(mut self) {
         for c in &self.containers {

@@ -481,7 +481,15 @@ async fn an_opened_stream_gets_the_whole_reply_and_no_second_message() {
     let deltas = words(40);
     let expected: String = deltas.concat();
     let ok = Some(end(Outcome::Ok, ""));
-    let report = run_from(api.clone(), cfg, opening, deltas, Duration::from_millis(20), ok).await;
+    let report = run_from(
+        api.clone(),
+        cfg,
+        opening,
+        deltas,
+        Duration::from_millis(20),
+        ok,
+    )
+    .await;
     assert_eq!(report.outcome, Outcome::Ok);
     assert_eq!(report.mode, "native");
     assert_eq!(api.messages(), vec![expected]);
@@ -504,7 +512,15 @@ async fn without_native_streaming_an_opened_placeholder_is_replaced_by_the_reply
     let deltas = words(40);
     let expected: String = deltas.concat();
     let ok = Some(end(Outcome::Ok, ""));
-    run_from(api.clone(), cfg, opening, deltas, Duration::from_millis(20), ok).await;
+    run_from(
+        api.clone(),
+        cfg,
+        opening,
+        deltas,
+        Duration::from_millis(20),
+        ok,
+    )
+    .await;
     assert_eq!(api.messages(), vec![expected]);
     assert_eq!(api.times_of("start_stream").len(), 0);
 }
@@ -528,7 +544,10 @@ async fn a_failed_turn_in_an_opened_message_ends_with_its_note_alone() {
     run_from(api.clone(), cfg, opening, vec![], Duration::ZERO, failed).await;
     let messages = api.messages();
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert!(messages[0].starts_with(":warning: Your agent is busy"), "{messages:?}");
+    assert!(
+        messages[0].starts_with(":warning: Your agent is busy"),
+        "{messages:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -553,7 +572,9 @@ async fn a_resumed_reply_seals_the_dead_controllers_stream_then_rewrites_it_whol
     let actions = api.actions();
     assert_eq!(actions[0], Action::Seal { ts: "old".into() }, "{actions:?}");
     assert!(
-        actions.iter().all(|a| matches!(a, Action::Seal { .. } | Action::Update { .. })),
+        actions
+            .iter()
+            .all(|a| matches!(a, Action::Seal { .. } | Action::Update { .. })),
         "only edits of the same message: {actions:?}"
     );
     assert_eq!(api.messages(), vec![expected]);
