@@ -96,6 +96,10 @@ fn chat_events(turn: TurnStream) -> ChatStream {
             TurnEvent::Accepted { turn_id } => Ok(Event::Accepted(pb::TurnAccepted { turn_id })),
             TurnEvent::Progress(text) => Ok(Event::Progress(pb::Progress { text })),
             TurnEvent::Chunk { seq, delta } => Ok(Event::Chunk(pb::Chunk { seq, delta })),
+            TurnEvent::HandedOver => Err(Status::unavailable(format!(
+                "this controller stepped down; resume turn {} on the leader",
+                turn.turn_id()
+            ))),
             TurnEvent::End(end) if end.outcome == pb::Outcome::NotFound => {
                 Err(Status::not_found(end.error))
             }

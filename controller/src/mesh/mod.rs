@@ -459,6 +459,34 @@ impl Mesh {
         }
     }
 
+    /// This replica stopped leading: let go of every turn in flight without
+    /// cancelling it (each requester gets [`TurnEvent::HandedOver`]), then
+    /// drain the streams so the sidecars take their turns to the new leader.
+    pub async fn hand_over(&self, reason: &str) {
+        self.set_accepting(false);
+        let entries: Vec<_> = self
+            .inner
+            .agents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let timeout = self.inner.cfg.send_timeout;
+        for entry in &entries {
+            // Out of the map first: a requester dropping its stream now
+            // finds nothing to cancel, so no Cancel reaches the sidecar.
+            let turns: Vec<_> = lock(&entry.turns).drain().collect();
+            for (turn_id, sink) in turns {
+                info!(agent = %entry.id, turn_id = %turn_id, "turn handed over to the next leader");
+                self.inner.tasks.spawn(async move {
+                    let _ = sink.tx.send_timeout(TurnEvent::HandedOver, timeout).await;
+                });
+            }
+        }
+        self.drain(reason).await;
+    }
+
     /// Wait for the mesh's own background tasks after shutdown fired.
     pub async fn closed(&self) {
         self.inner.tasks.close();

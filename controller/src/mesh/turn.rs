@@ -32,6 +32,11 @@ pub enum TurnEvent {
         delta: String,
     },
     End(TurnEnd),
+    /// This controller stepped down (lost its Lease) while the turn ran.
+    /// The turn goes on: its sidecar keeps the reply and reports it to the
+    /// next leader (`Hello.pending`), which finishes it. The requester here
+    /// must stop without writing anything more.
+    HandedOver,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -153,7 +158,7 @@ impl TurnStream {
         }
         let ev = self.rx.recv().await;
         match &ev {
-            Some(TurnEvent::End(_)) | None => self.ended = true,
+            Some(TurnEvent::End(_) | TurnEvent::HandedOver) | None => self.ended = true,
             _ => {}
         }
         ev

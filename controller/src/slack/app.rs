@@ -305,6 +305,9 @@ impl<C: Connector> SlackApp<C> {
     ) {
         let api: Arc<dyn ReplyApi> = self.api.clone();
         let report = write_reply(api, place, self.reply.clone(), opening, events).await;
+        if report.handed_over {
+            return info!(agent = %agent, turn_id = %turn_id, "slack reply handed over to the next leader");
+        }
         let outcome = crate::mesh::outcome_label(report.outcome);
         let replies = &self.api.metrics().replies;
         replies

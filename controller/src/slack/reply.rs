@@ -156,6 +156,8 @@ pub struct ReplyReport {
     pub failed_calls: usize,
     /// Text that could not be delivered at all.
     pub gave_up: bool,
+    /// This controller stepped down mid-reply; the next leader finishes it.
+    pub handed_over: bool,
 }
 
 pub fn failure_note(end: &TurnEnd) -> Option<String> {
@@ -282,6 +284,16 @@ pub async fn write_reply(
                     Some(TurnEvent::Progress(p)) => w.progress(&p),
                     Some(TurnEvent::Accepted { .. }) => {}
                     Some(TurnEvent::End(end)) => { outcome = end.outcome; w.end = Some(end); }
+                    // Stop at once, writing nothing more: the next leader
+                    // rewrites this message whole from the sidecar's copy.
+                    Some(TurnEvent::HandedOver) => return ReplyReport {
+                        outcome: Outcome::Unspecified,
+                        mode: if w.used_native { "native" } else { "fallback" },
+                        messages: w.messages,
+                        failed_calls: w.failed_calls,
+                        gave_up: false,
+                        handed_over: true,
+                    },
                     None => {
                         outcome = Outcome::Error;
                         w.end = Some(TurnEnd::failed(Outcome::Error, "the turn ended without a result"));
@@ -313,6 +325,7 @@ pub async fn write_reply(
         messages: w.messages,
         failed_calls: w.failed_calls,
         gave_up: w.gave_up,
+        handed_over: false,
     }
 }
 

@@ -139,8 +139,8 @@ pub async fn follow_leadership(
         mesh.set_accepting(leading);
         if was_leading && !leading {
             let streams = mesh.connected_agents().len();
-            warn!(streams, "lost leadership: draining agent links");
-            mesh.drain("this controller lost leadership; reconnect to the leader")
+            warn!(streams, "lost leadership: handing turns over and draining agent links");
+            mesh.hand_over("this controller lost leadership; reconnect to the leader")
                 .await;
         }
         was_leading = leading;

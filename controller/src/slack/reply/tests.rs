@@ -579,3 +579,27 @@ async fn a_resumed_reply_seals_the_dead_controllers_stream_then_rewrites_it_whol
     );
     assert_eq!(api.messages(), vec![expected]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_handed_over_to_the_next_leader_stops_writing_at_once() {
+    let api = Arc::new(FakeApi::default());
+    let cfg = ReplyConfig::default();
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    let report = run_from(
+        api.clone(),
+        cfg,
+        opening,
+        words(3),
+        Duration::from_millis(10),
+        Some(TurnEvent::HandedOver),
+    )
+    .await;
+    assert!(report.handed_over);
+    let actions = api.actions();
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Stop { .. } | Action::Post { .. })),
+        "no note, no closing: the next leader finishes this message: {actions:?}"
+    );
+}
