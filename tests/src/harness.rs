@@ -566,6 +566,24 @@ pub fn controller_authority(controller: &Controller) -> Result<clawswarm_certs::
     )?)
 }
 
+/// A certificate for agent `name` (local namespace) from the controller's
+/// own CA: what a sidecar holds after Certify, for hand-made sidecars.
+pub fn agent_credentials(
+    controller: &Controller,
+    name: &str,
+) -> Result<clawswarm_certs::Credentials> {
+    let authority = controller_authority(controller)?;
+    let id = clawswarm_certs::SpiffeId::agent(
+        authority.trust_domain().clone(),
+        clawswarm_certs::AgentId::new("local", name)?,
+    );
+    Ok(authority.issue(
+        &id,
+        &clawswarm_certs::LeafPolicy::default(),
+        std::time::SystemTime::now(),
+    )?)
+}
+
 /// `Hello` for an agent name in the local namespace.
 pub fn hello(agent: &str) -> pb::SidecarFrame {
     pb::SidecarFrame {

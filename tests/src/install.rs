@@ -223,6 +223,32 @@ impl Install {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// Poll `path` on pod `name` until it answers 200 (what a readiness
+    /// probe does; the test kubelet's Ready means only "running"), and
+    /// return the body.
+    pub async fn wait_http_ok(
+        &self,
+        name: &str,
+        port: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = self.http_get(name, port, path).await;
+            if let Ok((200, body)) = &last {
+                return Ok(body.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{path} on {name} never answered 200 within {timeout:?}: last {last:?}\n{}",
+                    self.pod_logs(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The tail of every container log of pod `name`, for failure messages.
     pub fn pod_logs(&self, name: &str) -> String {
         let mut out = String::new();

@@ -257,8 +257,9 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         .wait_pod_ready(&standby, START)
         .await
         .context("the second replica never became Ready")?;
-    let (code, readyz) = install.http_get(&standby, "http", "/readyz").await?;
-    assert_eq!(code, 200, "{readyz}");
+    let readyz = install
+        .wait_http_ok(&standby, "http", "/readyz", START)
+        .await?;
     assert!(readyz.contains("standby"), "{readyz}");
     let (_, metrics) = install.http_get(&standby, "http", "/metrics").await?;
     assert!(

@@ -346,6 +346,7 @@ impl Controller {
                     );
                     return (progress, reply, end.outcome);
                 }
+                Some(TurnEvent::HandedOver) => panic!("turn handed over to another leader"),
                 None => panic!("turn stream ended without End"),
             }
         }

@@ -4,17 +4,15 @@
 // A panic is how a test reports failure; these helpers only run in tests.
 #![allow(clippy::unwrap_used, clippy::err_expect)]
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use clawswarm_certs::{
-    AgentId, ChannelOptions, CredentialStore, Credentials, LeafPolicy, ServerIdentity, SpiffeId,
-};
+use clawswarm_certs::{ChannelOptions, CredentialStore, Credentials, ServerIdentity, SpiffeId};
 use clawswarm_proto::v1::{
     self as pb, chat_request::Kind, controller_frame::Frame as In, identity_client::IdentityClient,
     sidecar_frame::Frame as Out,
 };
 use clawswarm_tests::harness::{
-    Controller, ControllerOptions, collect, controller_authority, hello, raw_agent_link,
+    Controller, ControllerOptions, agent_credentials, collect, hello, raw_agent_link,
 };
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 
@@ -32,14 +30,7 @@ async fn records_only(names: &[&str]) -> Controller {
 }
 
 fn creds_for(c: &Controller, name: &str) -> Credentials {
-    let authority = controller_authority(c).unwrap();
-    let id = SpiffeId::agent(
-        authority.trust_domain().clone(),
-        AgentId::new("local", name).unwrap(),
-    );
-    authority
-        .issue(&id, &LeafPolicy::default(), SystemTime::now())
-        .unwrap()
+    agent_credentials(c, name).unwrap()
 }
 
 fn frame(f: Out) -> pb::SidecarFrame {

@@ -678,3 +678,89 @@ async fn a_reply_cut_by_a_controller_crash_finishes_in_the_same_message() -> Res
     assert_eq!(ctl.model_requests("alice").len(), 1);
     Ok(())
 }
+
+/// Issue 12 item 1's bad input: a sidecar that edits or forges the reply
+/// targets it hands back cannot steer a reply into another channel or to
+/// another person. The test plays the sidecar (a hand-made AgentLink with a
+/// real agent certificate) against the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_cannot_steer_a_resumed_reply_into_another_channel() -> Result<()> {
+    use clawswarm_controller::slack::{
+        reply::ReplyPlace,
+        target::{SlackTarget, TargetSeal},
+    };
+    use clawswarm_proto::v1 as pb;
+    use clawswarm_tests::harness::{agent_credentials, raw_agent_link};
+
+    let fake = FakeSlack::start().await?;
+    let mut opts = options(&fake, &[("mallory", "U0MAL")], &[]);
+    opts.no_workload = true;
+    opts.env
+        .push(("CLAWSWARM_LOCAL_PROCESSES".into(), "false".into()));
+    let ctl = Controller::start(opts).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
+
+    let general = |user: &str| SlackTarget {
+        place: ReplyPlace {
+            channel: "C0GENERAL".into(),
+            thread_ts: "1700000400.000001".into(),
+            user: user.into(),
+            team: "T0".into(),
+            is_dm: false,
+        },
+        ts: Some("1700000400.000002".into()),
+    };
+    // Sealed under a key the sidecar made up: forged.
+    let forged = TargetSeal::from_bot_token("xoxb-guessed").seal(&general("U0MAL"));
+    // A genuine seal (as if stolen from a turn of someone else's agent)
+    // that names another person.
+    let someone_elses =
+        TargetSeal::from_bot_token(&fake.config().bot_token).seal(&general("U0BOB"));
+    let pending = |turn_id: &str, reply_target: Vec<u8>| pb::PendingTurn {
+        turn_id: turn_id.into(),
+        reply_target,
+        next_seq: 1,
+        ended: true,
+        conversation: "C0GENERAL/1700000400.000001".into(),
+    };
+    let hello = pb::SidecarFrame {
+        frame: Some(pb::sidecar_frame::Frame::Hello(pb::Hello {
+            agent: "local/mallory".into(),
+            version: "test".into(),
+            capabilities: vec![],
+            pending: vec![
+                pending(&uuid::Uuid::now_v7().to_string(), forged),
+                pending(&uuid::Uuid::now_v7().to_string(), someone_elses),
+            ],
+        })),
+    };
+    let creds = agent_credentials(&ctl, "mallory")?;
+    let (_tx, mut from_controller) = raw_agent_link(&ctl, creds, vec![hello]).await?;
+
+    wait_log(&ctl, "its reply target is refused", REPLY).await?;
+    wait_log(&ctl, "names someone other than the agent's owner", REPLY).await?;
+    let m = metrics(&ctl).await?;
+    for series in [
+        r#"clawswarm_slack_events_total{kind="resume",result="forged"} 1"#,
+        r#"clawswarm_slack_events_total{kind="resume",result="wrong_owner"} 1"#,
+    ] {
+        assert!(m.contains(series), "missing {series} in:\n{m}");
+    }
+    assert!(
+        !m.contains(r#"kind="resume",result="resumed""#),
+        "nothing was resumed:\n{m}"
+    );
+    // Nothing reached Slack, and the controller asked for neither turn.
+    assert!(fake.bot_messages().is_empty(), "{:?}", fake.bot_messages());
+    while let Ok(Ok(Some(f))) =
+        tokio::time::timeout(Duration::from_millis(500), from_controller.message()).await
+    {
+        assert!(
+            !matches!(f.frame, Some(pb::controller_frame::Frame::Resume(_))),
+            "the controller resumed a refused turn: {f:?}"
+        );
+    }
+    Ok(())
+}

@@ -139,7 +139,10 @@ pub async fn follow_leadership(
         mesh.set_accepting(leading);
         if was_leading && !leading {
             let streams = mesh.connected_agents().len();
-            warn!(streams, "lost leadership: handing turns over and draining agent links");
+            warn!(
+                streams,
+                "lost leadership: handing turns over and draining agent links"
+            );
             mesh.hand_over("this controller lost leadership; reconnect to the leader")
                 .await;
         }
