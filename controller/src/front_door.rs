@@ -242,6 +242,7 @@ where
 /// The Slack front door, held open while this replica leads. The Events API
 /// listener (bound at start) stays up on every replica and answers 503 while
 /// no front door is open here.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_slack(
     args: &crate::slack::SlackArgs,
     router: crate::router::Router,
