@@ -435,18 +435,17 @@ impl Mesh {
         self.send_frame(&self.entry(id), frame).await
     }
 
+    /// Every agent's entry, outside the registry's lock.
+    fn entries(&self) -> Vec<Arc<AgentEntry>> {
+        let agents = self.inner.agents.read().unwrap_or_else(|p| p.into_inner());
+        agents.values().cloned().collect()
+    }
+
     /// Tell every connected sidecar this controller is going away, so it
     /// reconnects (to the other replica, or to this one after a restart).
     pub async fn drain(&self, reason: &str) {
         self.set_accepting(false);
-        let entries: Vec<_> = self
-            .inner
-            .agents
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let entries = self.entries();
         for entry in entries {
             let _ = self
                 .send_frame(
@@ -464,14 +463,7 @@ impl Mesh {
     /// drain the streams so the sidecars take their turns to the new leader.
     pub async fn hand_over(&self, reason: &str) {
         self.set_accepting(false);
-        let entries: Vec<_> = self
-            .inner
-            .agents
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let entries = self.entries();
         let timeout = self.inner.cfg.send_timeout;
         for entry in &entries {
             // Out of the map first: a requester dropping its stream now

@@ -466,11 +466,27 @@ async fn waking_and_starting_show_as_thread_status_before_the_reply() {
     assert_eq!(api.messages(), vec!["hi".to_owned()]);
 }
 
+/// Open the reply's message as the front door does before a turn, then
+/// write the turn (`deltas`, then `last`) into it.
+async fn run_opened(
+    api: Arc<FakeApi>,
+    cfg: ReplyConfig,
+    deltas: Vec<String>,
+    last: Option<TurnEvent>,
+) -> (Opening, ReplyReport) {
+    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    let gap = Duration::from_millis(20);
+    let report = run_from(api, cfg, opening.clone(), deltas, gap, last).await;
+    (opening, report)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_opened_stream_gets_the_whole_reply_and_no_second_message() {
     let api = Arc::new(FakeApi::default());
-    let cfg = ReplyConfig::default();
-    let opening = open_message(api.as_ref(), &place(), &cfg).await;
+    let deltas = words(40);
+    let expected: String = deltas.concat();
+    let ok = Some(end(Outcome::Ok, ""));
+    let (opening, report) = run_opened(api.clone(), ReplyConfig::default(), deltas, ok).await;
     assert_eq!(
         opening,
         Opening::Opened {
@@ -478,18 +494,6 @@ async fn an_opened_stream_gets_the_whole_reply_and_no_second_message() {
             native: true
         }
     );
-    let deltas = words(40);
-    let expected: String = deltas.concat();
-    let ok = Some(end(Outcome::Ok, ""));
-    let report = run_from(
-        api.clone(),
-        cfg,
-        opening,
-        deltas,
-        Duration::from_millis(20),
-        ok,
-    )
-    .await;
     assert_eq!(report.outcome, Outcome::Ok);
     assert_eq!(report.mode, "native");
     assert_eq!(api.messages(), vec![expected]);
@@ -503,24 +507,17 @@ async fn without_native_streaming_an_opened_placeholder_is_replaced_by_the_reply
         native_streaming: false,
         ..ReplyConfig::default()
     };
-    let opening = open_message(api.as_ref(), &place(), &cfg).await;
-    assert_eq!(
-        api.messages(),
-        vec!["_is thinking…_".to_owned()],
-        "the placeholder shows while the agent works"
-    );
     let deltas = words(40);
     let expected: String = deltas.concat();
     let ok = Some(end(Outcome::Ok, ""));
-    run_from(
-        api.clone(),
-        cfg,
-        opening,
-        deltas,
-        Duration::from_millis(20),
-        ok,
-    )
-    .await;
+    run_opened(api.clone(), cfg, deltas, ok).await;
+    assert_eq!(
+        api.actions()[0],
+        Action::Post {
+            text: "_is thinking…_".into()
+        },
+        "the placeholder shows while the agent works"
+    );
     assert_eq!(api.messages(), vec![expected]);
     assert_eq!(api.times_of("start_stream").len(), 0);
 }
@@ -528,20 +525,16 @@ async fn without_native_streaming_an_opened_placeholder_is_replaced_by_the_reply
 #[tokio::test(start_paused = true)]
 async fn an_opened_message_whose_agent_says_nothing_says_so() {
     let api = Arc::new(FakeApi::default());
-    let cfg = ReplyConfig::default();
-    let opening = open_message(api.as_ref(), &place(), &cfg).await;
     let ok = Some(end(Outcome::Ok, ""));
-    run_from(api.clone(), cfg, opening, vec![], Duration::ZERO, ok).await;
+    run_opened(api.clone(), ReplyConfig::default(), vec![], ok).await;
     assert_eq!(api.messages(), vec![writer::EMPTY_REPLY.to_owned()]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_turn_in_an_opened_message_ends_with_its_note_alone() {
     let api = Arc::new(FakeApi::default());
-    let cfg = ReplyConfig::default();
-    let opening = open_message(api.as_ref(), &place(), &cfg).await;
     let failed = Some(end(Outcome::Rejected, ""));
-    run_from(api.clone(), cfg, opening, vec![], Duration::ZERO, failed).await;
+    run_opened(api.clone(), ReplyConfig::default(), vec![], failed).await;
     let messages = api.messages();
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(
@@ -583,17 +576,8 @@ async fn a_resumed_reply_seals_the_dead_controllers_stream_then_rewrites_it_whol
 #[tokio::test(start_paused = true)]
 async fn a_reply_handed_over_to_the_next_leader_stops_writing_at_once() {
     let api = Arc::new(FakeApi::default());
-    let cfg = ReplyConfig::default();
-    let opening = open_message(api.as_ref(), &place(), &cfg).await;
-    let report = run_from(
-        api.clone(),
-        cfg,
-        opening,
-        words(3),
-        Duration::from_millis(10),
-        Some(TurnEvent::HandedOver),
-    )
-    .await;
+    let handed_over = Some(TurnEvent::HandedOver);
+    let (_, report) = run_opened(api.clone(), ReplyConfig::default(), words(3), handed_over).await;
     assert!(report.handed_over);
     let actions = api.actions();
     assert!(
