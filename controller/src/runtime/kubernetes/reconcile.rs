@@ -316,7 +316,11 @@ async fn apply(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
         refuse(agent, ctx, Phase::Failed, r, event::DUPLICATE_OWNER, msg).await?;
         return Ok(Action::requeue(WAITING));
     }
-    let Some(tpl) = ctx.template(&agent.spec.template) else {
+    // Read the template from the API server, not the shared cache: the reconciler's own template
+    // watch can wake us before that cache has the change, and a rollout decided on the old version
+    // would not be retried until the next resync.
+    let templates_api = Api::<AgentTemplate>::namespaced(ctx.client.clone(), &ctx.namespace);
+    let Some(tpl) = templates_api.get_opt(&agent.spec.template).await? else {
         let msg = format!(
             "AgentTemplate {:?} not found in namespace {}",
             agent.spec.template, ctx.namespace
