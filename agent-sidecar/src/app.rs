@@ -241,6 +241,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         relay: relay.clone(),
         outbox,
         readiness: ready_rx,
+        metered: openclaw
+            .as_ref()
+            .map(|services| services.model_proxy.ledger().metered()),
         metrics: metrics.clone(),
         connected: linked,
         max_frame_bytes: MAX_FRAME_BYTES,

@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     backoff::Backoff,
     metrics::SidecarMetrics,
+    model_proxy::ledger::Metered,
     notices::Outbox,
     relay::{Relay, TurnState},
     workload::Readiness,
@@ -46,6 +47,9 @@ pub struct Link {
     pub relay: Relay,
     pub outbox: Arc<Outbox>,
     pub readiness: watch::Receiver<Readiness>,
+    /// The model proxy's lifetime figure, when this sidecar meters model
+    /// calls itself (the OpenClaw workload); sent in every Status.
+    pub metered: Option<watch::Receiver<Metered>>,
     pub metrics: Arc<SidecarMetrics>,
     pub connected: Arc<AtomicBool>,
     pub max_frame_bytes: usize,
@@ -67,6 +71,36 @@ enum SessionEnd {
     Shutdown,
     /// Reconnect (server closed, or asked us to drain).
     Reconnect,
+}
+
+fn capabilities(metered: bool) -> Vec<String> {
+    let mut caps = vec!["resume".to_owned(), "notices".to_owned()];
+    if metered {
+        caps.push("usage.metered".to_owned());
+    }
+    caps
+}
+
+fn metered_usage(m: &Metered) -> pb::MeteredUsage {
+    pb::MeteredUsage {
+        lifetime: Some(pb::Usage {
+            input_tokens: m.lifetime.input_tokens,
+            output_tokens: m.lifetime.output_tokens,
+            cache_read_tokens: m.lifetime.cache_read_tokens,
+            cache_write_tokens: m.lifetime.cache_write_tokens,
+        }),
+        ledger_id: m.ledger_id.clone(),
+    }
+}
+
+/// The next change of an optional watch; pending forever without one.
+async fn changed_or_never<T>(
+    rx: &mut Option<watch::Receiver<T>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Link {
@@ -114,7 +148,7 @@ impl Link {
         let hello = pb::Hello {
             agent: self.agent.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: vec!["resume".into(), "notices".into()],
+            capabilities: capabilities(self.metered.is_some()),
             pending: self.relay.pending(),
         };
         let _ = tx.try_send(frame(Out::Hello(hello)));
@@ -153,14 +187,16 @@ impl Link {
         let tasks = TaskTracker::new();
         let mut forwarders: HashMap<String, CancellationToken> = HashMap::new();
         let mut readiness = self.readiness.clone();
+        let mut metered = self.metered.clone();
         let mut notices = self.outbox.subscribe();
-        let status = |r: &Readiness| {
+        let status = |r: &Readiness, m: &mut Option<watch::Receiver<Metered>>| {
             frame(Out::Status(pb::Status {
                 workload_ready: r.ready,
                 detail: r.detail.clone(),
+                metered: m.as_mut().map(|m| metered_usage(&m.borrow_and_update())),
             }))
         };
-        let first_status = status(&readiness.borrow_and_update());
+        let first_status = status(&readiness.borrow_and_update(), &mut metered);
         send(&tx, first_status).await?;
         notices.mark_changed();
 
@@ -169,7 +205,12 @@ impl Link {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 changed = readiness.changed() => {
                     if changed.is_err() { break SessionEnd::Shutdown }
-                    let f = status(&readiness.borrow_and_update());
+                    let f = status(&readiness.borrow_and_update(), &mut metered);
+                    send(&tx, f).await?;
+                }
+                changed = changed_or_never(&mut metered) => {
+                    if changed.is_err() { break SessionEnd::Shutdown }
+                    let f = status(&readiness.borrow(), &mut metered);
                     send(&tx, f).await?;
                 }
                 changed = notices.changed() => {

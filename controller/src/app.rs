@@ -33,11 +33,12 @@ use crate::{
     metrics::Metrics,
     router::{Router, RouterConfig},
     runtime::{
-        Runtime, RuntimeError, TokenTotals, kubernetes,
+        Runtime, RuntimeError, kubernetes,
         local::{
             LocalConfig, LocalRuntime, WorkloadLaunch,
             template::{EnvTemplate, Template, TemplateError},
         },
+        usage,
     },
     startup::{await_role, listed_agents, provision_listed},
 };
@@ -290,7 +291,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         )
         .instrument(info_span!("renewal")),
     );
-    tasks.spawn(record_usage(outputs.usage, runtime.clone()).instrument(info_span!("usage")));
+    tasks.spawn(
+        usage::record(outputs.usage, runtime.clone(), stop_serving.clone())
+            .instrument(info_span!("usage")),
+    );
     // Slack delivers notices when configured (on the leader); otherwise they
     // stay with the sidecars.
     let slack_task = if args.slack.enabled() {
@@ -599,25 +603,6 @@ async fn renew_own_certificates(
         }
         if let Err(e) = write_admin_credentials(&state_dir, &authority, &admin_policy) {
             error!(error = %e, "admin credentials renewal failed");
-        }
-    }
-}
-
-/// Batch token usage into the runtime's persisted totals.
-async fn record_usage(
-    mut rx: tokio::sync::mpsc::Receiver<(AgentId, clawswarm_proto::v1::Usage)>,
-    runtime: Arc<dyn Runtime>,
-) {
-    while let Some((agent, usage)) = rx.recv().await {
-        let mut batch = std::collections::HashMap::<AgentId, TokenTotals>::new();
-        batch.entry(agent).or_default().add(&usage);
-        while let Ok((agent, usage)) = rx.try_recv() {
-            batch.entry(agent).or_default().add(&usage);
-        }
-        for (agent, totals) in batch {
-            if let Err(e) = runtime.record_usage(&agent, totals).await {
-                warn!(agent = %agent, error = %e, "could not record token usage");
-            }
         }
     }
 }

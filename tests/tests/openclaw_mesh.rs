@@ -232,6 +232,29 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     );
     assert_eq!(sidecar_tokens(&run_dir).await, billed, "token metrics");
     assert_eq!(ledger_day(&data_dir), billed, "usage ledger");
+    // And the controller's totals are the metered ones: every kind, every call.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let recorded = loop {
+        let report = gw
+            .get_usage(pb::GetUsageRequest {
+                name: "alice".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let u = report.by_agent.get("alice").copied().unwrap_or_default();
+        let u = Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+        };
+        if u == billed || tokio::time::Instant::now() >= deadline {
+            break u;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(recorded, billed, "the controller's GetUsage");
 
     stub.shutdown().await;
 }

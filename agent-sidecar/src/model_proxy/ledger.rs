@@ -1,5 +1,9 @@
 //! Tokens used per UTC day and month, persisted in the agent's data dir so
 //! budgets survive restarts, and the budget check made before each call.
+//! The ledger also keeps the volume's lifetime total under a random ledger
+//! id: the sidecar reports it to the controller (`Status.metered`), which
+//! is how tokens spent outside any turn (heartbeats, cron runs) reach
+//! `Agent.status` and `/agent usage`.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime, Time};
+use tokio::sync::watch;
 
 use crate::workload::Usage;
 
@@ -118,6 +123,19 @@ struct State {
     /// `YYYY-MM` (UTC).
     month: String,
     month_usage: PeriodUsage,
+    /// Names this ledger; a ledger written before ids existed gets one on open.
+    #[serde(default)]
+    id: String,
+    /// Every call this ledger recorded.
+    #[serde(default)]
+    lifetime: PeriodUsage,
+}
+
+/// The lifetime figure the controller is told about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metered {
+    pub ledger_id: String,
+    pub lifetime: PeriodUsage,
 }
 
 impl State {
@@ -137,13 +155,21 @@ impl State {
 pub struct UsageLedger {
     path: PathBuf,
     state: Mutex<State>,
+    metered: watch::Sender<Metered>,
+}
+
+fn new_ledger_id() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl UsageLedger {
     /// Open the ledger at `path` (a missing file is an empty ledger).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, LedgerError> {
         let path = path.into();
-        let state = match std::fs::read(&path) {
+        let mut state: State = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LedgerError::Corrupt {
                 path: path.clone(),
                 message: e.to_string(),
@@ -151,10 +177,33 @@ impl UsageLedger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(source) => return Err(LedgerError::Read { path, source }),
         };
-        Ok(Self {
+        let fresh_id = state.id.is_empty();
+        if fresh_id {
+            state.id = new_ledger_id();
+        }
+        let metered = watch::Sender::new(Metered {
+            ledger_id: state.id.clone(),
+            lifetime: state.lifetime,
+        });
+        let ledger = Self {
             path,
-            state: Mutex::new(state),
-        })
+            state: Mutex::new(state.clone()),
+            metered,
+        };
+        if fresh_id {
+            // Persisted now, so a restart before the first call keeps the id
+            // (a new id tells the controller the count started again). Like
+            // `record`, a failed write is not fatal: budgets still hold.
+            if let Err(e) = ledger.persist(&state) {
+                tracing::warn!(error = %e, "usage ledger not persisted");
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The lifetime total, now and as it changes.
+    pub fn metered(&self) -> watch::Receiver<Metered> {
+        self.metered.subscribe()
     }
 
     pub fn path(&self) -> &Path {
@@ -169,8 +218,13 @@ impl UsageLedger {
             s.roll(now);
             s.day_usage.add(usage);
             s.month_usage.add(usage);
+            s.lifetime.add(usage);
             s.clone()
         };
+        self.metered.send_replace(Metered {
+            ledger_id: snapshot.id.clone(),
+            lifetime: snapshot.lifetime,
+        });
         self.persist(&snapshot)
     }
 
@@ -346,6 +400,58 @@ mod tests {
         );
         assert!(e.message().contains("2027-01-01"), "{}", e.message());
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_lifetime_total_outlives_days_and_restarts_under_one_ledger_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.json");
+        let l = UsageLedger::open(&path).unwrap();
+        let id = l.metered().borrow().ledger_id.clone();
+        assert_eq!(id.len(), 24);
+        let reopened = UsageLedger::open(&path).unwrap();
+        assert_eq!(
+            reopened.metered().borrow().ledger_id,
+            id,
+            "kept before any call"
+        );
+        let watching = l.metered();
+        l.record(&usage(4), datetime!(2026-01-31 23:00 UTC))
+            .unwrap();
+        l.record(&usage(4), datetime!(2026-02-01 01:00 UTC))
+            .unwrap();
+        assert!(watching.has_changed().unwrap());
+        let m = watching.borrow().clone();
+        assert_eq!(
+            (m.ledger_id.as_str(), m.lifetime.total()),
+            (id.as_str(), 20)
+        );
+        let reopened = UsageLedger::open(&path).unwrap();
+        assert_eq!(*reopened.metered().borrow(), m);
+        let other = UsageLedger::open(dir.path().join("other.json")).unwrap();
+        assert_ne!(other.metered().borrow().ledger_id, id);
+    }
+
+    #[test]
+    fn a_ledger_from_before_lifetime_totals_opens_and_gets_an_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.json");
+        std::fs::write(
+            &path,
+            r#"{"day":"2026-01-31","day_usage":{"input_tokens":1,"output_tokens":0,"cache_read_tokens":0,"cache_write_tokens":0},"month":"2026-01","month_usage":{"input_tokens":1,"output_tokens":0,"cache_read_tokens":0,"cache_write_tokens":0}}"#,
+        )
+        .unwrap();
+        let l = UsageLedger::open(&path).unwrap();
+        let (day, _) = l.totals(datetime!(2026-01-31 12:00 UTC));
+        assert_eq!(day.total(), 1, "the budget figures are kept");
+        let m = l.metered().borrow().clone();
+        assert!(!m.ledger_id.is_empty());
+        assert_eq!(m.lifetime.total(), 0);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(&m.ledger_id)
+        );
     }
 
     #[test]

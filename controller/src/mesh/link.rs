@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{AgentEntry, LinkHandle, Mesh, TurnEnd, TurnEvent, lock, turn::validate_turn_id};
+use super::{
+    AgentEntry, LinkHandle, Mesh, TurnEnd, TurnEvent, UsageReport, lock, turn::validate_turn_id,
+};
 use crate::{metrics::ReasonLabel, runtime::Runtime};
 
 /// Largest notice text accepted; a notice becomes one Slack DM.
@@ -271,6 +273,9 @@ async fn read_frames(
                     st.workload_ready = s.workload_ready;
                     st.detail = s.detail;
                 });
+                if let Some(metered) = s.metered {
+                    mesh.report_usage(entry, UsageReport::Metered(metered));
+                }
             }
             In::Chunk(c) => on_chunk(mesh, entry, c).await,
             In::End(e) => on_end(mesh, entry, e).await,

@@ -81,13 +81,24 @@ pub struct LinkState {
     pub conn_id: u64,
 }
 
+/// Tokens a sidecar reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UsageReport {
+    /// What one finished turn used, as the workload counted it.
+    Turn(pb::Usage),
+    /// The sidecar's lifetime figure for one ledger: every model call,
+    /// turns and background work alike (`Status.metered`).
+    Metered(pb::MeteredUsage),
+}
+
 /// Streams out of the mesh, each bounded.
 pub struct MeshOutputs {
     /// Agents' notices (when nobody drains it, sidecars keep their notices
     /// and resend later).
     pub notices: mpsc::Receiver<InboundNotice>,
-    /// Token usage of every finished turn, for the runtime's persisted totals.
-    pub usage: mpsc::Receiver<(AgentId, pb::Usage)>,
+    /// Token usage of every finished turn, and the metered figures sidecars
+    /// report, for the runtime's persisted totals.
+    pub usage: mpsc::Receiver<(AgentId, UsageReport)>,
     /// Turns a reconnecting sidecar holds that no requester here is waiting
     /// for (their controller died): whoever made the reply target may pick
     /// them up with `Router::resume_turn`. Unclaimed ones stay listed in
@@ -187,7 +198,7 @@ struct Inner {
     agents: RwLock<HashMap<AgentId, Arc<AgentEntry>>>,
     metrics: Arc<Metrics>,
     notices: mpsc::Sender<InboundNotice>,
-    usage: mpsc::Sender<(AgentId, pb::Usage)>,
+    usage: mpsc::Sender<(AgentId, UsageReport)>,
     pending: mpsc::Sender<PendingReply>,
     next_conn: AtomicU64,
     accepting: AtomicBool,
@@ -493,20 +504,27 @@ impl Mesh {
             .observe(sink.started.elapsed().as_secs_f64());
         if let Some(usage) = &end.usage {
             m.add_tokens(&entry.label, usage);
-            if self
-                .inner
-                .usage
-                .try_send((entry.id.clone(), *usage))
-                .is_err()
-            {
-                // Metrics still have it; only the persisted total misses it.
-                m.frames_rejected
-                    .get_or_create(&crate::metrics::ReasonLabel {
-                        reason: "usage_backlog",
-                    })
-                    .inc();
-                warn!(agent = %entry.id, "usage backlog full; persisted token totals will miss this turn");
-            }
+            self.report_usage(entry, UsageReport::Turn(*usage));
+        }
+    }
+
+    fn report_usage(&self, entry: &AgentEntry, report: UsageReport) {
+        if self
+            .inner
+            .usage
+            .try_send((entry.id.clone(), report))
+            .is_err()
+        {
+            // Metrics still have a turn's tokens; only the persisted total
+            // misses them (a metered figure is sent again with the next change).
+            self.inner
+                .metrics
+                .frames_rejected
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "usage_backlog",
+                })
+                .inc();
+            warn!(agent = %entry.id, "usage backlog full; persisted token totals miss this report");
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod kubernetes;
 pub mod local;
+pub mod usage;
 
 use std::fmt;
 
@@ -87,7 +88,9 @@ pub struct AgentRecord {
     pub mode: AgentMode,
     pub phase: AgentPhase,
     pub detail: String,
-    /// Tokens used over the agent's life, as its turns reported them.
+    /// Tokens used over the agent's life: as its sidecar metered them
+    /// (every model call, background work included) when it meters, else as
+    /// its turns reported them (see [`usage`]).
     pub usage: TokenTotals,
 }
 
@@ -106,6 +109,23 @@ impl TokenTotals {
         self.output += u.output_tokens;
         self.cache_read += u.cache_read_tokens;
         self.cache_write += u.cache_write_tokens;
+    }
+
+    pub fn add_totals(&mut self, t: &TokenTotals) {
+        self.input += t.input;
+        self.output += t.output;
+        self.cache_read += t.cache_read;
+        self.cache_write += t.cache_write;
+    }
+
+    /// The larger of each kind.
+    pub fn max_each(&self, t: &TokenTotals) -> TokenTotals {
+        TokenTotals {
+            input: self.input.max(t.input),
+            output: self.output.max(t.output),
+            cache_read: self.cache_read.max(t.cache_read),
+            cache_write: self.cache_write.max(t.cache_write),
+        }
     }
 
     pub fn to_proto(self) -> clawswarm_proto::v1::Usage {
@@ -204,6 +224,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Add tokens a turn reported to the agent's persisted totals (the
     /// controller batches calls; totals survive controller restarts).
     async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError>;
+
+    /// Fold a sidecar's metered figure into the agent's persisted totals
+    /// ([`usage::MeteredTotals::fold`]).
+    async fn record_metered(
+        &self,
+        id: &AgentId,
+        report: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError>;
 
     /// This replica's role. The default (one replica, nothing to elect) is
     /// always the leader; the Kubernetes runtime starts `Starting` and

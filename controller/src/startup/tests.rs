@@ -78,6 +78,13 @@ impl Runtime for Lagging {
     async fn record_usage(&self, _: &AgentId, _: TokenTotals) -> Result<(), RuntimeError> {
         Ok(())
     }
+    async fn record_metered(
+        &self,
+        _: &AgentId,
+        _: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn run(&self, _: CancellationToken) -> Result<(), RuntimeError> {
         Ok(())
     }

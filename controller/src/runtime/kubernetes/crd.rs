@@ -115,9 +115,15 @@ pub struct AgentStatus {
     /// Last turn delivered to the agent (idle suspension counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<Time>,
-    /// Tokens used over the agent's life.
+    /// Tokens used over the agent's life: the metered total when the
+    /// sidecar meters model calls (background work included), else what
+    /// the agent's turns reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<TokenUsage>,
+    /// What the sidecar's model proxy metered, per ledger (docs/metrics.md,
+    /// "Token totals"). `usage` is `carried + lifetime` when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<MeteredStatus>,
     /// The volume retention in force (the Agent's, else its template's),
     /// recorded so deletion honours it after the template is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +147,60 @@ pub struct TokenUsage {
     pub output: u64,
     pub cache_read: u64,
     pub cache_write: u64,
+}
+
+/// The sidecar-metered part of an agent's usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeteredStatus {
+    /// The ledger (on the agent's volume) `lifetime` comes from.
+    pub ledger_id: String,
+    /// The highest figure that ledger reported.
+    pub lifetime: TokenUsage,
+    /// What earlier ledgers of this agent counted.
+    pub carried: TokenUsage,
+}
+
+impl From<TokenUsage> for crate::runtime::TokenTotals {
+    fn from(u: TokenUsage) -> Self {
+        Self {
+            input: u.input,
+            output: u.output,
+            cache_read: u.cache_read,
+            cache_write: u.cache_write,
+        }
+    }
+}
+
+impl From<crate::runtime::TokenTotals> for TokenUsage {
+    fn from(t: crate::runtime::TokenTotals) -> Self {
+        Self {
+            input: t.input,
+            output: t.output,
+            cache_read: t.cache_read,
+            cache_write: t.cache_write,
+        }
+    }
+}
+
+impl From<&MeteredStatus> for crate::runtime::usage::MeteredTotals {
+    fn from(m: &MeteredStatus) -> Self {
+        Self {
+            ledger_id: m.ledger_id.clone(),
+            lifetime: m.lifetime.into(),
+            carried: m.carried.into(),
+        }
+    }
+}
+
+impl From<&crate::runtime::usage::MeteredTotals> for MeteredStatus {
+    fn from(m: &crate::runtime::usage::MeteredTotals) -> Self {
+        Self {
+            ledger_id: m.ledger_id.clone(),
+            lifetime: m.lifetime.into(),
+            carried: m.carried.into(),
+        }
+    }
 }
 
 /// A role's agent: image, base configuration, security baseline,

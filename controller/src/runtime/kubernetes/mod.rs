@@ -45,9 +45,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use self::crd::{Agent, AgentTemplate, Mode, Phase, TokenUsage};
+use self::crd::{Agent, AgentTemplate, MeteredStatus, Mode, Phase, TokenUsage};
 use self::pod::{COMPONENT_AGENT, LABEL_AGENT, LABEL_COMPONENT, PodSettings};
 use self::tokenreview::TokenReviewAuthenticator;
+use super::usage::{self, MeteredTotals};
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::identity::Authenticator;
 
@@ -69,6 +70,24 @@ type Writers = (
 struct Pending {
     activity: Option<k8s_openapi::jiff::Timestamp>,
     usage: TokenTotals,
+    /// Metered reports not written yet, oldest first (a new ledger's
+    /// report must not replace the old ledger's last one before it is folded).
+    metered: Vec<clawswarm_proto::v1::MeteredUsage>,
+}
+
+impl Pending {
+    fn merge(&mut self, later: Pending) {
+        self.activity = self.activity.max(later.activity);
+        self.usage.add_totals(&later.usage);
+        self.metered.extend(later.metered);
+    }
+
+    /// `known` with every pending metered report folded in.
+    fn fold_metered(&self, known: Option<MeteredTotals>) -> Option<MeteredTotals> {
+        self.metered
+            .iter()
+            .fold(known, |k, r| Some(MeteredTotals::fold(k.as_ref(), r)))
+    }
 }
 
 /// The runtime; cheap handle over shared state (the leader task needs an owned one).
@@ -160,19 +179,13 @@ impl Inner {
             .find(|c| c.type_ == conditions::READY)
             .map(|c| format!("{}: {}", c.reason, c.message))
             .unwrap_or_default();
-        let u = status.usage.unwrap_or_default();
-        let mut usage = TokenTotals {
-            input: u.input,
-            output: u.output,
-            cache_read: u.cache_read,
-            cache_write: u.cache_write,
-        };
+        let mut turns: TokenTotals = status.usage.unwrap_or_default().into();
+        let mut metered = status.metered.as_ref().map(MeteredTotals::from);
         if let Some(p) = lock(&self.pending).get(&id) {
-            usage.input += p.usage.input;
-            usage.output += p.usage.output;
-            usage.cache_read += p.usage.cache_read;
-            usage.cache_write += p.usage.cache_write;
+            turns.add_totals(&p.usage);
+            metered = p.fold_metered(metered);
         }
+        let usage = usage::shown(turns, metered.as_ref());
         Some(AgentRecord {
             id,
             owner: a.spec.owner.clone(),
@@ -214,11 +227,9 @@ impl Inner {
                 warn!(agent = %id, error = %e, "could not record activity/usage; will retry");
                 let mut pending = lock(&self.pending);
                 let slot = pending.entry(id).or_default();
-                slot.activity = slot.activity.max(p.activity);
-                slot.usage.input += p.usage.input;
-                slot.usage.output += p.usage.output;
-                slot.usage.cache_read += p.usage.cache_read;
-                slot.usage.cache_write += p.usage.cache_write;
+                let later = std::mem::take(slot);
+                *slot = p;
+                slot.merge(later);
             }
         }
     }
@@ -229,20 +240,28 @@ impl Inner {
             return Ok(());
         };
         let status = current.status.clone().unwrap_or_default();
-        let u = status.usage.unwrap_or_default();
-        let usage = TokenUsage {
-            input: u.input + p.usage.input,
-            output: u.output + p.usage.output,
-            cache_read: u.cache_read + p.usage.cache_read,
-            cache_write: u.cache_write + p.usage.cache_write,
-        };
         let activity = match (status.last_activity.as_ref().map(|t| t.0), p.activity) {
             (Some(old), Some(new)) => Some(old.max(new)),
             (old, new) => old.or(new),
         };
+        // `status.usage` shows the metered total once there is one; the turn
+        // totals it held before are not needed then (metering counts turns too).
+        let metered = p.fold_metered(status.metered.as_ref().map(MeteredTotals::from));
+        let usage: TokenUsage = match &metered {
+            Some(m) => m.total().into(),
+            None => {
+                let mut turns: TokenTotals = status.usage.unwrap_or_default().into();
+                turns.add_totals(&p.usage);
+                turns.into()
+            }
+        };
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": current.resource_version() },
-            "status": { "usage": usage, "lastActivity": activity.map(Time) },
+            "status": {
+                "usage": usage,
+                "metered": metered.as_ref().map(MeteredStatus::from),
+                "lastActivity": activity.map(Time),
+            },
         });
         api.patch_status(id.name(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
@@ -420,11 +439,31 @@ impl Runtime for KubernetesRuntime {
     async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError> {
         self.check_ns(id)?;
         let mut pending = lock(&self.pending);
-        let p = &mut pending.entry(id.clone()).or_default().usage;
-        p.input += usage.input;
-        p.output += usage.output;
-        p.cache_read += usage.cache_read;
-        p.cache_write += usage.cache_write;
+        pending
+            .entry(id.clone())
+            .or_default()
+            .usage
+            .add_totals(&usage);
+        Ok(())
+    }
+
+    async fn record_metered(
+        &self,
+        id: &AgentId,
+        report: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError> {
+        self.check_ns(id)?;
+        let mut pending = lock(&self.pending);
+        let queued = &mut pending.entry(id.clone()).or_default().metered;
+        // One entry per ledger in a row keeps the queue as short as the
+        // number of volume changes, however long the API server is away.
+        match queued.last_mut() {
+            Some(last) if last.ledger_id == report.ledger_id => {
+                let folded = MeteredTotals::fold(Some(&MeteredTotals::from_report(last)), report);
+                last.lifetime = Some(folded.lifetime.to_proto());
+            }
+            _ => queued.push(report.clone()),
+        }
         Ok(())
     }
 

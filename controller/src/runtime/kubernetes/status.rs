@@ -93,6 +93,7 @@ pub(super) fn next_status(
         volume_claim: Some(pod::volume_claim_name(&agent.name_any())),
         last_activity: old.last_activity.clone(),
         usage: old.usage,
+        metered: old.metered.clone(),
         retention: agent
             .spec
             .retention

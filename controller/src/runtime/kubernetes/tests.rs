@@ -58,6 +58,13 @@ impl Runtime for NullRuntime {
     async fn record_usage(&self, _: &AgentId, _: TokenTotals) -> Result<(), RuntimeError> {
         Ok(())
     }
+    async fn record_metered(
+        &self,
+        _: &AgentId,
+        _: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn run(&self, _: CancellationToken) -> Result<(), RuntimeError> {
         Ok(())
     }

@@ -25,6 +25,7 @@ use self::{
     store::{AgentDirs, StoredAgent, load_all, now_unix},
     template::{AgentValues, EnvTemplate, Template, write_private},
 };
+use super::usage::{self, MeteredTotals};
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metrics::Metrics};
 
@@ -94,7 +95,7 @@ impl LocalAgent {
             mode: self.stored.mode,
             phase: self.phase,
             detail: self.detail.clone(),
-            usage: self.stored.usage,
+            usage: usage::shown(self.stored.usage, self.stored.metered.as_ref()),
         }
     }
 
@@ -452,6 +453,7 @@ impl Runtime for LocalRuntime {
             template: spec.template,
             mode: AgentMode::Running,
             usage: TokenTotals::default(),
+            metered: None,
             last_activity_unix: now_unix(),
         };
         dirs.save(&stored)?;
@@ -563,6 +565,20 @@ impl Runtime for LocalRuntime {
             s.cache_read += usage.cache_read;
             s.cache_write += usage.cache_write;
             a.stale = true;
+        })
+    }
+
+    async fn record_metered(
+        &self,
+        id: &AgentId,
+        report: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError> {
+        self.with_agent(id, |a| {
+            let folded = MeteredTotals::fold(a.stored.metered.as_ref(), report);
+            if a.stored.metered.as_ref() != Some(&folded) {
+                a.stored.metered = Some(folded);
+                a.stale = true;
+            }
         })
     }
 

@@ -14,15 +14,19 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::process::write_atomic;
-use crate::runtime::{AgentMode, RuntimeError, TokenTotals};
+use crate::runtime::{AgentMode, RuntimeError, TokenTotals, usage::MeteredTotals};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StoredAgent {
     pub owner: String,
     pub template: String,
     pub mode: AgentMode,
+    /// What turns reported (see `runtime::usage`).
     #[serde(default)]
     pub usage: TokenTotals,
+    /// What the sidecar metered, once it reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<MeteredTotals>,
     #[serde(default)]
     pub last_activity_unix: u64,
 }
