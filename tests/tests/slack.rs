@@ -550,6 +550,116 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
     Ok(())
 }
 
+/// Put `notices` in Carol's suspended agent's outbox, as a sidecar leaves
+/// them when no ack came, and wake the agent with a DM so it resends them.
+async fn resend_from_outbox(
+    fake: &FakeSlack,
+    ctl: &Controller,
+    notices: serde_json::Value,
+    asked: &str,
+) -> Result<std::path::PathBuf> {
+    let env = fake.socket().send_command(payloads::slash_command(
+        "U0CAROL",
+        "D0CAROL",
+        "/agent",
+        "suspend",
+        &fake.response_url(&format!("suspend-{asked}")),
+    ))?;
+    fake.wait_ack(&env, Duration::from_secs(10)).await?;
+    fake.response_containing(&format!("suspend-{asked}"), "suspended", START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let outbox = ctl
+        .agent_dir("u-u0carol")
+        .join("data")
+        .join(".clawswarm-notices.json");
+    std::fs::write(&outbox, notices.to_string())?;
+    Ok(outbox)
+}
+
+async fn wait_outbox_empty(outbox: &std::path::Path, ctl: &Controller) -> Result<()> {
+    clawswarm_tests::harness::wait_for("every notice acknowledged", REPLY, || {
+        std::fs::read_to_string(outbox).is_ok_and(|t| t.trim() == "[]")
+    })
+    .await
+    .with_context(|| ctl.logs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resent_notice_is_posted_once_also_after_a_controller_restart() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let mut ctl = controller(&fake, &[("u-u0carol", "U0CAROL")], &[]).await?;
+    fake.wait_socket_connections(1, START).await?;
+    ctl.wait_ready("u-u0carol", START).await?;
+    let dm = fake.dm_channel_for("U0CAROL");
+    let notice = |id: &str, text: &str| json!({"notice_id": id, "conversation": "", "text": text});
+    let posted = |f: &FakeSlack, text: &str| {
+        f.bot_messages()
+            .into_iter()
+            .filter(|m| m.channel == dm && m.text.contains(text))
+            .count()
+    };
+
+    // Two notices at once: the sidecar sends its whole outbox on every
+    // change, so each arrives more than once.
+    let outbox = resend_from_outbox(
+        &fake,
+        &ctl,
+        json!([
+            notice("n-1", "first notice"),
+            notice("n-2", "second notice")
+        ]),
+        "1",
+    )
+    .await?;
+    fake.socket().send_event(payloads::event_callback(
+        "EvR1",
+        payloads::dm("U0CAROL", &dm, "1700003000.000001", "wake up"),
+    ))?;
+    wait_outbox_empty(&outbox, &ctl).await?;
+
+    // The ack of n-1 was lost (the sidecar still holds it), and the
+    // controller restarts: the resend is acknowledged, not posted again.
+    resend_from_outbox(
+        &fake,
+        &ctl,
+        json!([notice("n-1", "first notice"), notice("n-3", "third notice")]),
+        "2",
+    )
+    .await?;
+    let accepted = fake.socket().accepted_total();
+    ctl.restart().await?;
+    fake.wait_for(START, |f| {
+        (f.socket().accepted_total() > accepted && f.socket().connections() == 1).then_some(())
+    })
+    .await
+    .with_context(|| ctl.logs())?;
+    fake.socket().send_event(payloads::event_callback(
+        "EvR2",
+        payloads::dm("U0CAROL", &dm, "1700003000.000002", "wake up again"),
+    ))?;
+    wait_outbox_empty(&outbox, &ctl).await?;
+    assert_eq!(
+        ["first notice", "second notice", "third notice"].map(|t| posted(&fake, t)),
+        [1, 1, 1],
+        "each notice posted once: {:?}",
+        fake.bot_messages()
+    );
+    let metrics = metrics(&ctl).await?;
+    let duplicates = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"clawswarm_slack_events_total{kind="notice",result="duplicate"} "#)
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        duplicates >= 1,
+        "the restarted controller saw n-1 again and did not post it:\n{metrics}"
+    );
+    Ok(())
+}
+
 /// A stub model whose /readyz says "not yet" for `ms`, as a cold OpenClaw does.
 fn slow_workload(ms: u64) -> Result<String> {
     let bins = clawswarm_tests::harness::binaries()?;

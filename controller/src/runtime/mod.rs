@@ -8,6 +8,7 @@
 
 pub mod kubernetes;
 pub mod local;
+pub mod notices;
 pub mod usage;
 
 use std::fmt;
@@ -231,6 +232,18 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         id: &AgentId,
         report: &clawswarm_proto::v1::MeteredUsage,
+    ) -> Result<(), RuntimeError>;
+
+    /// Whether notice `notice_id` of agent `id` was delivered already
+    /// (see [`notices`]): then it is acknowledged again, not posted again.
+    async fn notice_delivered(&self, id: &AgentId, notice_id: &str) -> Result<bool, RuntimeError>;
+
+    /// Remember, durably and before the sidecar is told, that notice
+    /// `notice_id` was delivered.
+    async fn record_notice_delivered(
+        &self,
+        id: &AgentId,
+        notice_id: &str,
     ) -> Result<(), RuntimeError>;
 
     /// This replica's role. The default (one replica, nothing to elect) is

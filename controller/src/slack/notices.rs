@@ -2,7 +2,9 @@
 //! the agent's owner as a DM — to the owner only, whatever conversation the
 //! agent names — and are acknowledged to the mesh once Slack has them. A
 //! notice that cannot be delivered stays unacknowledged, so the sidecar
-//! keeps it and sends it again after its next reconnect.
+//! keeps it and sends it again after its next reconnect. A notice already
+//! delivered (the runtime remembers, across restarts and failovers: see
+//! `runtime::notices`) is acknowledged again and not posted twice.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -51,6 +53,22 @@ async fn deliver<C: Connector>(
             return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice owner lookup failed");
         }
     };
+    match app
+        .router
+        .runtime()
+        .notice_delivered(&n.agent, &n.notice_id)
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => {
+            app.api.metrics().event("notice", "duplicate");
+            info!(agent = %n.agent, notice_id = %n.notice_id, "notice already delivered; acknowledged, not posted again");
+            return ack(app, &n).await;
+        }
+        Err(e) => {
+            return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "could not tell whether the notice was delivered; the agent will resend it");
+        }
+    }
     let channel = match dms.get(&owner) {
         Some(c) => c.clone(),
         None => match app.api.open_dm(&owner).await {
@@ -68,12 +86,24 @@ async fn deliver<C: Connector>(
             return warn!(agent = %n.agent, owner = %owner, error = %e, "notice not delivered; the agent will resend it");
         }
     }
-    match app.router.mesh().ack_notice(&n.agent, &n.notice_id).await {
-        Ok(()) => {
-            info!(agent = %n.agent, owner = %owner, notice_id = %n.notice_id, "notice delivered")
-        }
-        Err(e) => {
-            warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice delivered but not acknowledged")
-        }
+    app.api.metrics().event("notice", "delivered");
+    info!(agent = %n.agent, owner = %owner, notice_id = %n.notice_id, "notice delivered");
+    // Recorded before the ack: once the sidecar forgets the notice, only
+    // this record stops a resend in flight from being posted again. (A
+    // controller that dies between the post and this write posts it twice.)
+    if let Err(e) = app
+        .router
+        .runtime()
+        .record_notice_delivered(&n.agent, &n.notice_id)
+        .await
+    {
+        warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "delivered notice not recorded; a resend would be posted again");
+    }
+    ack(app, &n).await;
+}
+
+async fn ack<C: Connector>(app: &SlackApp<C>, n: &InboundNotice) {
+    if let Err(e) = app.router.mesh().ack_notice(&n.agent, &n.notice_id).await {
+        warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice not acknowledged; the agent will resend it");
     }
 }

@@ -124,6 +124,10 @@ pub struct AgentStatus {
     /// "Token totals"). `usage` is `carried + lifetime` when this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metered: Option<MeteredStatus>,
+    /// The last notices delivered to the owner (oldest first), written
+    /// before each is acknowledged, so a resent notice is not posted twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered_notices: Vec<String>,
     /// The volume retention in force (the Agent's, else its template's),
     /// recorded so deletion honours it after the template is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,6 +48,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use self::crd::{Agent, AgentTemplate, MeteredStatus, Mode, Phase, TokenUsage};
 use self::pod::{COMPONENT_AGENT, LABEL_AGENT, LABEL_COMPONENT, PodSettings};
 use self::tokenreview::TokenReviewAuthenticator;
+use super::notices;
 use super::usage::{self, MeteredTotals};
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::identity::Authenticator;
@@ -465,6 +466,62 @@ impl Runtime for KubernetesRuntime {
             _ => queued.push(report.clone()),
         }
         Ok(())
+    }
+
+    async fn notice_delivered(&self, id: &AgentId, notice_id: &str) -> Result<bool, RuntimeError> {
+        self.check_ns(id)?;
+        // From the API server, not the cache: the previous leader may have
+        // written the id just before it died.
+        let a = self
+            .agents_api()
+            .get_opt(id.name())
+            .await
+            .map_err(kube_err)?
+            .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+        Ok(a.status
+            .is_some_and(|s| s.delivered_notices.iter().any(|d| d == notice_id)))
+    }
+
+    async fn record_notice_delivered(
+        &self,
+        id: &AgentId,
+        notice_id: &str,
+    ) -> Result<(), RuntimeError> {
+        self.check_ns(id)?;
+        let api = self.agents_api();
+        // Optimistic concurrency: the flusher and the reconciler write
+        // status too; a conflict is retried on the fresh object.
+        for _ in 0..5 {
+            let a = api
+                .get_opt(id.name())
+                .await
+                .map_err(kube_err)?
+                .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
+            let mut delivered = a
+                .status
+                .as_ref()
+                .map(|s| s.delivered_notices.clone())
+                .unwrap_or_default();
+            if !notices::remember(&mut delivered, notice_id) {
+                return Ok(());
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": a.resource_version() },
+                "status": { "deliveredNotices": delivered },
+            });
+            match api
+                .patch_status(id.name(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(kube_err(e)),
+            }
+        }
+        Err(RuntimeError::Failed {
+            agent: id.clone(),
+            message: "could not record the delivered notice: the Agent kept changing".into(),
+        })
     }
 
     async fn run(&self, shutdown: CancellationToken) -> Result<(), RuntimeError> {

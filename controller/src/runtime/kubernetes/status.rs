@@ -94,6 +94,7 @@ pub(super) fn next_status(
         last_activity: old.last_activity.clone(),
         usage: old.usage,
         metered: old.metered.clone(),
+        delivered_notices: old.delivered_notices.clone(),
         retention: agent
             .spec
             .retention

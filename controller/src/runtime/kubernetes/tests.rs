@@ -65,6 +65,12 @@ impl Runtime for NullRuntime {
     ) -> Result<(), RuntimeError> {
         Ok(())
     }
+    async fn notice_delivered(&self, _: &AgentId, _: &str) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+    async fn record_notice_delivered(&self, _: &AgentId, _: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     async fn run(&self, _: CancellationToken) -> Result<(), RuntimeError> {
         Ok(())
     }

@@ -25,6 +25,7 @@ use self::{
     store::{AgentDirs, StoredAgent, load_all, now_unix},
     template::{AgentValues, EnvTemplate, Template, write_private},
 };
+use super::notices;
 use super::usage::{self, MeteredTotals};
 use super::{AgentMode, AgentPhase, AgentRecord, AgentSpec, Runtime, RuntimeError, TokenTotals};
 use crate::{identity::Authenticator, identity::bootstrap::BootstrapTokens, metrics::Metrics};
@@ -455,6 +456,7 @@ impl Runtime for LocalRuntime {
             usage: TokenTotals::default(),
             metered: None,
             last_activity_unix: now_unix(),
+            delivered_notices: Vec::new(),
         };
         dirs.save(&stored)?;
         let mut a = LocalAgent {
@@ -580,6 +582,35 @@ impl Runtime for LocalRuntime {
                 a.stale = true;
             }
         })
+    }
+
+    async fn notice_delivered(&self, id: &AgentId, notice_id: &str) -> Result<bool, RuntimeError> {
+        self.with_agent(id, |a| {
+            a.stored.delivered_notices.iter().any(|d| d == notice_id)
+        })
+    }
+
+    async fn record_notice_delivered(
+        &self,
+        id: &AgentId,
+        notice_id: &str,
+    ) -> Result<(), RuntimeError> {
+        // Written now, not with the next batch: the point is that a
+        // restarted controller knows.
+        let guard = self.persist.clone().lock_owned().await;
+        let Some((dirs, stored)) = self.with_agent(id, |a| {
+            notices::remember(&mut a.stored.delivered_notices, notice_id)
+                .then(|| (a.dirs.clone(), a.stored.clone()))
+        })?
+        else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            dirs.save(&stored)
+        })
+        .await
+        .map_err(|e| RuntimeError::Storage(e.to_string()))?
     }
 
     async fn run(&self, shutdown: CancellationToken) -> Result<(), RuntimeError> {

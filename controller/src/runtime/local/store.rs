@@ -29,6 +29,10 @@ pub struct StoredAgent {
     pub metered: Option<MeteredTotals>,
     #[serde(default)]
     pub last_activity_unix: u64,
+    /// The last notices delivered (`runtime::notices`), written before
+    /// each is acknowledged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered_notices: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
