@@ -491,22 +491,13 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
     ctl.wait_ready("u-u0carol", START).await?;
 
     // Suspend the agent, leave a notice in its outbox, and wake it with a message.
-    let env = fake.socket().send_command(payloads::slash_command(
-        "U0CAROL",
-        "D0CAROL",
-        "/agent",
-        "suspend",
-        &fake.response_url("s"),
-    ))?;
-    fake.wait_ack(&env, Duration::from_secs(10)).await?;
-    fake.response_containing("s", "suspended", START)
-        .await
-        .with_context(|| ctl.logs())?;
-    let outbox = ctl
-        .agent_dir("u-u0carol")
-        .join("data")
-        .join(".clawswarm-notices.json");
-    std::fs::write(&outbox, json!([{"notice_id": "n-1", "conversation": "slack:T0FAKE:C0PUBLIC:1.1", "text": "Reminder: stand-up in 5"}]).to_string())?;
+    leave_in_outbox(
+        &fake,
+        &ctl,
+        json!([{"notice_id": "n-1", "conversation": "slack:T0FAKE:C0PUBLIC:1.1", "text": "Reminder: stand-up in 5"}]),
+        "s",
+    )
+    .await?;
 
     let dm = fake.dm_channel_for("U0CAROL");
     fake.socket().send_event(payloads::event_callback(
@@ -550,23 +541,24 @@ async fn notices_reach_the_owner_by_dm_and_only_the_owner() -> Result<()> {
     Ok(())
 }
 
-/// Put `notices` in Carol's suspended agent's outbox, as a sidecar leaves
-/// them when no ack came, and wake the agent with a DM so it resends them.
-async fn resend_from_outbox(
+/// Suspend Carol's agent and put `notices` in its outbox, as a sidecar
+/// leaves them when no ack came; the next wake resends them. `step` names
+/// the suspend command's response URL. Returns the outbox's path.
+async fn leave_in_outbox(
     fake: &FakeSlack,
     ctl: &Controller,
     notices: serde_json::Value,
-    asked: &str,
+    step: &str,
 ) -> Result<std::path::PathBuf> {
     let env = fake.socket().send_command(payloads::slash_command(
         "U0CAROL",
         "D0CAROL",
         "/agent",
         "suspend",
-        &fake.response_url(&format!("suspend-{asked}")),
+        &fake.response_url(&format!("suspend-{step}")),
     ))?;
     fake.wait_ack(&env, Duration::from_secs(10)).await?;
-    fake.response_containing(&format!("suspend-{asked}"), "suspended", START)
+    fake.response_containing(&format!("suspend-{step}"), "suspended", START)
         .await
         .with_context(|| ctl.logs())?;
     let outbox = ctl
@@ -602,7 +594,7 @@ async fn a_resent_notice_is_posted_once_also_after_a_controller_restart() -> Res
 
     // Two notices at once: the sidecar sends its whole outbox on every
     // change, so each arrives more than once.
-    let outbox = resend_from_outbox(
+    let outbox = leave_in_outbox(
         &fake,
         &ctl,
         json!([
@@ -620,7 +612,7 @@ async fn a_resent_notice_is_posted_once_also_after_a_controller_restart() -> Res
 
     // The ack of n-1 was lost (the sidecar still holds it), and the
     // controller restarts: the resend is acknowledged, not posted again.
-    resend_from_outbox(
+    leave_in_outbox(
         &fake,
         &ctl,
         json!([notice("n-1", "first notice"), notice("n-3", "third notice")]),
