@@ -582,8 +582,11 @@ pub(super) async fn run_to_completion(launch: &Launch, log: &Path) -> anyhow::Re
     let mut child = command(launch, log)?
         .spawn()
         .with_context(|| format!("spawn init container {}", launch.container))?;
-    let status = tokio::time::timeout(INIT_TIMEOUT, child.wait())
-        .await
+    let waited = tokio::time::timeout(INIT_TIMEOUT, child.wait()).await;
+    if waited.is_err() {
+        kill_group(&child, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = waited
         .with_context(|| {
             format!(
                 "init container {} still running after {INIT_TIMEOUT:?}",
@@ -622,6 +625,27 @@ impl Spawned {
             restarts: 0,
             last_exit: None,
         })
+    }
+}
+
+/// Dropping the handle (the kubelet goes away, the test ends) stops the
+/// container like a node would: `kill_on_drop` alone reaches only `nsenter`,
+/// and the container's init survives it, because dropping to the
+/// container's user clears the parent-death signal `unshare --kill-child`
+/// set. SIGKILL to the group reaches that init; its PID namespace goes with it.
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            kill_group(child, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Signal the process group a container's process leads (see [`command`]).
+/// Nothing once the process has been reaped: its id could be reused.
+fn kill_group(child: &Child, signal: nix::sys::signal::Signal) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);
     }
 }
 
@@ -700,26 +724,16 @@ impl PodProcesses {
     /// what a pod sees when the node under it dies (no SIGTERM, no drain).
     pub fn crash(&mut self) {
         self.restart_policy = RestartPolicy::Never;
-        for c in &self.containers {
-            if let Some(pid) = c.child.as_ref().and_then(Child::id)
-                && let Ok(pid) = i32::try_from(pid)
-            {
-                let group = nix::unistd::Pid::from_raw(-pid);
-                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-            }
+        for child in self.containers.iter().filter_map(|c| c.child.as_ref()) {
+            kill_group(child, nix::sys::signal::Signal::SIGKILL);
         }
     }
 
     /// SIGTERM every process, wait up to the grace period, then SIGKILL.
     pub async fn stop(mut self) {
-        for c in &self.containers {
-            if let Some(pid) = c.child.as_ref().and_then(Child::id)
-                && let Ok(pid) = i32::try_from(pid)
-            {
-                // The whole group: a sandboxed container's own init is a child.
-                let group = nix::unistd::Pid::from_raw(-pid);
-                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
-            }
+        for child in self.containers.iter().filter_map(|c| c.child.as_ref()) {
+            // The whole group: a sandboxed container's own init is a child.
+            kill_group(child, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + self.grace;
         for c in &mut self.containers {
@@ -728,10 +742,7 @@ impl PodProcesses {
                     .await
                     .is_err()
             {
-                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                    let group = nix::unistd::Pid::from_raw(-pid);
-                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-                }
+                kill_group(child, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.kill().await;
             }
         }
