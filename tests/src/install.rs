@@ -45,6 +45,38 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// How Slack reaches the installation: which kustomization is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `deploy/` as shipped: the leader holds Socket Mode connections.
+    SocketMode,
+    /// `deploy/overlays/events-api`: Slack POSTs to the Service
+    /// `clawswarm-slack-events`, signed with the signing secret.
+    EventsApi,
+}
+
+impl Transport {
+    /// The directory `kustomize build` renders.
+    pub fn kustomization(self) -> PathBuf {
+        match self {
+            Self::SocketMode => deploy_dir(),
+            Self::EventsApi => deploy_dir().join("overlays/events-api"),
+        }
+    }
+
+    /// The Slack keys an operator fills into `clawswarm-controller-secrets`
+    /// for this transport (the bot token and API URL are common to both).
+    fn secret_values(self, slack: &FakeSlackConfig) -> Vec<(&'static str, String)> {
+        match self {
+            Self::SocketMode => vec![("CLAWSWARM_SLACK_APP_TOKEN", slack.app_token.clone())],
+            Self::EventsApi => vec![(
+                "CLAWSWARM_SLACK_SIGNING_SECRET",
+                slack.signing_secret.clone(),
+            )],
+        }
+    }
+}
+
 /// Everything running: drop it to tear the installation down (kubelet and
 /// its pods first, then the API server, then the network).
 pub struct Install {
@@ -61,6 +93,11 @@ impl Install {
     /// Render and apply deploy/, fill in and apply the Secrets, start the
     /// sandboxed kubelet. No controller runs yet: see [`Install::start_controller`].
     pub async fn new() -> anyhow::Result<Self> {
+        Self::with_transport(Transport::SocketMode).await
+    }
+
+    /// [`Install::new`] with the kustomization of `transport`.
+    pub async fn with_transport(transport: Transport) -> anyhow::Result<Self> {
         crate::trace_init();
         let bins = binaries()?.clone();
         let openclaw = crate::openclaw::openclaw_bin()?;
@@ -80,18 +117,16 @@ impl Install {
         })
         .await?;
 
-        let yaml = cp.kustomize_build(&deploy_dir()).await?;
+        let yaml = cp.kustomize_build(&transport.kustomization()).await?;
         let rendered = control_plane::parse_objects(&yaml)?;
         control_plane::apply_yaml(&cp.admin(), &yaml, FIELD_MANAGER).await?;
         let slack = fake.config();
-        let controller_secrets = fill_secret(
-            "controller-secrets.template.yaml",
-            &[
-                ("CLAWSWARM_SLACK_BOT_TOKEN", slack.bot_token.clone()),
-                ("CLAWSWARM_SLACK_APP_TOKEN", slack.app_token.clone()),
-                ("CLAWSWARM_SLACK_API_URL", fake.api_url()),
-            ],
-        )?;
+        let mut slack_values = vec![
+            ("CLAWSWARM_SLACK_BOT_TOKEN", slack.bot_token.clone()),
+            ("CLAWSWARM_SLACK_API_URL", fake.api_url()),
+        ];
+        slack_values.extend(transport.secret_values(slack));
+        let controller_secrets = fill_secret("controller-secrets.template.yaml", &slack_values)?;
         let shared_secrets = fill_secret(
             "shared-secrets.template.yaml",
             &[
@@ -186,15 +221,10 @@ impl Install {
         }
     }
 
-    /// GET `path` from pod `name` on its container port called `port`, as a
-    /// probe or Prometheus reaches it (the pod network is routed from here).
-    pub async fn http_get(
-        &self,
-        name: &str,
-        port: &str,
-        path: &str,
-    ) -> anyhow::Result<(u16, String)> {
-        use http_body_util::BodyExt as _;
+    /// `http://<pod IP>:<its container port called port><path>`: how a probe,
+    /// Prometheus or another pod reaches pod `name` (the pod network is
+    /// routed from here).
+    pub async fn pod_url(&self, name: &str, port: &str, path: &str) -> anyhow::Result<String> {
         let pod = Api::<Pod>::namespaced(self.cp.admin(), NAMESPACE)
             .get(name)
             .await?;
@@ -211,10 +241,96 @@ impl Install {
             .find(|p| p.name.as_deref() == Some(port))
             .map(|p| p.container_port)
             .with_context(|| format!("pod {name} has no port named {port}"))?;
+        Ok(format!("http://{ip}:{number}{path}"))
+    }
+
+    /// `http://<Service address>:<its port called port><path>`: how an
+    /// Ingress reaches the rendered Service `name` (kube-proxy's forwarder
+    /// picks a Ready pod its selector matches, per connection).
+    pub fn service_url(&self, name: &str, port: &str, path: &str) -> anyhow::Result<String> {
+        let svc: k8s_openapi::api::core::v1::Service =
+            rendered_as(&self.rendered, "Service", name)?;
+        let number = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(port))
+            .map(|p| p.port)
+            .with_context(|| format!("Service {name} has no port named {port}"))?;
+        let addr = self.net.service_addr(NAMESPACE, name).with_context(|| {
+            format!("Service {name} has no address yet (no pod started since it was applied)")
+        })?;
+        Ok(format!("http://{addr}:{number}{path}"))
+    }
+
+    /// Wait until pod `name`'s container port `port` accepts connections
+    /// (its process bound it; it may not serve yet).
+    pub async fn wait_port_bound(
+        &self,
+        name: &str,
+        port: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let url = self.pod_url(name, port, "").await?;
+        let addr = url.trim_start_matches("http://").to_string();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{name}:{port} ({addr}) never accepted a connection within {timeout:?}\n{}",
+                    self.pod_logs(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Wait until pod `name` reports its containers restarted more than
+    /// `restarts` times in all (a kubelet restarted them in place).
+    pub async fn wait_restarted(
+        &self,
+        name: &str,
+        restarts: i32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let api = Api::<Pod>::namespaced(self.cp.admin(), NAMESPACE);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pod = api.get(name).await?;
+            if restart_count(&pod) > restarts && crate::kubelet::pod_is_ready(&pod) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "pod {name} was not restarted within {timeout:?}\n{}",
+                    self.pod_logs(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET `path` from pod `name` on its container port called `port`, as a
+    /// probe or Prometheus reaches it.
+    pub async fn http_get(
+        &self,
+        name: &str,
+        port: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        use http_body_util::BodyExt as _;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let uri: http::Uri = format!("http://{ip}:{number}{path}").parse()?;
+        let uri: http::Uri = self.pod_url(name, port, path).await?.parse()?;
         let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
             .await
             .with_context(|| format!("GET {path} from {name} timed out"))??;
@@ -271,6 +387,15 @@ impl Install {
         }
         out
     }
+}
+
+/// Restarts of every container of `pod`, as its status reports them.
+pub fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .sum()
 }
 
 /// A shipped Secret template with `values` set in its `stringData`. A key

@@ -6,6 +6,7 @@ pub mod harness;
 pub mod install;
 pub mod kubelet;
 pub mod openclaw;
+pub mod prometheus;
 pub mod stub_model;
 
 /// Route `tracing` output to the test's captured output (filter with

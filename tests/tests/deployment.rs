@@ -10,12 +10,13 @@
 //! the shipped `default` template exactly as written: the real
 //! `clawswarm-sidecar init`, the real OpenClaw gateway, the real sidecar
 //! with its model proxy in front of the stub model. Slack is the fake Slack.
-//! Then a second replica joins as a standby, and the leader is killed with
+//! The real Prometheus, configured with the shipped PodMonitor, scrapes the
+//! running sidecar. Then a second replica joins as a standby, and the leader is killed with
 //! SIGKILL mid-reply: the reply must finish, through the new leader, in the
 //! same Slack message.
 //!
 //! One installation for the file (~1.5 GB for OpenClaw, a minute to start),
-//! so the checks are steps of one test. Needs `scripts/deps.sh kube openclaw`
+//! so the checks are steps of one test. Needs `scripts/deps.sh kube openclaw promtool`
 //! and root (namespaces); fails, never skips, without them.
 
 #![allow(clippy::unwrap_used)]
@@ -26,6 +27,7 @@ use anyhow::{Context as _, Result};
 use clawswarm_controller::runtime::kubernetes::crd::Agent;
 use clawswarm_tests::fake_slack::payloads;
 use clawswarm_tests::install::{Install, MODEL_KEY, NAMESPACE};
+use clawswarm_tests::prometheus::{Prometheus, pod_targets};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt as _};
@@ -298,6 +300,37 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
     );
     status_tokens_equal_billing(&install, &agents, &agent_name).await?;
     usage_command_shows_billing(&install, &dm, "usage-after-cron").await?;
+
+    // Monitoring that matches: the real Prometheus, configured with the
+    // shipped PodMonitor, discovers every pod of the namespace (the agent
+    // pod and the controller's, as pod discovery presents them), keeps the
+    // agent's sidecar only and answers tokens by owner with the stub's bill.
+    let pods = Api::<Pod>::namespaced(install.cp.admin(), NAMESPACE)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let prometheus = Prometheus::with_shipped_pod_monitor(&pod_targets(&pods))?;
+    let billed_sum = billed.input_tokens
+        + billed.output_tokens
+        + billed.cache_read_tokens
+        + billed.cache_write_tokens;
+    let by_owner = prometheus
+        .query_until(
+            "sum by (owner) (clawswarm_tokens_total)",
+            Duration::from_secs(90),
+            |r| r.first().and_then(|s| s["value"][1].as_str()) == Some(&billed_sum.to_string()),
+        )
+        .await?;
+    assert_eq!(by_owner.len(), 1, "{by_owner:?}");
+    assert_eq!(by_owner[0]["metric"]["owner"], ALICE, "{by_owner:?}");
+    let active = prometheus.active_targets().await?;
+    assert_eq!(
+        active.len(),
+        1,
+        "only the agent's sidecar is scraped: {active:?}"
+    );
+    assert_eq!(active[0]["labels"]["pod"], pod_name.as_str(), "{active:?}");
+    drop(prometheus);
 
     // The workload's container holds its own part of the volume only: the
     // sidecar's ledger, outbox and tokens are out of its reach, and so are

@@ -24,6 +24,9 @@ use clawswarm_sidecar::{
     metrics::{ModelCallLabels, ResultLabel, SidecarMetrics},
     workload::Usage,
 };
+use clawswarm_tests::prometheus::{
+    Prometheus, named_port, pod_discovery_labels, prom_label_name, shipped_pod_monitor,
+};
 
 fn promtool() -> PathBuf {
     match std::env::var_os("CLAWSWARM_PROMTOOL") {
@@ -219,13 +222,7 @@ async fn prometheus_scrapes_the_sidecar_and_answers_a_token_query() {
     use clawswarm_sidecar::http::{HttpState, serve};
     use tokio_util::sync::CancellationToken;
 
-    let prometheus = match std::env::var_os("CLAWSWARM_PROMETHEUS") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "CLAWSWARM_PROMETHEUS is not set: run `scripts/deps.sh promtool` and export what it prints \
-             (or `source ~/.cache/clawswarm/env.sh`)"
-        ),
-    };
+    let prometheus = clawswarm_tests::prometheus::prometheus_bin().unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = SidecarMetrics::new();
     metrics.add_usage(&Usage {
@@ -297,12 +294,6 @@ async fn prometheus_scrapes_the_sidecar_and_answers_a_token_query() {
     stop.cancel();
     let _ = server.await;
     assert_eq!(value, "4242");
-}
-
-/// deploy/monitoring/podmonitor.yaml, parsed.
-fn shipped_pod_monitor() -> serde_json::Value {
-    let text = std::fs::read_to_string(repo().join("deploy/monitoring/podmonitor.yaml")).unwrap();
-    serde_saphyr::from_str(&text).expect("podmonitor.yaml is YAML")
 }
 
 /// `namespace:` of a kustomization.yaml.
@@ -410,23 +401,9 @@ fn selector_matches(
     by_labels && by_expressions
 }
 
-/// The container port named `name`, with its container.
-fn named_port<'a>(
-    pod: &'a k8s_openapi::api::core::v1::Pod,
-    name: &str,
-) -> Option<(&'a k8s_openapi::api::core::v1::Container, i32)> {
-    pod.spec.as_ref()?.containers.iter().find_map(|c| {
-        c.ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| (c, p.container_port))
-    })
-}
-
 #[test]
 fn shipped_pod_monitor_selects_the_pods_the_controller_builds() {
-    let monitor = shipped_pod_monitor();
+    let monitor = shipped_pod_monitor().unwrap();
     let monitor_ns = monitor["metadata"]["namespace"]
         .as_str()
         .map(str::to_owned)
@@ -485,115 +462,6 @@ fn shipped_pod_monitor_selects_the_pods_the_controller_builds() {
     );
 }
 
-/// How Prometheus' Kubernetes discovery names a label in `__meta_*`.
-fn prom_label_name(k: &str) -> String {
-    k.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The `__meta_kubernetes_*` labels Kubernetes discovery (role: pod) gives
-/// the target of `pod`'s container port `port`.
-fn pod_discovery_labels(
-    pod: &k8s_openapi::api::core::v1::Pod,
-    port: &str,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut m = serde_json::Map::new();
-    for (k, v) in pod.metadata.labels.iter().flatten() {
-        let n = prom_label_name(k);
-        m.insert(format!("__meta_kubernetes_pod_label_{n}"), v.clone().into());
-        m.insert(
-            format!("__meta_kubernetes_pod_labelpresent_{n}"),
-            "true".into(),
-        );
-    }
-    m.insert(
-        "__meta_kubernetes_namespace".into(),
-        pod.metadata.namespace.clone().unwrap().into(),
-    );
-    m.insert(
-        "__meta_kubernetes_pod_name".into(),
-        pod.metadata.name.clone().unwrap().into(),
-    );
-    if let Some((c, number)) = named_port(pod, port) {
-        m.insert(
-            "__meta_kubernetes_pod_container_name".into(),
-            c.name.clone().into(),
-        );
-        m.insert(
-            "__meta_kubernetes_pod_container_port_name".into(),
-            port.into(),
-        );
-        m.insert(
-            "__meta_kubernetes_pod_container_port_number".into(),
-            number.to_string().into(),
-        );
-    }
-    m
-}
-
-/// The scrape job the Prometheus operator generates from a PodMonitor
-/// endpoint, translated from the parsed YAML: keep only targets the
-/// selector and the port name select (the operator's own relabellings),
-/// then the endpoint's `relabelings`, camelCase keys in snake_case.
-fn scrape_job_from_pod_monitor(
-    monitor: &serde_json::Value,
-    ep: &serde_json::Value,
-    sd_file: &Path,
-) -> serde_json::Value {
-    let mut relabel = Vec::new();
-    let selector = &monitor["spec"]["selector"];
-    assert!(
-        selector["matchExpressions"].is_null(),
-        "translate matchExpressions into keep rules too"
-    );
-    for (k, v) in selector["matchLabels"].as_object().into_iter().flatten() {
-        let n = prom_label_name(k);
-        relabel.push(serde_json::json!({
-            "action": "keep",
-            "source_labels": [format!("__meta_kubernetes_pod_label_{n}"), format!("__meta_kubernetes_pod_labelpresent_{n}")],
-            "regex": format!("({});true", v.as_str().unwrap()),
-        }));
-    }
-    relabel.push(serde_json::json!({
-        "action": "keep",
-        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-        "regex": ep["port"].as_str().unwrap(),
-    }));
-    for rule in ep["relabelings"].as_array().into_iter().flatten() {
-        let mut out = serde_json::Map::new();
-        for (k, v) in rule.as_object().unwrap() {
-            let key = match k.as_str() {
-                "sourceLabels" => "source_labels",
-                "targetLabel" => "target_label",
-                "separator" | "regex" | "modulus" | "replacement" => k.as_str(),
-                "action" => {
-                    out.insert("action".into(), v.as_str().unwrap().to_lowercase().into());
-                    continue;
-                }
-                other => panic!("translate relabeling key {other}"),
-            };
-            out.insert(key.into(), v.clone());
-        }
-        relabel.push(out.into());
-    }
-    serde_json::json!({
-        "job_name": format!("podMonitor/{}", monitor["metadata"]["name"].as_str().unwrap()),
-        "metrics_path": ep["path"].as_str().unwrap_or("/metrics"),
-        "scheme": ep["scheme"].as_str().unwrap_or("http"),
-        // The shipped interval is 30s; the test scrapes every second.
-        "scrape_interval": "1s",
-        "file_sd_configs": [{"files": [sd_file.display().to_string()], "refresh_interval": "1s"}],
-        "relabel_configs": relabel,
-    })
-}
-
 /// The real Prometheus, configured with the shipped PodMonitor translated
 /// into a scrape job, discovers a pod built by the controller from a shipped
 /// template (its labels and port as Kubernetes discovery would present them),
@@ -606,13 +474,6 @@ async fn prometheus_with_the_shipped_pod_monitor_answers_tokens_by_owner() {
     use clawswarm_sidecar::http::{HttpState, serve};
     use tokio_util::sync::CancellationToken;
 
-    let prometheus = match std::env::var_os("CLAWSWARM_PROMETHEUS") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => panic!(
-            "CLAWSWARM_PROMETHEUS is not set: run `scripts/deps.sh promtool` and export what it prints \
-             (or `source ~/.cache/clawswarm/env.sh`)"
-        ),
-    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = SidecarMetrics::new();
     metrics.add_usage(&Usage {
@@ -631,7 +492,7 @@ async fn prometheus_with_the_shipped_pod_monitor_answers_tokens_by_owner() {
     };
     let server = tokio::spawn(serve(listener, state, stop.clone()));
 
-    let monitor = shipped_pod_monitor();
+    let monitor = shipped_pod_monitor().unwrap();
     let ep = &monitor["spec"]["podMetricsEndpoints"][0];
     let port = ep["port"].as_str().unwrap();
     let tpl = &shipped_templates()[0];
@@ -643,78 +504,28 @@ async fn prometheus_with_the_shipped_pod_monitor_answers_tokens_by_owner() {
         "clawswarm-controller".to_string(),
     )]));
 
-    let dir = tempfile::tempdir().unwrap();
-    let sd_file = dir.path().join("pods.json");
     let groups = serde_json::json!([
         {"targets": [target.to_string()], "labels": pod_discovery_labels(&pod, port)},
         {"targets": [target.to_string()], "labels": pod_discovery_labels(&decoy, port)},
     ]);
-    std::fs::write(&sd_file, serde_json::to_vec_pretty(&groups).unwrap()).unwrap();
-    let config = dir.path().join("prometheus.yml");
-    let prom_config = serde_json::json!({
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [scrape_job_from_pod_monitor(&monitor, ep, &sd_file)],
-    });
-    // JSON is YAML.
-    std::fs::write(&config, serde_json::to_vec_pretty(&prom_config).unwrap()).unwrap();
-    let web = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let mut child = Command::new(&prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
+    let prometheus = Prometheus::with_shipped_pod_monitor(&groups).unwrap();
+    let result = prometheus
+        .query_until(
+            "sum by (owner) (clawswarm_tokens_total)",
+            std::time::Duration::from_secs(90),
+            |r| !r.is_empty(),
+        )
+        .await
         .unwrap();
-
-    let client = reqwest::Client::new();
-    let query =
-        format!("http://{web}/api/v1/query?query=sum%20by%20(owner)%20(clawswarm_tokens_total)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let result = loop {
-        let answer = client.get(&query).send().await;
-        if let Ok(resp) = answer
-            && let Ok(body) = resp.json::<serde_json::Value>().await
-            && let Some(r) = body.pointer("/data/result").and_then(|r| r.as_array())
-            && !r.is_empty()
-        {
-            break r.clone();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let log =
-                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-            panic!(
-                "prometheus never answered tokens by owner; config:\n{}\nits log:\n{log}",
-                serde_json::to_string_pretty(&prom_config).unwrap()
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
     // Which targets were kept, with the labels the relabelling gave them.
-    let targets: serde_json::Value = client
-        .get(format!("http://{web}/api/v1/targets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let active = prometheus.active_targets().await.unwrap();
+    drop(prometheus);
     stop.cancel();
     let _ = server.await;
 
     assert_eq!(result.len(), 1, "{result:?}");
     assert_eq!(result[0]["metric"]["owner"], "U0123456", "{result:?}");
     assert_eq!(result[0]["value"][1], "1234", "{result:?}");
-    let active = targets["data"]["activeTargets"].as_array().unwrap();
     assert_eq!(active.len(), 1, "only the agent pod is scraped: {active:?}");
     let labels = &active[0]["labels"];
     assert_eq!(labels["agent"], "alice", "{labels}");

@@ -26,12 +26,19 @@ pub struct PostOptions {
     pub unsigned: bool,
     /// `(X-Slack-Retry-Num, X-Slack-Retry-Reason)`.
     pub retry: Option<(u32, String)>,
+    /// Give up on the answer after this long (default 10 s; Slack waits
+    /// [`SLACK_ACK_TIMEOUT`]).
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
 pub struct PostResult {
     pub status: u16,
     pub body: String,
+    /// The `Retry-After` header, if the app sent one.
+    pub retry_after: Option<String>,
+    /// The app sent `X-Slack-No-Retry: 1` (Slack then does not retry).
+    pub no_retry: bool,
 }
 
 pub fn now_secs() -> i64 {
@@ -62,7 +69,11 @@ pub struct EventsPoster {
 
 impl EventsPoster {
     pub fn new(url: impl Into<String>, secret: impl Into<String>) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        // A fresh connection per request, as Slack's deliveries arrive: a
+        // Service in between then picks its endpoint for each one.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(HttpConnector::new());
         Self {
             url: url.into(),
             secret: secret.into(),
@@ -136,16 +147,112 @@ impl EventsPoster {
                 .header("x-slack-retry-reason", reason);
         }
         let req = req.body(Full::new(Bytes::from(body)))?;
-        let resp =
-            tokio::time::timeout(Duration::from_secs(10), self.client.request(req)).await??;
+        let timeout = opts.timeout.unwrap_or(Duration::from_secs(10));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let resp = tokio::time::timeout_at(deadline, self.client.request(req)).await??;
         let status = resp.status().as_u16();
-        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header("retry-after");
+        let no_retry = header("x-slack-no-retry").as_deref() == Some("1");
+        let body = tokio::time::timeout_at(deadline, resp.into_body().collect())
             .await??
             .to_bytes();
         Ok(PostResult {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
+            retry_after,
+            no_retry,
         })
+    }
+}
+
+/// Slack's retry schedule for Events API deliveries: an attempt that is
+/// not acknowledged with a 2xx within [`SLACK_ACK_TIMEOUT`] is retried
+/// nearly immediately, then after about a minute, then after about five
+/// (three retries, each with `X-Slack-Retry-Num` and `X-Slack-Retry-Reason`).
+pub const SLACK_RETRY_DELAYS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+];
+/// How long Slack waits for an Events API request to be acknowledged.
+pub const SLACK_ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One attempt of a [`EventsPoster::deliver`]: its status (`None` for a
+/// timeout or a failed connection) and the retry reason the next attempt
+/// carries.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub status: Option<u16>,
+    pub reason: &'static str,
+}
+
+impl EventsPoster {
+    /// Deliver `payload` as Slack does: attempt, and on anything but a 2xx
+    /// within [`SLACK_ACK_TIMEOUT`] retry on [`SLACK_RETRY_DELAYS`] divided
+    /// by `time_scale` (tests shrink Slack's minutes), unless the app said
+    /// `X-Slack-No-Retry: 1`. Returns every attempt; the last is a 2xx if
+    /// the event was delivered.
+    pub async fn deliver(&self, payload: &Value, time_scale: u32) -> Vec<Attempt> {
+        let body = payload.to_string().into_bytes();
+        let mut attempts: Vec<Attempt> = Vec::new();
+        for retry in 0..=SLACK_RETRY_DELAYS.len() {
+            let opts = PostOptions {
+                retry: attempts.last().map(|a| {
+                    (
+                        u32::try_from(retry).unwrap_or(u32::MAX),
+                        a.reason.to_string(),
+                    )
+                }),
+                timeout: Some(SLACK_ACK_TIMEOUT),
+                ..PostOptions::default()
+            };
+            let (attempt, no_retry) =
+                match self.post_raw(body.clone(), "application/json", &opts).await {
+                    Ok(r) if (200..300).contains(&r.status) => {
+                        attempts.push(Attempt {
+                            status: Some(r.status),
+                            reason: "",
+                        });
+                        return attempts;
+                    }
+                    Ok(r) => (
+                        Attempt {
+                            status: Some(r.status),
+                            reason: "http_error",
+                        },
+                        r.no_retry,
+                    ),
+                    Err(e) if e.is::<tokio::time::error::Elapsed>() => (
+                        Attempt {
+                            status: None,
+                            reason: "http_timeout",
+                        },
+                        false,
+                    ),
+                    Err(_) => (
+                        Attempt {
+                            status: None,
+                            reason: "connection_failed",
+                        },
+                        false,
+                    ),
+                };
+            attempts.push(attempt);
+            let Some(delay) = SLACK_RETRY_DELAYS.get(retry) else {
+                break;
+            };
+            if no_retry {
+                break;
+            }
+            tokio::time::sleep(*delay / time_scale.max(1)).await;
+        }
+        attempts
     }
 }
 

@@ -204,6 +204,18 @@ impl TestKubelet {
         Ok(())
     }
 
+    /// SIGKILL pod `pod`'s containers and restart them in place, as a
+    /// kubelet does after an OOM kill or a crash (`restartPolicy: Always`).
+    pub fn kill_containers(&self, pod: &str) -> anyhow::Result<()> {
+        let mut pods = self.shared.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let running = pods
+            .values_mut()
+            .find(|p| p.name == pod)
+            .with_context(|| format!("no running pod {pod}"))?;
+        running.kill_containers();
+        Ok(())
+    }
+
     /// The local directory of PVC `claim` (to look at what an agent stored).
     pub fn pvc_dir(&self, claim: &str) -> PathBuf {
         pvc_root(&self.shared.config.root)

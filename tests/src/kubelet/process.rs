@@ -729,6 +729,15 @@ impl PodProcesses {
         }
     }
 
+    /// SIGKILL every container's process group and let the restart policy
+    /// restart them in place: a container killed by the OOM killer or a
+    /// crash, the pod itself (name, labels, IP) unchanged.
+    pub fn kill_containers(&mut self) {
+        for child in self.containers.iter().filter_map(|c| c.child.as_ref()) {
+            kill_group(child, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// SIGTERM every process, wait up to the grace period, then SIGKILL.
     pub async fn stop(mut self) {
         for child in self.containers.iter().filter_map(|c| c.child.as_ref()) {

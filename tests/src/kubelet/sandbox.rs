@@ -52,6 +52,8 @@ pub struct PodNetwork {
     subnet: u8,
     state: Mutex<NetState>,
     tasks: Mutex<JoinSet<()>>,
+    /// `true` while pods may reach the API server ([`PodNetwork::hold_api_server`]).
+    api_open: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -90,6 +92,7 @@ impl PodNetwork {
                             services: HashMap::new(),
                         }),
                         tasks: Mutex::new(JoinSet::new()),
+                        api_open: tokio::sync::watch::Sender::new(true),
                     };
                     // From here on Drop removes the bridge.
                     ip(&[
@@ -130,11 +133,31 @@ impl PodNetwork {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("bind {listen}"))?;
+        let open = self.api_open.subscribe();
         self.spawn(forward(listener, move || {
-            let t = target;
-            async move { Some(t) }
+            let (t, mut open) = (target, open.clone());
+            async move {
+                open.wait_for(|o| *o).await.ok()?;
+                Some(t)
+            }
         }));
         Ok(())
+    }
+
+    /// With `true`, new connections from pods to the API server are held
+    /// (accepted, never answered) until `false`: the API server unreachable,
+    /// as in a control-plane outage. Established connections are untouched.
+    pub fn hold_api_server(&self, hold: bool) {
+        self.api_open.send_replace(!hold);
+    }
+
+    /// The address Service `ns/name` got on the bridge, once a pod was
+    /// started after it was created (see [`PodNetwork::services`]).
+    pub fn service_addr(&self, ns: &str, name: &str) -> Option<Ipv4Addr> {
+        lock(&self.state)
+            .services
+            .get(&format!("{ns}/{name}"))
+            .copied()
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
