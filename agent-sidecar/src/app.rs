@@ -168,6 +168,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         turn_timeout: args.relay.turn_timeout,
         ready_wait: args.relay.ready_wait,
         retention: args.relay.retention,
+        journal: Some(args.data_dir.join(".clawswarm-turns.json")),
         count_turn_usage: openclaw.is_none(),
     };
     let relay = Relay::new(

@@ -295,6 +295,21 @@ impl Controller {
         read_pid(&self.agent_dir(name).join("run/sidecar.pid"))
     }
 
+    pub fn workload_pid(&self, name: &str) -> Option<i32> {
+        read_pid(&self.agent_dir(name).join("run/workload.pid"))
+    }
+
+    /// SIGKILL an agent's sidecar and workload, as a pod that dies with its
+    /// node (or the OOM killer) loses both; the controller starts them again.
+    pub fn kill_agent_processes(&self, name: &str) -> Result<()> {
+        for pid in [self.sidecar_pid(name), self.workload_pid(name)] {
+            let pid = pid.with_context(|| format!("agent {name} has no running process"))?;
+            kill(Pid::from_raw(pid), Signal::SIGKILL)
+                .with_context(|| format!("kill {pid} of agent {name}"))?;
+        }
+        Ok(())
+    }
+
     /// Files grpcurl needs: `-cacert`, `-cert`, `-key`.
     pub fn admin_files(&self) -> (PathBuf, PathBuf, PathBuf) {
         let d = self.state_dir().join("admin");

@@ -50,17 +50,32 @@ pub fn deploy_dir() -> PathBuf {
 pub enum Transport {
     /// `deploy/` as shipped: the leader holds Socket Mode connections.
     SocketMode,
-    /// `deploy/overlays/events-api`: Slack POSTs to the Service
-    /// `clawswarm-slack-events`, signed with the signing secret.
+    /// deploy/ plus `deploy/components/events-api`: Slack POSTs to the
+    /// Service `clawswarm-slack-events`, signed with the signing secret.
     EventsApi,
 }
 
 impl Transport {
-    /// The directory `kustomize build` renders.
-    pub fn kustomization(self) -> PathBuf {
+    /// The directory `kustomize build` renders: deploy/ itself, or an
+    /// operator's overlay in `scratch` that adds the shipped component, as
+    /// docs/kubernetes.md shows it (kustomize wants relative paths, and an
+    /// overlay inside deploy/ would contain its own base).
+    pub fn kustomization(self, scratch: &Path) -> anyhow::Result<PathBuf> {
         match self {
-            Self::SocketMode => deploy_dir(),
-            Self::EventsApi => deploy_dir().join("overlays/events-api"),
+            Self::SocketMode => Ok(deploy_dir()),
+            Self::EventsApi => {
+                let dir = scratch.join("overlay-events-api");
+                std::fs::create_dir_all(&dir)?;
+                let deploy = relative_to(&dir, &deploy_dir())?;
+                std::fs::write(
+                    dir.join("kustomization.yaml"),
+                    format!(
+                        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+                         resources:\n  - {deploy}\ncomponents:\n  - {deploy}/components/events-api\n"
+                    ),
+                )?;
+                Ok(dir)
+            }
         }
     }
 
@@ -117,7 +132,9 @@ impl Install {
         })
         .await?;
 
-        let yaml = cp.kustomize_build(&transport.kustomization()).await?;
+        let yaml = cp
+            .kustomize_build(&transport.kustomization(cp.dir())?)
+            .await?;
         let rendered = control_plane::parse_objects(&yaml)?;
         control_plane::apply_yaml(&cp.admin(), &yaml, FIELD_MANAGER).await?;
         let slack = fake.config();
@@ -387,6 +404,23 @@ impl Install {
         }
         out
     }
+}
+
+/// `to` as a path relative to directory `from` (`../../work/x/deploy`).
+fn relative_to(from: &Path, to: &Path) -> anyhow::Result<String> {
+    let (from, to) = (from.canonicalize()?, to.canonicalize()?);
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out: Vec<String> = vec!["..".into(); from.components().count() - common];
+    out.extend(
+        to.components()
+            .skip(common)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    Ok(out.join("/"))
 }
 
 /// Restarts of every container of `pod`, as its status reports them.

@@ -286,6 +286,22 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
                 install.pod_logs(&pod_name)
             )
         })?;
+    // Delivered notices are remembered on the Agent (recorded after the
+    // post, before the ack), so a sidecar that resends its outbox after a
+    // reconnect is not posted twice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while agents
+        .get(&agent_name)
+        .await?
+        .status
+        .is_none_or(|s| s.delivered_notices.is_empty())
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the cron notice was posted but Agent.status.deliveredNotices stayed empty"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     openclaw_rpc(
         &install,
         &pod_name,

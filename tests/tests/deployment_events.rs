@@ -1,6 +1,6 @@
-//! The install test, Events API edition: `deploy/overlays/events-api` (the
-//! shipped deploy/ plus `deploy/components/events-api`), run as an operator
-//! installs it. Everything else is as in `deployment.rs`: the rendering
+//! The install test, Events API edition: an operator's overlay of the
+//! shipped deploy/ plus the shipped component `deploy/components/events-api`
+//! (as docs/kubernetes.md writes it), run as an operator installs it. Everything else is as in `deployment.rs`: the rendering
 //! applied unchanged to a real etcd + kube-apiserver, the real `clawswarm`
 //! binary in pods made from the rendered Deployment, the sandboxed kubelet
 //! running the agent pod from the shipped `default` template with the real

@@ -781,6 +781,66 @@ async fn a_reply_cut_by_a_controller_crash_finishes_in_the_same_message() -> Res
     Ok(())
 }
 
+/// Issue 12 item 1, the reply that cannot continue: the controller and the
+/// agent's processes all die mid-reply (the text the sidecar held is gone).
+/// The restarted sidecar still knows a reply was being written (its turn
+/// journal), and the restarted controller ends that Slack message with a
+/// clear note, in place, instead of leaving it mid-sentence. Real binaries,
+/// embedded mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_lost_with_its_agent_ends_with_a_note_in_the_same_message() -> Result<()> {
+    let fake = FakeSlack::start().await?;
+    let mut ctl = controller(&fake, &[("alice", "U0ALICE")], &[]).await?;
+    ctl.wait_ready("alice", START).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
+    let dm = fake.dm_channel_for("U0ALICE");
+    let asked = "1700000350.000001";
+    fake.socket().send_event(payloads::event_callback(
+        "Ev1",
+        payloads::dm("U0ALICE", &dm, asked, "[chunks=100] [delay_ms=100]"),
+    ))?;
+    let in_thread = |f: &FakeSlack| -> Vec<_> {
+        f.bot_messages()
+            .into_iter()
+            .filter(|m| m.channel == dm && m.thread_ts.as_deref() == Some(asked))
+            .collect()
+    };
+    let partial = fake
+        .wait_for(REPLY, |f| {
+            in_thread(f)
+                .into_iter()
+                .find(|m| m.streaming && m.text.contains("w5 "))
+        })
+        .await
+        .with_context(|| ctl.logs())?;
+
+    let asked_model = ctl.model_requests("alice").len();
+    ctl.kill().await?;
+    ctl.kill_agent_processes("alice")?;
+    ctl.restart().await?;
+    let closed = fake
+        .wait_for(REPLY, |f| {
+            in_thread(f)
+                .into_iter()
+                .find(|m| !m.streaming && m.text.contains(":warning:"))
+        })
+        .await
+        .with_context(|| format!("{}\n{}", ctl.logs(), ctl.sidecar_log("alice")))?;
+    assert_eq!(closed.ts, partial.ts, "the same message was closed");
+    assert!(
+        closed
+            .text
+            .contains("restarted before it finished this reply"),
+        "{closed:?}"
+    );
+    assert_eq!(in_thread(&fake).len(), 1, "no second message");
+    // Nothing re-asked the model behind the person's back.
+    assert_eq!(ctl.model_requests("alice").len(), asked_model);
+    Ok(())
+}
+
 /// Issue 12 item 1's bad input: a sidecar that edits or forges the reply
 /// targets it hands back cannot steer a reply into another channel or to
 /// another person. The test plays the sidecar (a hand-made AgentLink with a

@@ -5,6 +5,8 @@
 //! (from any sequence number, for a resume) and the buffer is dropped only
 //! when the controller acknowledges the turn, or after a retention period.
 //! So a controller can die mid-reply and a new one still gets every chunk.
+//! A sidecar that dies mid-reply loses the text, but its [`journal`] keeps
+//! the turn, which the next run reports as ended in error.
 
 use std::{
     collections::HashMap,
@@ -17,6 +19,8 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+pub mod journal;
 
 use crate::{
     metrics::{ResultLabel, SidecarMetrics},
@@ -40,6 +44,9 @@ pub struct RelayConfig {
     /// Count tokens from turn usage (off when the model proxy meters every
     /// call itself, so nothing is counted twice).
     pub count_turn_usage: bool,
+    /// Where turns in flight are recorded ([`journal`]); `None` keeps them
+    /// in memory only, so a restart loses track of them.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// A reply as produced so far.
@@ -168,6 +175,7 @@ struct Inner {
     conversations: Mutex<HashMap<String, Conversation>>,
     active: Arc<Semaphore>,
     tasks: TaskTracker,
+    journal: Arc<journal::TurnJournal>,
 }
 
 /// Cheap to clone.
@@ -184,16 +192,28 @@ impl Relay {
         metrics: Arc<SidecarMetrics>,
     ) -> Self {
         let active = Arc::new(Semaphore::new(cfg.max_active.max(1)));
+        let (journal, survivors) = journal::TurnJournal::open(cfg.journal.clone());
+        // Turns a previous run was answering: their text is gone, so they
+        // are held as ended in error until a controller takes them (it
+        // closes their messages with a note) or the retention lapses.
+        let mut turns = HashMap::new();
+        for t in survivors {
+            warn!(turn_id = %t.turn_id, "a turn was in flight when the sidecar stopped; reporting it as ended");
+            let state = TurnState::new(t.turn_id.clone(), t.conversation, t.reply_target);
+            state.finish(Outcome::Error, journal::RESTARTED.into(), None);
+            turns.insert(t.turn_id, state);
+        }
         Self {
             inner: Arc::new(Inner {
                 cfg,
                 workload,
                 metrics,
                 readiness,
-                turns: Mutex::default(),
+                turns: Mutex::new(turns),
                 conversations: Mutex::default(),
                 active,
                 tasks: TaskTracker::new(),
+                journal,
             }),
         }
     }
@@ -248,6 +268,9 @@ impl Relay {
             t.reply_target.clone(),
         );
         lock(&self.inner.turns).insert(t.turn_id.clone(), state.clone());
+        self.inner
+            .journal
+            .record(&t.turn_id, &t.conversation, &t.reply_target);
         let req = TurnRequest {
             turn_id: t.turn_id,
             conversation: t.conversation,
@@ -270,6 +293,7 @@ impl Relay {
     /// acknowledgement: nobody will resume it).
     pub fn cancel(&self, turn_id: &str, reason: &str) {
         let state = lock(&self.inner.turns).remove(turn_id);
+        self.inner.journal.forget(turn_id);
         if let Some(s) = state {
             info!(turn_id, reason, "turn cancelled by the controller");
             s.cancel.cancel();
@@ -281,6 +305,7 @@ impl Relay {
         if lock(&self.inner.turns).remove(turn_id).is_some() {
             debug!(turn_id, "turn acknowledged");
         }
+        self.inner.journal.forget(turn_id);
     }
 
     /// Turns still held, for Hello.
@@ -297,11 +322,13 @@ impl Relay {
         let retention = self.inner.cfg.retention;
         let mut turns = lock(&self.inner.turns);
         let mut finished: Vec<(Instant, String, usize)> = Vec::new();
+        let mut dropped = Vec::new();
         let mut total = 0;
         turns.retain(|id, t| {
             let ended = lock(&t.buf).end.is_some();
             if ended && t.created.elapsed() > retention {
                 warn!(turn_id = %id, "dropping a reply no controller acknowledged");
+                dropped.push(id.clone());
                 return false;
             }
             let bytes = t.retained_bytes();
@@ -318,7 +345,12 @@ impl Relay {
             }
             warn!(turn_id = %id, "dropping an unacknowledged reply: retained replies exceed the memory cap");
             turns.remove(&id);
+            dropped.push(id);
             total -= bytes;
+        }
+        drop(turns);
+        for id in dropped {
+            self.inner.journal.forget(&id);
         }
     }
 

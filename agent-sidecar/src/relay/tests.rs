@@ -104,6 +104,14 @@ impl Workload for Scripted {
 }
 
 fn relay(w: Arc<Scripted>, ready: bool) -> (Relay, watch::Sender<Readiness>) {
+    relay_journaled(w, ready, None)
+}
+
+fn relay_journaled(
+    w: Arc<Scripted>,
+    ready: bool,
+    journal: Option<std::path::PathBuf>,
+) -> (Relay, watch::Sender<Readiness>) {
     let cfg = RelayConfig {
         conversation_queue: 2,
         max_active: 8,
@@ -112,6 +120,7 @@ fn relay(w: Arc<Scripted>, ready: bool) -> (Relay, watch::Sender<Readiness>) {
         ready_wait: Duration::from_secs(60),
         retention: Duration::from_secs(600),
         count_turn_usage: true,
+        journal,
     };
     let (tx, rx) = watch::channel(if ready {
         Readiness::ready("up")
@@ -304,6 +313,49 @@ async fn replies_are_kept_until_acknowledged_and_listed_for_hello() {
     );
     r.ack("t1");
     assert!(r.pending().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_in_flight_when_the_sidecar_died_ends_in_error_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Some(dir.path().join("turns.json"));
+    let slow = Scripted::new(vec![
+        Step::Reply(vec!["a", "b"], Duration::from_secs(3600)),
+        Step::Reply(vec!["c"], Duration::ZERO),
+    ]);
+    let (before, _ready) = relay_journaled(slow, true, journal.clone());
+    before.start(turn("t1", "dm")).unwrap();
+    // An acknowledged turn is not carried over.
+    ended(&before.start(turn("t2", "other")).unwrap()).await;
+    before.ack("t2");
+    drop(before); // the process dies: no end, no ack
+
+    let (after, _ready) = relay_journaled(Scripted::new(vec![]), true, journal.clone());
+    let pending = after.pending();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|p| (
+                p.turn_id.as_str(),
+                p.next_seq,
+                p.ended,
+                p.reply_target.as_slice()
+            ))
+            .collect::<Vec<_>>(),
+        [("t1", 0, true, &b"t"[..])]
+    );
+    let (chunks, end) = after.get("t1").unwrap().read_from(0);
+    let end = end.unwrap();
+    assert!(chunks.is_empty());
+    assert_eq!(
+        (Outcome::try_from(end.outcome).unwrap(), end.error.as_str()),
+        (Outcome::Error, journal::RESTARTED)
+    );
+    // Once a controller has closed its message it is gone for good.
+    after.ack("t1");
+    drop(after);
+    let (again, _ready) = relay_journaled(Scripted::new(vec![]), true, journal);
+    assert!(again.pending().is_empty());
 }
 
 #[test]
