@@ -13,4 +13,5 @@ pub mod model_proxy;
 pub mod notices;
 pub mod readiness;
 pub mod relay;
+pub mod token_file;
 pub mod workload;

@@ -116,6 +116,7 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
         usage_file: sidecar_dir.join("model-usage.json"),
+        token_file: sidecar_dir.join("model-proxy-token"),
         read_timeout_secs: 120,
         connect_timeout_secs: 5,
     };
@@ -147,6 +148,8 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         model_proxy_url: format!("http://127.0.0.1:{proxy_port}"),
         utility_model: None,
         webhook_token_file: sidecar_dir.join("cron-webhook-token"),
+        // The proxy made it; init writes the same credential into the config.
+        model_proxy_token_file: sidecar_dir.join("model-proxy-token"),
         seed_config: sidecar_dir.join("no-seed.json"),
         openclaw_bin: Some(bin),
     })

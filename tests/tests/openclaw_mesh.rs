@@ -43,7 +43,8 @@ fn workload_command(sidecar: &Path, openclaw: &Path, seed: &Path) -> String {
          {{ test -f {{data_dir}}/openclaw/openclaw.json || cp {seed} {{data_dir}}/openclaw/openclaw.json; }} && \
          {sidecar} init --openclaw-config {{data_dir}}/openclaw/openclaw.json --openclaw-port {{port}} \
          --model-proxy-url http://127.0.0.1:{{port:proxy}} \
-         --cron-webhook-token-file {{run_dir}}/cron-webhook-token --openclaw-bin {openclaw} && \
+         --cron-webhook-token-file {{run_dir}}/cron-webhook-token \
+         --model-proxy-token-file {{run_dir}}/model-proxy-token --openclaw-bin {openclaw} && \
          exec {openclaw} gateway run --port {{port}}'"
     )
 }
@@ -62,6 +63,7 @@ const SIDECAR_ENV: &str = "CLAWSWARM_OPENCLAW_URL=http://127.0.0.1:{port};\
     CLAWSWARM_MODEL_PROXY_LISTEN=127.0.0.1:{port:proxy};\
     CLAWSWARM_NOTICES_LISTEN=127.0.0.1:{port:notices};\
     CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE={run_dir}/cron-webhook-token;\
+    CLAWSWARM_MODEL_PROXY_TOKEN_FILE={run_dir}/model-proxy-token;\
     CLAWSWARM_MODEL_USAGE_FILE={data_dir}/model-usage.json;\
     CLAWSWARM_NOTICES_STATE_FILE={data_dir}/notices.json";
 

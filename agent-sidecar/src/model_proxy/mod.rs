@@ -7,7 +7,10 @@
 //! they arrive while a [`usage::UsageTap`] reads the provider's own usage
 //! figures from them; the figures go to [`SidecarMetrics`] and to the
 //! [`ledger::UsageLedger`], which also enforces the per-day and per-month
-//! token budgets before a call goes out.
+//! token budgets before a call goes out. Only this agent's workload may
+//! spend the key: a call must present the agent's own proxy credential
+//! (`CLAWSWARM_MODEL_PROXY_TOKEN_FILE`, which `init` writes into OpenClaw's
+//! provider `apiKey`), so another local process that finds the port gets 401.
 
 mod forward;
 pub mod ledger;
@@ -138,6 +141,15 @@ pub struct ModelProxyArgs {
         default_value = "model-usage.json"
     )]
     pub usage_file: PathBuf,
+    /// The credential callers must present (`x-api-key` or `Authorization:
+    /// Bearer`); created when missing. Relative to CLAWSWARM_DATA_DIR.
+    #[arg(
+        id = "model-proxy-token-file",
+        long = "model-proxy-token-file",
+        env = "CLAWSWARM_MODEL_PROXY_TOKEN_FILE",
+        default_value = "model-proxy-token"
+    )]
+    pub token_file: PathBuf,
     /// Longest silence from the provider while a reply streams, in seconds.
     #[arg(
         id = "model-read-timeout-secs",
@@ -166,6 +178,7 @@ impl fmt::Debug for ModelProxyArgs {
             .field("monthly_token_budget", &self.monthly_token_budget)
             .field("budget_reply", &self.budget_reply)
             .field("usage_file", &self.usage_file)
+            .field("token_file", &self.token_file)
             .finish()
     }
 }
@@ -183,6 +196,11 @@ pub enum ModelProxyError {
     },
     #[error("the model provider key is empty or not a valid header value")]
     BadKey,
+    #[error("cannot read or create CLAWSWARM_MODEL_PROXY_TOKEN_FILE {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CLAWSWARM_MODEL_UPSTREAM_URL must be an http(s) URL, got {0:?}")]
     BadUpstream(String),
     #[error("CLAWSWARM_MODEL_PROXY_LISTEN must be a loopback address, got {0}")]
@@ -203,7 +221,7 @@ pub enum ModelProxyError {
 impl ModelProxyError {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::NoKey | Self::KeyFile { .. } | Self::BadKey => "key",
+            Self::NoKey | Self::KeyFile { .. } | Self::BadKey | Self::TokenFile { .. } => "key",
             Self::BadUpstream(_) | Self::NotLoopback(_) => "config",
             Self::Ledger(e) => e.metric_label(),
             Self::Client(_) => "client",
@@ -221,6 +239,8 @@ pub struct ModelProxy {
     upstream: String,
     key: HeaderValue,
     bearer: HeaderValue,
+    /// What callers must present.
+    client_token: String,
     daily_budget: AtomicU64,
     monthly_budget: AtomicU64,
     budget_reply: BudgetReply,
@@ -255,6 +275,12 @@ impl ModelProxy {
             HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ModelProxyError::BadKey)?;
         key_header.set_sensitive(true);
         bearer.set_sensitive(true);
+        let client_token = crate::token_file::ensure(&args.token_file).map_err(|source| {
+            ModelProxyError::TokenFile {
+                path: args.token_file.clone(),
+                source,
+            }
+        })?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(args.connect_timeout_secs.max(1)))
             .read_timeout(Duration::from_secs(args.read_timeout_secs.max(1)))
@@ -265,6 +291,7 @@ impl ModelProxy {
             upstream,
             key: key_header,
             bearer,
+            client_token,
             daily_budget: AtomicU64::new(args.daily_token_budget),
             monthly_budget: AtomicU64::new(args.monthly_token_budget),
             budget_reply: args.budget_reply,
@@ -343,6 +370,37 @@ impl ModelProxy {
         );
     }
 
+    /// The caller presented this agent's credential, the way its API
+    /// presents a key.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let presented = |name: HeaderName| {
+            headers
+                .get(name)
+                .map(|v| v.as_bytes().trim_ascii().to_vec())
+        };
+        let expected = self.client_token.as_bytes();
+        let api_key = presented(HeaderName::from_static("x-api-key"));
+        let bearer = presented(header::AUTHORIZATION).map(|v| {
+            v.strip_prefix(b"Bearer ".as_slice())
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        });
+        [api_key, bearer]
+            .into_iter()
+            .flatten()
+            .any(|p| crate::token_file::matches(&p, expected))
+    }
+
+    /// Refuse a caller without the credential (counted, logged once per call).
+    fn refuse_unauthorized(&self, api: ProviderApi) -> Response {
+        self.count(api, "unauthorized");
+        warn!(
+            api = api.label(),
+            "model call refused: the caller did not present this agent's proxy credential"
+        );
+        reply::unauthorized(api)
+    }
+
     fn auth_headers(&self, api: ProviderApi) -> (HeaderName, HeaderValue) {
         match api {
             ProviderApi::Anthropic => (HeaderName::from_static("x-api-key"), self.key.clone()),
@@ -395,6 +453,9 @@ async fn models(State(p): State<Arc<ModelProxy>>, headers: HeaderMap) -> Respons
     } else {
         ProviderApi::Openai
     };
+    if !p.authorized(&headers) {
+        return p.refuse_unauthorized(api);
+    }
     let (name, value) = p.auth_headers(api);
     let req = p
         .http
@@ -416,6 +477,9 @@ async fn forward_call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !p.authorized(&headers) {
+        return p.refuse_unauthorized(api);
+    }
     let Ok(mut json) = serde_json::from_slice::<Value>(&body) else {
         return reply::invalid_request(api, "request body is not JSON");
     };

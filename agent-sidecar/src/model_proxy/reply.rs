@@ -45,6 +45,21 @@ pub fn invalid_request(api: ProviderApi, message: &str) -> Response {
     )
 }
 
+/// A caller without this agent's proxy credential, as the provider answers
+/// a bad key (401 `authentication_error`).
+pub fn unauthorized(api: ProviderApi) -> Response {
+    let kind = match api {
+        ProviderApi::Anthropic => "authentication_error",
+        ProviderApi::Openai => "invalid_api_key",
+    };
+    error(
+        api,
+        StatusCode::UNAUTHORIZED,
+        kind,
+        "this model proxy serves only its own agent: present the key from the agent's config",
+    )
+}
+
 /// An exhausted budget as a 429 with `retry-after`, in the provider's shape.
 pub fn budget_error(api: ProviderApi, message: &str, retry_after_secs: u64) -> Response {
     let kind = match api {

@@ -116,7 +116,10 @@ struct Fixture {
     proxy: Arc<ModelProxy>,
     metrics: Arc<SidecarMetrics>,
     url: String,
+    /// Sends the agent's proxy credential (`x-api-key`) unless a request
+    /// sets its own, as OpenClaw does from its config.
     client: reqwest::Client,
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -151,6 +154,7 @@ async fn fixture(configure: impl FnOnce(&mut ModelProxyArgs)) -> Fixture {
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
         usage_file: dir.path().join("usage.json"),
+        token_file: dir.path().join("model-proxy-token"),
         read_timeout_secs: 30,
         connect_timeout_secs: 5,
     };
@@ -159,12 +163,19 @@ async fn fixture(configure: impl FnOnce(&mut ModelProxyArgs)) -> Fixture {
     let clock: Clock = Arc::new(|| datetime!(2026-11-23 22:00 UTC));
     let proxy = ModelProxy::with_clock(&args, metrics.clone(), clock).unwrap();
     let url = listen(proxy.router()).await;
+    let token = std::fs::read_to_string(&args.token_file).unwrap();
+    let mut credential = reqwest::header::HeaderMap::new();
+    credential.insert("x-api-key", token.parse().unwrap());
     Fixture {
         provider,
         proxy,
         metrics,
         url,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(credential)
+            .build()
+            .unwrap(),
+        token,
         _dir: dir,
     }
 }
@@ -173,7 +184,7 @@ impl Fixture {
     fn anthropic(&self, model: &str) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}/v1/messages", self.url))
-            .header("x-api-key", "clawswarm-model-proxy")
+            .header("x-api-key", &self.token)
             .header("authorization", "Bearer client-side")
             .header("anthropic-version", "2023-06-01")
             .json(&json!({"model": model, "stream": true, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
@@ -259,7 +270,7 @@ async fn the_real_key_goes_upstream_and_the_clients_credentials_do_not() {
         .unwrap();
     f.client
         .post(format!("{}/v1/chat/completions", f.url))
-        .bearer_auth("clawswarm-model-proxy")
+        .bearer_auth(&f.token)
         .json(&json!({"model": "openai", "stream": true, "messages": []}))
         .send()
         .await
@@ -282,7 +293,7 @@ async fn the_real_key_goes_upstream_and_the_clients_credentials_do_not() {
     );
     assert!(openai.get("x-api-key").is_none());
     for (headers, _) in calls.iter() {
-        assert!(!format!("{headers:?}").contains("clawswarm-model-proxy"));
+        assert!(!format!("{headers:?}").contains(&f.token));
         assert!(!format!("{headers:?}").contains("client-side"));
     }
 }
@@ -474,6 +485,63 @@ async fn an_unreachable_provider_is_a_502_in_the_providers_shape() {
 }
 
 #[tokio::test]
+async fn callers_without_the_agents_credential_are_refused_and_nothing_goes_upstream() {
+    let f = fixture(|_| {}).await;
+    let stranger = reqwest::Client::new();
+    let body = json!({"model": "plain", "max_tokens": 10, "messages": []});
+    let anthropic = |key: Option<&str>| {
+        let req = stranger
+            .post(format!("{}/v1/messages", f.url))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        match key {
+            Some(k) => req.header("x-api-key", k),
+            None => req,
+        }
+    };
+    for req in [
+        anthropic(None),
+        anthropic(Some("clawswarm-model-proxy")),
+        anthropic(Some(&f.token[..63])),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "authentication_error", "{err}");
+    }
+    let resp = stranger
+        .post(format!("{}/v1/chat/completions", f.url))
+        .bearer_auth("sk-guessed")
+        .json(&json!({"model": "openai", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "invalid_api_key", "{err}");
+    let models = stranger
+        .get(format!("{}/v1/models", f.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), StatusCode::UNAUTHORIZED);
+
+    assert!(f.provider.calls.lock().unwrap().is_empty(), "nothing spent");
+    assert_eq!(f.calls("anthropic", "unauthorized"), 3);
+    assert_eq!(f.calls("openai", "unauthorized"), 2);
+    // The agent's own workload, with the credential from its config, is served.
+    let ok = f
+        .client
+        .post(format!("{}/v1/messages", f.url))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn bad_requests_and_models_listing() {
     let f = fixture(|_| {}).await;
     let resp = f
@@ -511,6 +579,7 @@ fn configuration_errors_name_the_setting() {
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
         usage_file: dir.path().join("u.json"),
+        token_file: dir.path().join("t"),
         read_timeout_secs: 1,
         connect_timeout_secs: 1,
     };

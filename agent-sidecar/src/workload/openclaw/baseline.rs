@@ -19,10 +19,6 @@ use serde_json::{Map, Value, json};
 /// sub-agent sessions outside the conversation the person sees.
 pub const DENIED_TOOLS: [&str; 2] = ["gateway", "sessions_spawn"];
 
-/// The placeholder key OpenClaw sends to the sidecar's model proxy; the real
-/// key exists only in the sidecar's container.
-pub const PROXY_API_KEY: &str = "clawswarm-model-proxy";
-
 pub use crate::model_proxy::ProviderApi;
 
 /// OpenClaw's `models.providers.<p>.api` value for the proxy's protocol.
@@ -46,6 +42,10 @@ pub struct SidecarSettings {
     /// keeps the person's setting (or turns it off if they have none).
     pub utility_model: Option<String>,
     pub cron_webhook_token: String,
+    /// What OpenClaw sends the sidecar's model proxy as its API key: this
+    /// agent's own credential, which the proxy checks before it spends the
+    /// real key (that exists only in the sidecar).
+    pub model_proxy_token: String,
 }
 
 /// The provider name in `provider/model`.
@@ -231,7 +231,7 @@ pub fn apply_sidecar(cfg: &mut Value, s: &SidecarSettings) -> Vec<String> {
     set(
         entry,
         "apiKey",
-        json!(PROXY_API_KEY),
+        json!(s.model_proxy_token),
         &format!("models.providers.{provider}.apiKey"),
         &mut overridden,
     );

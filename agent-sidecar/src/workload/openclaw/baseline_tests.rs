@@ -13,6 +13,7 @@ fn settings() -> SidecarSettings {
         model_proxy_url: "http://127.0.0.1:18790".into(),
         utility_model: None,
         cron_webhook_token: "hook-token".into(),
+        model_proxy_token: "proxy-token".into(),
     }
 }
 
@@ -149,7 +150,7 @@ fn sidecar_settings_point_the_provider_at_the_proxy_with_a_dummy_key() {
     );
     let p = &cfg["models"]["providers"]["anthropic"];
     assert_eq!(p["baseUrl"], "http://127.0.0.1:18790");
-    assert_eq!(p["apiKey"], PROXY_API_KEY);
+    assert_eq!(p["apiKey"], "proxy-token");
     assert_eq!(p["api"], "anthropic-messages");
     assert_eq!(cfg["cron"]["webhookToken"], "hook-token");
     assert_eq!(cfg["plugins"]["entries"]["admin-http-rpc"]["enabled"], true);

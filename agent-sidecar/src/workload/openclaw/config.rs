@@ -81,6 +81,16 @@ pub struct InitArgs {
         default_value = "cron-webhook-token"
     )]
     pub webhook_token_file: PathBuf,
+    /// File with the credential OpenClaw presents to the sidecar's model
+    /// proxy (the same file the proxy reads); created when missing.
+    /// Relative to the sidecar's data dir.
+    #[arg(
+        id = "model-proxy-token-file",
+        long = "model-proxy-token-file",
+        env = "CLAWSWARM_MODEL_PROXY_TOKEN_FILE",
+        default_value = "model-proxy-token"
+    )]
+    pub model_proxy_token_file: PathBuf,
     /// The agent's first config (the template's base config, mounted from
     /// its ConfigMap); the built-in base config when the file is absent.
     /// Read on first run only: afterwards the config is the person's.
@@ -110,6 +120,7 @@ impl fmt::Debug for InitArgs {
             .field("provider_api", &self.provider_api)
             .field("model_proxy_url", &self.model_proxy_url)
             .field("webhook_token_file", &self.webhook_token_file)
+            .field("model_proxy_token_file", &self.model_proxy_token_file)
             .field("seed_config", &self.seed_config)
             .field("openclaw_bin", &self.openclaw_bin)
             .finish()
@@ -180,6 +191,9 @@ impl InitArgs {
         if out.webhook_token_file.is_relative() {
             out.webhook_token_file = data_dir.join(&self.webhook_token_file);
         }
+        if out.model_proxy_token_file.is_relative() {
+            out.model_proxy_token_file = data_dir.join(&self.model_proxy_token_file);
+        }
         out
     }
 }
@@ -199,7 +213,8 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
         provider_api: args.provider_api,
         model_proxy_url: args.model_proxy_url.clone(),
         utility_model: args.utility_model.clone(),
-        cron_webhook_token: webhook_token(&args.webhook_token_file)?,
+        cron_webhook_token: token(&args.webhook_token_file)?,
+        model_proxy_token: token(&args.model_proxy_token_file)?,
     };
 
     let existing = read_config(path)?;
@@ -300,33 +315,12 @@ fn read_config(path: &Path) -> Result<Option<(String, Value)>, InitError> {
 
 /// The cron webhook token, created on first use (only the sidecar and
 /// OpenClaw's config know it; it only lets a caller post notices).
-fn webhook_token(path: &Path) -> Result<String, InitError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(InitError::Read {
-                path: path.into(),
-                source,
-            });
-        }
-    }
-    let bytes: [u8; 32] = rand::random();
-    let token = hex::encode(bytes);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| InitError::Write {
-            path: dir.into(),
-            source,
-        })?;
-    }
-    let tmp = temp_path(path);
-    write_synced(&tmp, &token)?;
-    std::fs::rename(&tmp, path).map_err(|source| InitError::Write {
+/// A token shared with the sidecar, created when missing ([`crate::token_file`]).
+fn token(path: &Path) -> Result<String, InitError> {
+    crate::token_file::ensure(path).map_err(|source| InitError::Write {
         path: path.into(),
         source,
-    })?;
-    Ok(token)
+    })
 }
 
 fn write_synced(path: &Path, text: &str) -> Result<(), InitError> {

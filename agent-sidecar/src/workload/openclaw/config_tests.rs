@@ -14,6 +14,7 @@ fn args(dir: &Path) -> InitArgs {
         model_proxy_url: "http://127.0.0.1:18790".into(),
         utility_model: None,
         webhook_token_file: dir.join("sidecar").join("cron-webhook-token"),
+        model_proxy_token_file: dir.join("sidecar").join("model-proxy-token"),
         seed_config: dir.join("template").join("openclaw.json"),
         openclaw_bin: None,
     }
@@ -38,6 +39,13 @@ fn first_run_seeds_the_base_config_and_a_webhook_token() {
     let token = std::fs::read_to_string(&a.webhook_token_file).unwrap();
     assert_eq!(token.len(), 64);
     assert_eq!(cfg["cron"]["webhookToken"], token.as_str());
+    let proxy_token = std::fs::read_to_string(&a.model_proxy_token_file).unwrap();
+    assert_eq!(proxy_token.len(), 64);
+    assert_ne!(proxy_token, token);
+    assert_eq!(
+        cfg["models"]["providers"]["anthropic"]["apiKey"],
+        proxy_token.as_str()
+    );
 }
 
 #[test]
@@ -226,7 +234,9 @@ fn relative_token_files_live_in_the_sidecars_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = args(dir.path());
     a.webhook_token_file = "cron-webhook-token".into();
+    a.model_proxy_token_file = "model-proxy-token".into();
     let a = a.resolved(&dir.path().join("sidecar-data"));
     init(&a).unwrap();
     assert!(dir.path().join("sidecar-data/cron-webhook-token").is_file());
+    assert!(dir.path().join("sidecar-data/model-proxy-token").is_file());
 }

@@ -45,6 +45,7 @@ impl OpenClawServiceArgs {
             }
         };
         out.model_proxy.usage_file = under(&self.model_proxy.usage_file);
+        out.model_proxy.token_file = under(&self.model_proxy.token_file);
         out.notices.state_file = under(&self.notices.state_file);
         out.notices.webhook_token_file = under(&self.notices.webhook_token_file);
         if out.gateway.token.is_none() && out.gateway.token_file.is_none() {
@@ -169,6 +170,7 @@ mod tests {
             "--model-upstream-url=http://127.0.0.1:9".into(),
             format!("--model-api-key-file={dir}/key"),
             format!("--model-usage-file={dir}/usage.json"),
+            format!("--model-proxy-token-file={dir}/proxy-token"),
             "--notices-listen=127.0.0.1:0".into(),
             format!("--notices-state-file={dir}/notices.json"),
             format!("--notices-webhook-token-file={dir}/hook"),
@@ -217,9 +219,12 @@ mod tests {
             services.workload.take_notices().is_none(),
             "handed out once"
         );
-        // The proxy answers (the upstream is down: a provider-shaped 502).
+        // The proxy answers its own agent (the upstream is down: a
+        // provider-shaped 502).
+        let token = std::fs::read_to_string(&a.model_proxy.token_file).unwrap();
         let resp = reqwest::Client::new()
             .post(format!("http://{}/v1/messages", services.model_proxy_addr))
+            .header("x-api-key", token)
             .json(&serde_json::json!({"model": "m", "messages": []}))
             .send()
             .await
