@@ -246,6 +246,10 @@ pub enum SlackError {
     Config(String),
     #[error("slack rejected the bot token ({0})")]
     Auth(String),
+    /// `auth.test` got no answer from Slack (network, timeout, 5xx, 429):
+    /// the token may be fine; the front door is started again with backoff.
+    #[error("cannot reach slack to check the bot token ({0}); retrying")]
+    Unreachable(String),
     #[error("slack socket mode: {0}")]
     SocketMode(String),
     #[error("cannot bind the slack events api on {addr}: {source}")]
@@ -262,10 +266,21 @@ impl SlackError {
         match self {
             Self::Config(_) => "config",
             Self::Auth(_) => "auth",
+            Self::Unreachable(_) => "unreachable",
             Self::SocketMode(_) => "socket_mode",
             Self::Bind { .. } => "bind",
             Self::Serve(_) => "serve",
         }
+    }
+}
+
+/// Slack's own answer about the token is an auth failure; anything else
+/// (no answer, a timeout, an HTTP error, a rate limit) says nothing about
+/// the token and is reported as what it is.
+fn auth_failure(e: api::SlackApiError) -> SlackError {
+    match e.code() {
+        Some(code) => SlackError::Auth(code.to_owned()),
+        None => SlackError::Unreachable(e.to_string()),
     }
 }
 
@@ -342,10 +357,7 @@ pub async fn run_with<C: Connector>(
     let client = Arc::new(SlackClient::new(connector));
     let metrics = router.mesh().metrics().slack.clone();
     let api = Arc::new(SlackApi::new(client.clone(), bot_token.expose(), metrics));
-    let auth = api
-        .auth_test()
-        .await
-        .map_err(|e| SlackError::Auth(e.code().map_or_else(|| e.to_string(), str::to_owned)))?;
+    let auth = api.auth_test().await.map_err(auth_failure)?;
     let bot = BotIdentity {
         user_id: auth.user_id.0,
         bot_id: auth.bot_id.map(|b| b.0),
@@ -495,6 +507,39 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         slack: SlackArgs,
+    }
+
+    #[test]
+    fn a_network_failure_on_auth_test_is_not_called_a_rejected_token() {
+        use api::SlackApiError;
+        let rejected = auth_failure(SlackApiError::Api {
+            method: "auth.test",
+            code: "invalid_auth".into(),
+        });
+        assert_eq!(
+            rejected.to_string(),
+            "slack rejected the bot token (invalid_auth)"
+        );
+        for e in [
+            SlackApiError::Transport {
+                method: "auth.test",
+                kind: "connect",
+            },
+            SlackApiError::Timeout {
+                method: "auth.test",
+            },
+            SlackApiError::Http {
+                method: "auth.test",
+                status: 503,
+            },
+            SlackApiError::RateLimited {
+                method: "auth.test",
+            },
+        ] {
+            let err = auth_failure(e);
+            assert_eq!(err.metric_label(), "unreachable", "{err}");
+            assert!(!err.to_string().contains("rejected"), "{err}");
+        }
     }
 
     fn args(flags: &[&str]) -> SlackArgs {
