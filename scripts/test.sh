@@ -9,7 +9,7 @@
 set -euo pipefail
 
 # Components the tests need; add `kube` here when tests use it.
-TEST_DEPS=(grpcurl promtool openclaw kube)
+TEST_DEPS=(grpcurl promtool openclaw kube bwrap)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"

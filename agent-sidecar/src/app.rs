@@ -58,7 +58,11 @@ pub fn build_workload(w: &WorkloadArgs) -> Result<Arc<dyn Workload>, AppError> {
                    CLAWSWARM_WORKLOAD_COMMAND";
     match (w.kind.as_str(), &w.url) {
         ("none", _) | ("responses", None) => Ok(Arc::new(NoWorkload {
-            reason: missing.into(),
+            reason: w
+                .no_workload_reason
+                .clone()
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| missing.into()),
         })),
         ("responses", Some(url)) => {
             let cfg = ResponsesConfig {
@@ -99,6 +103,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             args.trust_bundle.display()
         ))
     })?;
+    // The sandboxed workload's only way to its own sidecar's ports, and
+    // ours to its port; bound before the workload is first probed.
+    let routes = crate::sandbox_bridge::parse_routes(&args.sandbox_routes)
+        .map_err(|e| AppError::Config(format!("CLAWSWARM_SANDBOX_ROUTES: {e}")))?;
+    let mut sandbox_bridge = crate::sandbox_bridge::start(
+        &routes,
+        crate::sandbox_bridge::Side::Outside,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| AppError::Config(format!("CLAWSWARM_SANDBOX_ROUTES: {e}")))?;
     let metrics = SidecarMetrics::new();
     // OpenClaw brings its model proxy, which meters every model call itself;
     // counting turn usage too would count those tokens twice.
@@ -256,6 +271,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
 
     info!(held_turns = relay.turns_held(), "sidecar stopping");
     relay.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while sandbox_bridge.join_next().await.is_some() {}
+    })
+    .await;
     if let Some(services) = openclaw {
         let _ = tokio::time::timeout(Duration::from_secs(5), services.join()).await;
     }

@@ -11,6 +11,12 @@ pub struct RunArgs {
     #[arg(long, env = "CLAWSWARM_AGENT")]
     pub agent: String,
 
+    /// Routes to a sandboxed local workload, `;`-separated
+    /// `expose:ADDR=SOCKET` / `serve:ADDR=SOCKET` (set by the local
+    /// controller; see sandbox_bridge). Empty: the workload shares loopback.
+    #[arg(long, env = "CLAWSWARM_SANDBOX_ROUTES", default_value = "")]
+    pub sandbox_routes: String,
+
     /// AgentLink endpoint, e.g. https://clawswarm-controller.clawswarm:7443.
     #[arg(long, env = "CLAWSWARM_CONTROLLER_URL")]
     pub controller_url: String,
@@ -135,6 +141,11 @@ pub struct WorkloadArgs {
         default_value = "/readyz"
     )]
     pub ready_path: String,
+
+    /// With `none`: what the person is told instead of an answer (the
+    /// local controller names the setting it lacks, e.g. a model key).
+    #[arg(long = "no-workload-reason", env = "CLAWSWARM_NO_WORKLOAD_REASON")]
+    pub no_workload_reason: Option<String>,
 }
 
 impl fmt::Debug for WorkloadArgs {

@@ -13,5 +13,6 @@ pub mod model_proxy;
 pub mod notices;
 pub mod readiness;
 pub mod relay;
+pub mod sandbox_bridge;
 pub mod token_file;
 pub mod workload;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use clawswarm_sidecar::{
     app,
     config::{InitCommand, RunArgs},
+    sandbox_bridge,
     workload::openclaw::config::init,
 };
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,10 @@ enum Command {
     /// step): seed it on first run, re-apply the enforced security baseline
     /// on every run, and validate it with OpenClaw's own validator.
     Init(Box<InitCommand>),
+    /// Run a local workload inside its sandbox, carrying only its own
+    /// sidecar's ports across the sandbox's network namespace (started by
+    /// the local controller; see sandbox_bridge).
+    SandboxBridge(sandbox_bridge::InsideArgs),
 }
 
 const EX_USAGE: u8 = 64;
@@ -77,6 +82,13 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             Command::Init(_) => ExitCode::SUCCESS,
+            Command::SandboxBridge(args) => match sandbox_bridge::run_inside(args).await {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EX_SOFTWARE)),
+                Err(e) => {
+                    error!(error = %e, "sandbox bridge failed");
+                    ExitCode::from(EX_SOFTWARE)
+                }
+            },
             Command::Run(args) => {
                 let shutdown = CancellationToken::new();
                 let on_signal = shutdown.clone();

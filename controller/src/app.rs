@@ -36,6 +36,8 @@ use crate::{
         Runtime, RuntimeError, kubernetes,
         local::{
             LocalConfig, LocalRuntime, WorkloadLaunch,
+            openclaw_profile::{KEY_SETTINGS, Profile},
+            sandbox::Sandbox,
             template::{EnvTemplate, Template, TemplateError},
         },
         usage,
@@ -488,8 +490,15 @@ fn local_config(
             "CLAWSWARM_CONTROLLER_NAMESPACE".to_owned(),
             args.namespace.clone(),
         ),
-        ("CLAWSWARM_WORKLOAD".to_owned(), l.workload.clone()),
     ];
+    let profile = builtin_profile(l, &sidecar_bin)?;
+    match &profile {
+        Some(Profile::NoModel { reason }) => {
+            env.push(("CLAWSWARM_WORKLOAD".to_owned(), "none".to_owned()));
+            env.push(("CLAWSWARM_NO_WORKLOAD_REASON".to_owned(), reason.clone()));
+        }
+        _ => env.push(("CLAWSWARM_WORKLOAD".to_owned(), l.workload.clone())),
+    }
     if let Some(m) = &l.workload_model {
         env.push(("CLAWSWARM_WORKLOAD_MODEL".into(), m.clone()));
     }
@@ -509,7 +518,25 @@ fn local_config(
             env.push((key.to_owned(), v.to_string_lossy().into_owned()));
         }
     }
-    let (workload, sidecar_env_template) = local_templates(l)?;
+    let (workload, sidecar_env_template) = local_templates(l, profile.as_ref())?;
+    let sandbox = match (&workload, l.processes) {
+        (Some(_), true) => {
+            let program_dirs = match &profile {
+                Some(Profile::Run { read_only, .. }) => read_only.clone(),
+                _ => Vec::new(),
+            };
+            let sandbox = Sandbox::resolve(&l.sandbox, state_dir, &sidecar_bin, &program_dirs)
+                .map_err(|e| AppError::Config(e.to_string()))?;
+            if sandbox.is_none() {
+                warn!(
+                    "--unsandboxed: local workloads share this user's files, every process's \
+                     environment and every loopback port"
+                );
+            }
+            sandbox
+        }
+        _ => None,
+    };
     Ok(LocalConfig {
         sidecar_env_template,
         state_dir: state_dir.to_owned(),
@@ -517,6 +544,7 @@ fn local_config(
         sidecar_bin,
         sidecar_env: env,
         workload,
+        sandbox,
         supervise_interval: Duration::from_millis(500),
         restart_backoff_max: Duration::from_secs(30),
         stop_grace: Duration::from_secs(5),
@@ -525,18 +553,56 @@ fn local_config(
     })
 }
 
+/// The built-in OpenClaw profile, when asked for: `--workload openclaw`
+/// and no workload command of the operator's own.
+fn builtin_profile(
+    l: &crate::config::LocalArgs,
+    sidecar_bin: &Path,
+) -> Result<Option<Profile>, AppError> {
+    if l.workload != "openclaw" || l.workload_command.is_some() {
+        return Ok(None);
+    }
+    let has_key = KEY_SETTINGS
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    l.openclaw
+        .resolve(sidecar_bin, has_key)
+        .map(Some)
+        .map_err(|e| AppError::Config(e.to_string()))
+}
+
 /// The local runtime's per-agent templates, checked before anything starts.
+/// The operator's own environment entries come after the profile's, so
+/// theirs win.
 fn local_templates(
     l: &crate::config::LocalArgs,
+    profile: Option<&Profile>,
 ) -> Result<(Option<WorkloadLaunch>, EnvTemplate), AppError> {
     let bad = |e: TemplateError| AppError::Config(e.to_string());
+    let (command, workload_env, sidecar_env) = match profile {
+        Some(Profile::Run {
+            command,
+            workload_env,
+            sidecar_env,
+            ..
+        }) => (
+            Some(command.clone()),
+            format!("{workload_env};{}", l.workload_env),
+            format!("{sidecar_env};{}", l.sidecar_env),
+        ),
+        _ => (
+            l.workload_command.clone(),
+            l.workload_env.clone(),
+            l.sidecar_env.clone(),
+        ),
+    };
     let sidecar_env =
-        EnvTemplate::parse("CLAWSWARM_LOCAL_SIDECAR_ENV", &l.sidecar_env).map_err(bad)?;
+        EnvTemplate::parse("CLAWSWARM_LOCAL_SIDECAR_ENV", &sidecar_env).map_err(bad)?;
     sidecar_env
-        .check_port("CLAWSWARM_LOCAL_SIDECAR_ENV", l.workload_command.is_some())
+        .check_port("CLAWSWARM_LOCAL_SIDECAR_ENV", command.is_some())
         .map_err(bad)?;
-    let Some(command) = &l.workload_command else {
-        if !l.workload_env.trim().is_empty() {
+    let Some(command) = command else {
+        if !workload_env.trim().is_empty() {
             return Err(AppError::Config(
                 "CLAWSWARM_LOCAL_WORKLOAD_ENV needs a workload command (CLAWSWARM_WORKLOAD_COMMAND)"
                     .into(),
@@ -545,10 +611,10 @@ fn local_templates(
         return Ok((None, sidecar_env));
     };
     let workload = WorkloadLaunch {
-        command: Template::parse("CLAWSWARM_WORKLOAD_COMMAND", command).map_err(bad)?,
+        command: Template::parse("CLAWSWARM_WORKLOAD_COMMAND", &command).map_err(bad)?,
         url: Template::parse("CLAWSWARM_WORKLOAD_URL_TEMPLATE", &l.workload_url_template)
             .map_err(bad)?,
-        env: EnvTemplate::parse("CLAWSWARM_LOCAL_WORKLOAD_ENV", &l.workload_env).map_err(bad)?,
+        env: EnvTemplate::parse("CLAWSWARM_LOCAL_WORKLOAD_ENV", &workload_env).map_err(bad)?,
     };
     Ok((Some(workload), sidecar_env))
 }
@@ -559,15 +625,20 @@ fn trust_bundle_path(ca_dir: &Path) -> PathBuf {
 
 /// Say plainly what is missing instead of pretending to answer.
 fn describe_workload(cfg: &LocalConfig) {
-    let has_url = cfg
-        .sidecar_env
-        .iter()
-        .any(|(k, _)| k == "CLAWSWARM_WORKLOAD_URL");
-    if cfg.workload.is_none() && !has_url {
+    let setting = |key: &str| {
+        cfg.sidecar_env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(reason) = setting("CLAWSWARM_NO_WORKLOAD_REASON") {
+        warn!("agents will start and connect, but cannot answer: {reason}");
+    } else if cfg.workload.is_none() && setting("CLAWSWARM_WORKLOAD_URL").is_none() {
         warn!(
             "no workload configured: agents will start and connect, but cannot answer until you set \
              CLAWSWARM_WORKLOAD_URL (any OpenAI-compatible /v1/responses endpoint, with CLAWSWARM_WORKLOAD_TOKEN \
-             and CLAWSWARM_WORKLOAD_MODEL) or CLAWSWARM_WORKLOAD_COMMAND (a per-agent workload process)"
+             and CLAWSWARM_WORKLOAD_MODEL), CLAWSWARM_WORKLOAD=openclaw (with CLAWSWARM_OPENCLAW_BIN) or \
+             CLAWSWARM_WORKLOAD_COMMAND (a per-agent workload process)"
         );
     }
 }

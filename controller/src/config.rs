@@ -87,7 +87,8 @@ pub struct LocalArgs {
     pub sidecar_bin: Option<PathBuf>,
 
     /// Workload adapter the sidecars use: `responses` (any OpenAI-style
-    /// /v1/responses server) or `openclaw`.
+    /// /v1/responses server) or `openclaw` (the real OpenClaw gateway beside
+    /// each sidecar: the built-in profile, or your own --workload-command).
     #[arg(long, env = "CLAWSWARM_WORKLOAD", default_value = "responses")]
     pub workload: String,
 
@@ -136,6 +137,15 @@ pub struct LocalArgs {
     /// Suspend agents idle this long (e.g. `2h`); unset = never.
     #[arg(long, env = "CLAWSWARM_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+
+    /// The built-in OpenClaw profile (`--workload openclaw` without a
+    /// workload command).
+    #[command(flatten)]
+    pub openclaw: crate::runtime::local::openclaw_profile::OpenClawProfileArgs,
+
+    /// How local workloads are sealed off from each other.
+    #[command(flatten)]
+    pub sandbox: crate::runtime::local::sandbox::SandboxArgs,
 }
 
 /// `500ms`, `10s`, `5m`, `24h`, `7d`.

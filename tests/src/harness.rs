@@ -83,7 +83,8 @@ pub struct ControllerOptions {
     /// Per-agent workload command; `None` gives every agent its own stub
     /// model (`clawswarm-stub-model`) logging to `<data>/model.jsonl`.
     pub workload_command: Option<String>,
-    /// No workload at all.
+    /// Give no workload command: the controller's own settings decide
+    /// (none at all, a shared URL, or the built-in OpenClaw profile).
     pub no_workload: bool,
     pub cert_lifetime: Option<String>,
     /// Extra environment for the controller (and, through it, sidecars).
@@ -165,6 +166,11 @@ impl Controller {
             .env("CLAWSWARM_HTTP_ADDR", addr(2))
             .env("CLAWSWARM_SIDECAR_BIN", &bins.sidecar)
             .env("CLAWSWARM_SHUTDOWN_GRACE", "2s")
+            // Workloads run sealed, as they ship; scripts/deps.sh bwrap.
+            .env(
+                "CLAWSWARM_BWRAP",
+                std::env::var_os("CLAWSWARM_BWRAP").unwrap_or_default(),
+            )
             .env(
                 "CLAWSWARM_LOG",
                 "info,clawswarm_controller=debug,clawswarm_sidecar=debug",
@@ -299,15 +305,23 @@ impl Controller {
         read_pid(&self.agent_dir(name).join("run/workload.pid"))
     }
 
-    /// SIGKILL an agent's sidecar and workload, as a pod that dies with its
-    /// node (or the OOM killer) loses both; the controller starts them again.
+    /// SIGKILL an agent's sidecar and workload with everything they
+    /// started (each runs in its own process group), as a pod that dies
+    /// with its node (or the OOM killer) loses both; the controller starts
+    /// them again.
     pub fn kill_agent_processes(&self, name: &str) -> Result<()> {
         for pid in [self.sidecar_pid(name), self.workload_pid(name)] {
             let pid = pid.with_context(|| format!("agent {name} has no running process"))?;
-            kill(Pid::from_raw(pid), Signal::SIGKILL)
-                .with_context(|| format!("kill {pid} of agent {name}"))?;
+            killpg(Pid::from_raw(pid), Signal::SIGKILL)
+                .with_context(|| format!("kill group {pid} of agent {name}"))?;
         }
         Ok(())
+    }
+
+    /// The sidecar's own part of an agent's volume (ledger, journal,
+    /// outbox), which its workload never sees.
+    pub fn sidecar_dir(&self, name: &str) -> PathBuf {
+        self.agent_dir(name).join("sidecar")
     }
 
     /// Files grpcurl needs: `-cacert`, `-cert`, `-key`.
@@ -346,6 +360,21 @@ impl Controller {
 
     /// Wait until the agent is connected and its workload ready.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<()> {
+        self.wait_agent(name, timeout, |a| a.connected && a.workload_ready)
+            .await
+    }
+
+    /// Wait until the agent's sidecar holds its link (ready or not).
+    pub async fn wait_connected(&self, name: &str, timeout: Duration) -> Result<()> {
+        self.wait_agent(name, timeout, |a| a.connected).await
+    }
+
+    async fn wait_agent(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&pb::Agent) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         loop {
@@ -355,14 +384,14 @@ impl Controller {
                     .await
             {
                 let a = a.into_inner();
-                if a.connected && a.workload_ready {
+                if done(&a) {
                     return Ok(());
                 }
                 last = format!("{a:?}");
             }
             if Instant::now() > deadline {
                 bail!(
-                    "agent {name} not ready within {timeout:?}; last state {last}\ncontroller log:\n{}\nsidecar log:\n{}",
+                    "agent {name} not as awaited within {timeout:?}; last state {last}\ncontroller log:\n{}\nsidecar log:\n{}",
                     tail(&self.logs()),
                     tail(&self.sidecar_log(name))
                 );

@@ -3,10 +3,11 @@
 //!   Gateway client → controller → sidecar (OpenClaw workload) → OpenClaw
 //!   gateway → sidecar's model proxy (real key, metering) → stub model
 //!
-//! The controller's local runtime starts both processes from generic
-//! per-agent templates (`{port:NAME}`, `{secret:NAME}`, `{run_dir}`); it
-//! knows nothing of OpenClaw. The gateway's bearer token is one
-//! `{secret:gateway}` given to the gateway and the sidecar; the model
+//! The shipped product: the controller's built-in OpenClaw profile
+//! (`CLAWSWARM_WORKLOAD=openclaw`, what `scripts/run-local.sh` uses) starts
+//! both processes from the local runtime's generic per-agent templates
+//! (`{port:NAME}`, `{secret:NAME}`, `{run_dir}`). The gateway's bearer token
+//! is one `{secret:gateway}` given to the gateway and the sidecar; the model
 //! proxy's and notice receiver's ports are `{port:proxy}` and
 //! `{port:notices}`.
 //!
@@ -21,7 +22,7 @@ use std::{path::Path, time::Duration};
 
 use clawswarm_proto::v1 as pb;
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, binaries, chat},
+    harness::{Controller, ControllerOptions, chat},
     openclaw::openclaw_bin,
     stub_model::{Api, StubConfig, StubModel, Usage},
 };
@@ -33,39 +34,6 @@ const REAL_KEY: &str = "sk-ant-real-provider-key-only-the-sidecar-holds";
 /// exec sessions" block after the person's text, which the stub would
 /// read as the last user message.
 const PERSON_CONFIG: &str = "{ tools: { deny: ['exec', 'process'] } }";
-
-/// The workload command: seed the person's config, let the sidecar's
-/// `init` apply the baseline, then become the gateway.
-fn workload_command(sidecar: &Path, openclaw: &Path, seed: &Path) -> String {
-    let (sidecar, openclaw, seed) = (sidecar.display(), openclaw.display(), seed.display());
-    format!(
-        "sh -c 'mkdir -p {{data_dir}}/openclaw/state {{data_dir}}/home {{data_dir}}/tmp && \
-         {{ test -f {{data_dir}}/openclaw/openclaw.json || cp {seed} {{data_dir}}/openclaw/openclaw.json; }} && \
-         {sidecar} init --openclaw-config {{data_dir}}/openclaw/openclaw.json --openclaw-port {{port}} \
-         --model-proxy-url http://127.0.0.1:{{port:proxy}} \
-         --cron-webhook-token-file {{run_dir}}/cron-webhook-token \
-         --model-proxy-token-file {{run_dir}}/model-proxy-token --openclaw-bin {openclaw} && \
-         exec {openclaw} gateway run --port {{port}}'"
-    )
-}
-
-/// What only the gateway process gets.
-const WORKLOAD_ENV: &str = "OPENCLAW_CONFIG_PATH={data_dir}/openclaw/openclaw.json;\
-    OPENCLAW_STATE_DIR={data_dir}/openclaw/state;\
-    OPENCLAW_GATEWAY_TOKEN={secret:gateway};\
-    HOME={data_dir}/home;TMPDIR={data_dir}/tmp;\
-    OPENCLAW_DISABLE_BONJOUR=1;OPENCLAW_SKIP_CHANNELS=1;OPENCLAW_NO_RESPAWN=1;\
-    OPENCLAW_NO_AUTO_UPDATE=1;OPENCLAW_OFFLINE=1";
-
-/// What each sidecar gets on top of the controller's environment.
-const SIDECAR_ENV: &str = "CLAWSWARM_OPENCLAW_URL=http://127.0.0.1:{port};\
-    CLAWSWARM_OPENCLAW_TOKEN={secret:gateway};\
-    CLAWSWARM_MODEL_PROXY_LISTEN=127.0.0.1:{port:proxy};\
-    CLAWSWARM_NOTICES_LISTEN=127.0.0.1:{port:notices};\
-    CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE={run_dir}/cron-webhook-token;\
-    CLAWSWARM_MODEL_PROXY_TOKEN_FILE={run_dir}/model-proxy-token;\
-    CLAWSWARM_MODEL_USAGE_FILE={data_dir}/model-usage.json;\
-    CLAWSWARM_NOTICES_STATE_FILE={data_dir}/notices.json";
 
 /// The gateway process and its descendants, from the run dir's pid file.
 fn workload_tree(run_dir: &Path) -> Vec<u32> {
@@ -125,7 +93,6 @@ fn ledger_day(data_dir: &Path) -> Usage {
 async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     let openclaw = openclaw_bin().unwrap_or_else(|e| panic!("{e}"));
     clawswarm_certs::install_default_crypto_provider();
-    let bins = binaries().unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     // The stub insists on the real key: every call proves the proxy put it there.
@@ -140,12 +107,20 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     let seed = dir.path().join("person-openclaw.json");
     std::fs::write(&seed, PERSON_CONFIG).unwrap();
 
+    // The controller's built-in OpenClaw profile, configured as a user
+    // would: the CLI, a seed config, the provider's URL and key file.
     let mut opts = ControllerOptions::with_agents(&["alice"]);
-    opts.workload_command = Some(workload_command(&bins.sidecar, &openclaw, &seed));
+    opts.no_workload = true;
     opts.env = vec![
         ("CLAWSWARM_WORKLOAD".into(), "openclaw".into()),
-        ("CLAWSWARM_LOCAL_WORKLOAD_ENV".into(), WORKLOAD_ENV.into()),
-        ("CLAWSWARM_LOCAL_SIDECAR_ENV".into(), SIDECAR_ENV.into()),
+        (
+            "CLAWSWARM_OPENCLAW_BIN".into(),
+            openclaw.display().to_string(),
+        ),
+        (
+            "CLAWSWARM_OPENCLAW_SEED_CONFIG".into(),
+            seed.display().to_string(),
+        ),
         // Provider settings reach the sidecar only (workloads start clean).
         ("CLAWSWARM_MODEL_UPSTREAM_URL".into(), stub.base_url()),
         (
@@ -233,7 +208,7 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
         "{billed:?}"
     );
     assert_eq!(sidecar_tokens(&run_dir).await, billed, "token metrics");
-    assert_eq!(ledger_day(&data_dir), billed, "usage ledger");
+    assert_eq!(ledger_day(&c.sidecar_dir("alice")), billed, "usage ledger");
     // And the controller's totals are the metered ones: every kind, every call.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let recorded = loop {
@@ -259,6 +234,41 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     assert_eq!(recorded, billed, "the controller's GetUsage");
 
     stub.shutdown().await;
+}
+
+/// A new user with no model key: the controller and agents start (no
+/// OpenClaw is launched to burn memory for nothing), and the first turn
+/// says which variable to set instead of pretending to answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_model_key_every_turn_says_which_variable_to_set() {
+    clawswarm_certs::install_default_crypto_provider();
+    let mut opts = ControllerOptions::with_agents(&["newcomer"]);
+    opts.no_workload = true;
+    opts.env = vec![("CLAWSWARM_WORKLOAD".into(), "openclaw".into())];
+    let c = Controller::start(opts).await.unwrap();
+    c.wait_connected("newcomer", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let mut gw = c.gateway().await.unwrap();
+    let reply = chat(&mut gw, "newcomer", "dm-1", "hello?").await.unwrap();
+    let end = reply.end.clone().unwrap();
+    assert_ne!(end.outcome(), pb::Outcome::Ok, "{reply:?}");
+    assert!(
+        reply.text().is_empty(),
+        "nothing pretends to answer: {reply:?}"
+    );
+    for named in [
+        "CLAWSWARM_MODEL_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+    ] {
+        assert!(end.error.contains(named), "{named} not in {:?}", end.error);
+    }
+    assert!(
+        !c.agent_dir("newcomer").join("run/workload.pid").exists(),
+        "no workload was started"
+    );
 }
 
 fn tail(s: &str) -> &str {

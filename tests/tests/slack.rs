@@ -561,10 +561,7 @@ async fn leave_in_outbox(
     fake.response_containing(&format!("suspend-{step}"), "suspended", START)
         .await
         .with_context(|| ctl.logs())?;
-    let outbox = ctl
-        .agent_dir("u-u0carol")
-        .join("data")
-        .join(".clawswarm-notices.json");
+    let outbox = ctl.sidecar_dir("u-u0carol").join(".clawswarm-notices.json");
     std::fs::write(&outbox, notices.to_string())?;
     Ok(outbox)
 }

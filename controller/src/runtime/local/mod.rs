@@ -2,7 +2,9 @@
 //! when configured, a workload process) on this machine, with its own data
 //! directory standing in for the persistent volume.
 
+pub mod openclaw_profile;
 mod process;
+pub mod sandbox;
 mod store;
 pub mod template;
 #[cfg(test)]
@@ -22,6 +24,7 @@ use tracing::{error, info, warn};
 
 use self::{
     process::{Launch, Proc, free_port, write_atomic},
+    sandbox::{AgentSandbox, Sandbox, Wrapped},
     store::{AgentDirs, StoredAgent, load_all, now_unix},
     template::{AgentValues, EnvTemplate, Template, write_private},
 };
@@ -53,6 +56,8 @@ pub struct LocalConfig {
     /// added after `sidecar_env`.
     pub sidecar_env_template: EnvTemplate,
     pub workload: Option<WorkloadLaunch>,
+    /// Seal each workload off (`None`: told `--unsandboxed`, or no workload).
+    pub sandbox: Option<Sandbox>,
     pub supervise_interval: Duration,
     pub restart_backoff_max: Duration,
     pub stop_grace: Duration,
@@ -187,6 +192,8 @@ impl LocalRuntime {
         let mut values = AgentValues {
             agent: a.id.name(),
             data_dir: &a.dirs.data,
+            sidecar_dir: &a.dirs.sidecar,
+            shared_dir: &a.dirs.shared,
             run_dir: &a.dirs.run,
             port: None,
         };
@@ -204,10 +211,27 @@ impl LocalRuntime {
             )
             .map_err(|e| failed(e.to_string()))?;
             values.port = Some(port);
+            let command = values
+                .render(&w.command)
+                .map_err(|e| failed(e.to_string()))?;
+            // The sidecar needs the routes even when only it restarts.
+            let (program, args) = match &self.cfg.sandbox {
+                Some(sandbox) => {
+                    let wrapped = self
+                        .sandboxed(&a.id, sandbox, &values, w, port, &command)
+                        .map_err(|e| failed(e.to_string()))?;
+                    env.push(("CLAWSWARM_SANDBOX_ROUTES".into(), wrapped.sidecar_routes));
+                    (wrapped.program, wrapped.args)
+                }
+                None => (
+                    PathBuf::from("/bin/sh"),
+                    vec!["-c".into(), format!("exec {command}")],
+                ),
+            };
             if !alive {
-                let command = values
-                    .render(&w.command)
-                    .map_err(|e| failed(e.to_string()))?;
+                if let Some(old) = a.workload.take() {
+                    old.kill_leftovers();
+                }
                 let mut workload_env = vec![
                     ("PORT".into(), port.to_string()),
                     ("CLAWSWARM_AGENT".into(), a.id.to_string()),
@@ -221,11 +245,10 @@ impl LocalRuntime {
                         .render_env(&w.env)
                         .map_err(|e| failed(e.to_string()))?,
                 );
-                let sh = PathBuf::from("/bin/sh");
                 let proc = Proc::spawn(Launch {
                     name: "workload",
-                    program: &sh,
-                    args: vec!["-c".into(), format!("exec {command}")],
+                    program: &program,
+                    args,
                     env: workload_env,
                     cwd: &a.dirs.data,
                     log_file: a.dirs.run.join("workload.log"),
@@ -249,9 +272,11 @@ impl LocalRuntime {
                     "CLAWSWARM_TOKEN_FILE".into(),
                     token_file.display().to_string(),
                 ),
+                // The sidecar's own part of the volume: its ledger, journal
+                // and outbox stay out of a sandboxed workload's sight.
                 (
                     "CLAWSWARM_DATA_DIR".into(),
-                    a.dirs.data.display().to_string(),
+                    a.dirs.sidecar.display().to_string(),
                 ),
                 ("CLAWSWARM_RUN_DIR".into(), a.dirs.run.display().to_string()),
                 // Many sidecars share this machine: let each pick free ports
@@ -282,6 +307,49 @@ impl LocalRuntime {
         a.phase = AgentPhase::Starting;
         a.detail.clear();
         Ok(())
+    }
+
+    /// The agent's workload command under its sandbox: every `{port:NAME}`
+    /// of its templates is one of its own sidecar's ports, so those (and no
+    /// others) are carried into its network namespace.
+    fn sandboxed(
+        &self,
+        id: &AgentId,
+        sandbox: &Sandbox,
+        values: &AgentValues<'_>,
+        w: &WorkloadLaunch,
+        port: u16,
+        command: &str,
+    ) -> Result<Wrapped, RuntimeError> {
+        let failed = |message: String| RuntimeError::Failed {
+            agent: id.clone(),
+            message,
+        };
+        let mut names: Vec<&str> = w
+            .command
+            .named_ports()
+            .chain(w.env.named_ports())
+            .chain(self.cfg.sidecar_env_template.named_ports())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let ports = names
+            .iter()
+            .map(|n| values.named_port(n))
+            .collect::<Result<Vec<u16>, _>>()
+            .map_err(|e| failed(e.to_string()))?;
+        sandbox
+            .wrap(
+                &AgentSandbox {
+                    agent: values.agent,
+                    data_dir: values.data_dir,
+                    shared_dir: values.shared_dir,
+                    workload_port: port,
+                    sidecar_ports: &ports,
+                },
+                command,
+            )
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Start what should run and is not running, with backoff per agent.

@@ -172,6 +172,47 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// After the process itself died: SIGKILL what is left in its group (a
+    /// sandbox whose monitor was killed, a shell's children), so a restart
+    /// never runs two workloads side by side. The group is checked for
+    /// members first: a pid number is not reused while a group still
+    /// holds it, so only our leftovers can be hit.
+    pub fn kill_leftovers(&self) {
+        if self.pid > 0 && group_has_members(self.pid) {
+            warn!(
+                process = self.name,
+                pgid = self.pid,
+                "killing what the dead process left behind"
+            );
+            let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether any live process has process group `pgid` (field 5 of stat).
+fn group_has_members(pgid: i32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
+                let mut f = rest.split_whitespace();
+                let state = f.next()?;
+                let pgrp: i32 = f.nth(1)?.parse().ok()?;
+                Some(pgrp == pgid && state != "Z")
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// Process start time in clock ticks since boot (field 22 of /proc/pid/stat).
 fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

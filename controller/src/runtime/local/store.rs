@@ -35,25 +35,40 @@ pub struct StoredAgent {
     pub delivered_notices: Vec<String>,
 }
 
+/// One agent's directories. `data` and `sidecar` stand in for the two
+/// parts of the pod's volume (the workload's and the sidecar's); `run` is
+/// the controller's and the sidecar's runtime state, of which a sandboxed
+/// workload sees only `shared`.
 #[derive(Clone, Debug)]
 pub struct AgentDirs {
     pub root: PathBuf,
     pub data: PathBuf,
+    pub sidecar: PathBuf,
     pub run: PathBuf,
+    pub shared: PathBuf,
 }
 
 impl AgentDirs {
     pub fn new(state_dir: &Path, id: &AgentId) -> Self {
         let root = state_dir.join("agents").join(id.name());
+        let run = root.join("run");
         Self {
             data: root.join("data"),
-            run: root.join("run"),
+            sidecar: root.join("sidecar"),
+            shared: run.join("shared"),
+            run,
             root,
         }
     }
 
     pub fn create(&self) -> Result<(), RuntimeError> {
-        for d in [&self.root, &self.data, &self.run] {
+        for d in [
+            &self.root,
+            &self.data,
+            &self.sidecar,
+            &self.run,
+            &self.shared,
+        ] {
             fs::create_dir_all(d).map_err(|e| storage(d, e))?;
         }
         Ok(())

@@ -24,7 +24,7 @@ pub enum TemplateError {
     #[error("{var}: {key:?} is not an environment variable name")]
     BadKey { var: String, key: String },
     #[error(
-        "{var}: {placeholder:?} is not a known placeholder ({{port}}, {{port:NAME}}, {{secret:NAME}}, {{data_dir}}, {{run_dir}}, {{agent}})"
+        "{var}: {placeholder:?} is not a known placeholder ({{port}}, {{port:NAME}}, {{secret:NAME}}, {{data_dir}}, {{sidecar_dir}}, {{shared_dir}}, {{run_dir}}, {{agent}})"
     )]
     Unknown { var: String, placeholder: String },
     #[error("{var}: {{port}} needs a workload command (CLAWSWARM_WORKLOAD_COMMAND)")]
@@ -56,6 +56,8 @@ enum Part {
     NamedPort(String),
     Secret(String),
     DataDir,
+    SidecarDir,
+    SharedDir,
     RunDir,
     Agent,
 }
@@ -95,6 +97,8 @@ impl Template {
                 None => match inner {
                     "port" => Part::Port,
                     "data_dir" => Part::DataDir,
+                    "sidecar_dir" => Part::SidecarDir,
+                    "shared_dir" => Part::SharedDir,
                     "run_dir" => Part::RunDir,
                     "agent" => Part::Agent,
                     _ => return Err(unknown()),
@@ -121,6 +125,14 @@ impl Template {
 
     pub fn uses_port(&self) -> bool {
         self.parts.contains(&Part::Port)
+    }
+
+    /// Names of the `{port:NAME}` placeholders.
+    pub fn named_ports(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::NamedPort(n) => Some(n.as_str()),
+            _ => None,
+        })
     }
 }
 
@@ -175,6 +187,10 @@ impl EnvTemplate {
         Ok(Self { vars })
     }
 
+    pub fn named_ports(&self) -> impl Iterator<Item = &str> {
+        self.vars.iter().flat_map(|(_, t)| t.named_ports())
+    }
+
     /// Refuse `{port}` when no workload command gives it a value.
     pub fn check_port(&self, var: &str, has_workload: bool) -> Result<(), TemplateError> {
         if !has_workload && self.vars.iter().any(|(_, t)| t.uses_port()) {
@@ -191,6 +207,10 @@ impl EnvTemplate {
 pub struct AgentValues<'a> {
     pub agent: &'a str,
     pub data_dir: &'a Path,
+    /// The sidecar's own persistent files (never in a workload's sandbox).
+    pub sidecar_dir: &'a Path,
+    /// Files and sockets the workload and its sidecar share.
+    pub shared_dir: &'a Path,
     pub run_dir: &'a Path,
     /// The workload's `{port}`, when there is a workload.
     pub port: Option<u16>,
@@ -212,6 +232,8 @@ impl AgentValues<'_> {
                 Part::NamedPort(name) => out.push_str(&self.named_port(name)?.to_string()),
                 Part::Secret(name) => out.push_str(&self.secret(name)?),
                 Part::DataDir => out.push_str(&self.data_dir.display().to_string()),
+                Part::SidecarDir => out.push_str(&self.sidecar_dir.display().to_string()),
+                Part::SharedDir => out.push_str(&self.shared_dir.display().to_string()),
                 Part::RunDir => out.push_str(&self.run_dir.display().to_string()),
                 Part::Agent => out.push_str(self.agent),
             }
@@ -327,6 +349,8 @@ mod tests {
         AgentValues {
             agent: "alice",
             data_dir: data,
+            sidecar_dir: data,
+            shared_dir: dir,
             run_dir: dir,
             port: Some(4000),
         }

@@ -22,6 +22,7 @@ fn config(state: &Path, sidecar_bin: &Path) -> LocalConfig {
             url: parse("http://127.0.0.1:{port}"),
             env: EnvTemplate::parse("test", "W={secret:shared}").unwrap(),
         }),
+        sandbox: None,
         supervise_interval: Duration::from_millis(50),
         restart_backoff_max: Duration::from_secs(1),
         stop_grace: Duration::from_secs(2),
@@ -61,6 +62,7 @@ async fn workload_and_sidecar_share_values_that_survive_a_restarted_runtime() {
     let state = dir.path().join("state");
     let id = AgentId::new("local", "alice").unwrap();
     let data = state.join("agents/alice/data");
+    let sidecar_dir = state.join("agents/alice/sidecar");
 
     let rt = LocalRuntime::open(config(&state, &sidecar), Metrics::new()).unwrap();
     rt.provision(AgentSpec {
@@ -71,7 +73,7 @@ async fn workload_and_sidecar_share_values_that_survive_a_restarted_runtime() {
     .await
     .unwrap();
     let workload = read_when_written(&data.join("workload.txt")).await;
-    let side = read_when_written(&data.join("sidecar.txt")).await;
+    let side = read_when_written(&sidecar_dir.join("sidecar.txt")).await;
     let w: Vec<&str> = workload.split_whitespace().collect();
     let s: Vec<&str> = side.split_whitespace().collect();
     let (port, extra, secret) = (w[0], w[1], w[2]);
@@ -85,13 +87,16 @@ async fn workload_and_sidecar_share_values_that_survive_a_restarted_runtime() {
     // the agent renders the same values again.
     drop(rt);
     std::fs::remove_file(data.join("workload.txt")).unwrap();
-    std::fs::remove_file(data.join("sidecar.txt")).unwrap();
+    std::fs::remove_file(sidecar_dir.join("sidecar.txt")).unwrap();
     let rt = LocalRuntime::open(config(&state, &sidecar), Metrics::new()).unwrap();
     rt.restart(&id).await.unwrap();
     assert_eq!(
         read_when_written(&data.join("workload.txt")).await,
         workload
     );
-    assert_eq!(read_when_written(&data.join("sidecar.txt")).await, side);
+    assert_eq!(
+        read_when_written(&sidecar_dir.join("sidecar.txt")).await,
+        side
+    );
     stop(&rt).await;
 }
