@@ -177,7 +177,8 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     assert_eq!(
         reply.outcome(),
         Some(pb::Outcome::Ok),
-        "{reply:?}\nsidecar log:\n{}",
+        "{reply:?}\nworkload log:\n{}\nsidecar log:\n{}",
+        tail(&workload_log()),
         tail(&c.sidecar_log("alice"))
     );
     assert_eq!(reply.text().trim(), "w0 w1 w2", "{reply:?}");
