@@ -116,7 +116,7 @@ impl OpenClawProfileArgs {
             other => return Err(ProfileError::BadApi(other.to_owned())),
         };
         let model = match self.model.as_deref().map(str::trim) {
-            Some(m) if m.is_empty() => None,
+            Some("") => None,
             Some(m) => {
                 let ok = m
                     .split_once('/')
