@@ -30,7 +30,8 @@ try() {
     name="$1"; shift
     if "$@" >/dev/null 2>&1; then echo "escaped $name" >> "$out"; else echo "blocked $name" >> "$out"; fi
 }
-try other-agents-data ls "$data/../../bob/data"
+# Bob may be provisioned a moment after alice starts: give his directory time to appear.
+try other-agents-data sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do ls "$0" && exit 0; sleep 1; done; exit 1' "$data/../../bob/data"
 try controller-ca ls "$data/../../../ca"
 try own-bootstrap-token cat "$run/bootstrap-token"
 try sidecar-ledger-dir ls "$side"
