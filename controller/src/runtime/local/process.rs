@@ -170,9 +170,7 @@ impl Proc {
         }
         let _ = fs::remove_file(&self.pid_file);
     }
-}
 
-impl Proc {
     /// After the process itself died: SIGKILL what is left in its group (a
     /// sandbox whose monitor was killed, a shell's children), so a restart
     /// never runs two workloads side by side. The group is checked for
@@ -190,46 +188,39 @@ impl Proc {
     }
 }
 
-/// Whether any live process has process group `pgid` (field 5 of stat).
+/// The fields of `/proc/PID/stat` from the state on (field 3). The command
+/// name before them may contain spaces and parentheses; fields resume after
+/// the last `)`.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Whether any live process has process group `pgid` (field 5).
 fn group_has_members(pgid: i32) -> bool {
     let Ok(entries) = fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|e| {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            return false;
-        };
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
-                let mut f = rest.split_whitespace();
-                let state = f.next()?;
-                let pgrp: i32 = f.nth(1)?.parse().ok()?;
-                Some(pgrp == pgid && state != "Z")
+        e.file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(stat_fields)
+            .is_some_and(|f| {
+                f.first().is_some_and(|s| s != "Z")
+                    && f.get(2).and_then(|g| g.parse().ok()) == Some(pgid)
             })
-            .unwrap_or(false)
     })
 }
 
-/// Process start time in clock ticks since boot (field 22 of /proc/pid/stat).
+/// Process start time in clock ticks since boot (field 22).
 fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields resume
-    // after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rfind(')')
-                .and_then(|i| s.get(i + 2..i + 3).map(|c| c == "Z"))
-        })
-        .unwrap_or(true)
+    stat_fields(pid).is_none_or(|f| f.first().is_none_or(|s| s == "Z"))
 }
 
 /// Write via a temporary file and rename, so readers never see half a file.
