@@ -39,6 +39,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # build binaries of packages without integration tests.
 step "cargo build --workspace --bins --locked"
 cargo build --workspace --bins --locked
+# The end-to-end harness would otherwise build them again from inside the tests.
+export CLAWSWARM_TEST_BINS_BUILT=1
 
 step "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

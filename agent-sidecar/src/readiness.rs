@@ -33,7 +33,9 @@ pub async fn poll(
         };
         metrics.workload_up.set(i64::from(now.ready));
         let changed = tx.send_if_modified(|cur| {
-            if cur.ready != now.ready || (!now.ready && cur.detail != now.detail) {
+            // Details change rarely (starting → ready, a model problem
+            // found or cleared), and each one is worth a Status frame.
+            if cur.ready != now.ready || cur.detail != now.detail {
                 *cur = now.clone();
                 true
             } else {

@@ -58,6 +58,10 @@ pub type OnServing = Arc<dyn Fn(bool) + Send + Sync>;
 pub struct FrontDoor {
     role: watch::Receiver<Role>,
     slack: Mutex<SlackState>,
+    /// Why the front door last failed, shown by `/readyz` while it waits to
+    /// start again (an operator should not need the logs to see "cannot
+    /// reach slack" versus "slack rejected the bot token").
+    last_failure: Mutex<Option<String>>,
     metrics: SlackMetrics,
 }
 
@@ -77,6 +81,7 @@ impl FrontDoor {
         Arc::new(Self {
             role,
             slack: Mutex::new(state),
+            last_failure: Mutex::new(None),
             metrics,
         })
     }
@@ -87,6 +92,17 @@ impl FrontDoor {
 
     pub fn slack(&self) -> SlackState {
         *self.slack.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_failure(&self, why: Option<String>) {
+        *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = why;
     }
 
     fn set_slack(&self, state: SlackState) {
@@ -103,14 +119,20 @@ impl FrontDoor {
         let role = self.role();
         let slack = self.slack();
         let slack_detail = match slack {
-            SlackState::Off => "off (not configured)",
+            SlackState::Off => "off (not configured)".to_owned(),
             SlackState::Standby if role == Role::Starting => {
-                "standby (no connection until leadership is known)"
+                "standby (no connection until leadership is known)".to_owned()
             }
-            SlackState::Standby => "standby (no connection; the leader holds it)",
-            SlackState::Connecting => "connecting",
-            SlackState::Serving => "serving",
-            SlackState::Failed => "failed (retrying)",
+            SlackState::Standby => "standby (no connection; the leader holds it)".to_owned(),
+            SlackState::Connecting => match self.last_failure() {
+                Some(why) => format!("connecting again (last attempt: {why})"),
+                None => "connecting".to_owned(),
+            },
+            SlackState::Serving => "serving".to_owned(),
+            SlackState::Failed => match self.last_failure() {
+                Some(why) => format!("failed: {why} (retrying with backoff)"),
+                None => "failed (retrying with backoff)".to_owned(),
+            },
         };
         let role_detail = match role {
             Role::Starting => "starting (caches syncing or leadership unknown)",
@@ -181,6 +203,9 @@ where
         let stop = shutdown.child_token();
         let serving_door = door.clone();
         let on_serving: OnServing = Arc::new(move |up| {
+            if up {
+                serving_door.set_failure(None);
+            }
             serving_door.set_slack(if up {
                 SlackState::Serving
             } else {
@@ -211,6 +236,11 @@ where
                 }
             }
         };
+        // A front door that served before it failed starts over from the
+        // shortest wait: this is a new outage, not the same one.
+        if door.slack() == SlackState::Serving {
+            backoff = RESTART_MIN;
+        }
         match result {
             Ok(Ok(())) if stop.is_cancelled() => {
                 door.set_slack(SlackState::Standby);
@@ -223,9 +253,16 @@ where
             // Said when it happens (a rejected token shows at start).
             Ok(Err(e)) => {
                 error!(error = %e, reason = e.metric_label(), retry_in = ?backoff, "slack front door failed");
+                door.set_failure(Some(e.to_string()));
             }
-            Ok(Ok(())) => warn!(retry_in = ?backoff, "slack front door stopped by itself"),
-            Err(e) => error!(error = %e, retry_in = ?backoff, "slack front door panicked"),
+            Ok(Ok(())) => {
+                warn!(retry_in = ?backoff, "slack front door stopped by itself");
+                door.set_failure(Some("it stopped by itself".into()));
+            }
+            Err(e) => {
+                error!(error = %e, retry_in = ?backoff, "slack front door panicked");
+                door.set_failure(Some(format!("it panicked: {e}")));
+            }
         }
         door.set_slack(SlackState::Failed);
         tokio::select! {

@@ -65,6 +65,7 @@ impl GatewayService {
 
     fn to_proto(&self, r: AgentRecord) -> pb::Agent {
         let state = self.router.mesh().state(&r.id);
+        let detail = crate::router::shown_detail(&r, &state);
         pb::Agent {
             name: r.id.name().to_owned(),
             owner: r.owner,
@@ -76,11 +77,7 @@ impl GatewayService {
             phase: r.phase.to_string(),
             connected: state.connected,
             workload_ready: state.workload_ready,
-            detail: if state.detail.is_empty() {
-                r.detail
-            } else {
-                state.detail
-            },
+            detail,
             usage: Some(r.usage.to_proto()),
         }
     }

@@ -17,8 +17,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    mesh::{Mesh, MeshError, TurnEnd, TurnEvent, TurnSpec, TurnSpecError, TurnStream},
-    runtime::{AgentMode, AgentRecord, Runtime, RuntimeError},
+    mesh::{LinkState, Mesh, MeshError, TurnEnd, TurnEvent, TurnSpec, TurnSpecError, TurnStream},
+    runtime::{AgentMode, AgentPhase, AgentRecord, Runtime, RuntimeError},
 };
 
 #[derive(Clone, Debug)]
@@ -207,6 +207,14 @@ impl Router {
         dispatched: &AtomicBool,
     ) -> Result<(), TurnEnd> {
         let fail = |outcome, msg: String| TurnEnd::failed(outcome, msg);
+        // A start that failed, or a crash loop: say why now rather than
+        // after the readiness wait (the runtime keeps restarting it).
+        if record.mode == AgentMode::Running && record.phase == AgentPhase::Failed {
+            return Err(fail(
+                Outcome::Error,
+                format!("agent {agent} cannot start: {}", record.detail),
+            ));
+        }
         if record.mode == AgentMode::Suspended {
             let _ = tx
                 .send(TurnEvent::Progress(format!("Waking agent {agent}…")))
@@ -219,6 +227,20 @@ impl Router {
         }
         if !self.mesh.state(agent).connected {
             self.wait_for_agent(agent, tx).await?;
+        }
+        let state = self.mesh.state(agent);
+        if !state.workload_ready {
+            // The sidecar holds the turn until its workload is ready; tell
+            // the person what it is waiting for (a cold start, a crash).
+            let record = self.runtime.get(agent).await.ok().flatten();
+            let detail = record
+                .as_ref()
+                .map_or_else(|| state.detail.clone(), |r| shown_detail(r, &state));
+            let _ = tx
+                .send(TurnEvent::Progress(format!(
+                    "Agent {agent} is not ready yet ({detail}); your message waits for it…"
+                )))
+                .await;
         }
         // Mark before sending: a requester that leaves from here on must
         // cancel the turn on the agent, not just stop this task.
@@ -283,6 +305,20 @@ impl Router {
     pub async fn closed(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// What an agent's detail line shows (`clawswarm agents list`, Gateway
+/// `ListAgents`): the runtime's word while it knows of a problem the
+/// sidecar cannot see (a process that crashed, a start that failed) and the
+/// workload is not ready; else the sidecar's, which knows its workload best.
+pub fn shown_detail(record: &AgentRecord, state: &LinkState) -> String {
+    let runtime_knows = !record.detail.is_empty()
+        && (record.phase == AgentPhase::Failed || !state.workload_ready || !state.connected);
+    if runtime_knows || state.detail.is_empty() {
+        record.detail.clone()
+    } else {
+        state.detail.clone()
     }
 }
 

@@ -56,16 +56,37 @@ fn locate() -> Result<Binaries> {
         sidecar: dir.join("clawswarm-sidecar"),
         stub_model: dir.join("clawswarm-stub-model"),
     };
-    {
-        // Always build (incrementally): `cargo test -p clawswarm-tests` alone
-        // would otherwise run whatever controller binary is on disk. Under
-        // `cargo test --workspace` it is a no-op.
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // scripts/test.sh builds the binaries before the tests and says so.
+    if std::env::var_os("CLAWSWARM_TEST_BINS_BUILT").is_none() {
+        // Otherwise build (incrementally): `cargo test --test X` alone
+        // would run whatever controller binary is on disk, and
         // `cargo test --workspace` does not build the binaries of packages
-        // without integration tests (the controller, the sidecar), so build
-        // them here the way scripts/test.sh does (a no-op after it).
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--quiet"])
+        // without integration tests (the controller, the sidecar).
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--workspace", "--bins", "--quiet"]);
+        // What `cargo test` sets for the test process describes this test
+        // crate; passed on, it marks build scripts' inputs as changed and
+        // the next `cargo test` rebuilds every dependency.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || key.starts_with("CARGO_BIN_")
+                || matches!(
+                    key.as_ref(),
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                        | "LD_LIBRARY_PATH"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                )
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build
             .status()
             .context("running cargo build --workspace --bins")?;
         if !status.success() {
@@ -359,6 +380,45 @@ impl Controller {
     }
 
     /// Wait until the agent is connected and its workload ready.
+    /// The agent as `clawswarm agents list` shows it (Gateway `ListAgents`).
+    pub async fn listed(&self, name: &str) -> Result<pb::Agent> {
+        let mut gw = self.gateway().await?;
+        let agents = gw
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
+        agents
+            .into_iter()
+            .find(|a| a.name == name)
+            .with_context(|| format!("agent {name} is not listed"))
+    }
+
+    /// Wait until the agent's listed detail contains `needle`; the listing.
+    pub async fn wait_listed_detail(
+        &self,
+        name: &str,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<pb::Agent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let listed = self.listed(name).await;
+            if let Ok(a) = &listed
+                && a.detail.contains(needle)
+            {
+                return listed;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "agent {name}'s detail never said {needle:?}; last: {listed:?}\n{}",
+                    tail(&self.logs())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<()> {
         self.wait_agent(name, timeout, |a| a.connected && a.workload_ready)
             .await

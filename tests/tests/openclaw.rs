@@ -115,6 +115,7 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         daily_token_budget: 0,
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
+        failure_reply: BudgetReply::Message,
         usage_file: sidecar_dir.join("model-usage.json"),
         token_file: sidecar_dir.join("model-proxy-token"),
         read_timeout_secs: 120,

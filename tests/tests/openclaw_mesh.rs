@@ -234,7 +234,59 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     };
     assert_eq!(recorded, billed, "the controller's GetUsage");
 
+    // Bad input, a key the provider rejects: the sidecar reads its key at
+    // start, so it is restarted with a revoked one (OpenClaw stays up).
+    // The person reads why in the chat; `agents list` says it too.
+    std::fs::write(&key_file, "sk-ant-revoked-key").unwrap();
+    let old = c.sidecar_pid("alice").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    clawswarm_tests::harness::wait_for("a new sidecar", Duration::from_secs(60), || {
+        c.sidecar_pid("alice").is_some_and(|p| p != old)
+    })
+    .await
+    .unwrap();
+    c.wait_ready("alice", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let mut gw = c.gateway().await.unwrap();
+    let reply = chat(&mut gw, "alice", "dm-2", "[chunks=2] are you there?")
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .text()
+            .contains("the model provider rejected the key (HTTP 401"),
+        "{reply:?}\nsidecar log:\n{}",
+        tail(&c.sidecar_log("alice"))
+    );
+    let listed = c
+        .wait_listed_detail("alice", "rejected the key", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        listed.workload_ready,
+        "the gateway itself is up: {listed:?}"
+    );
+
+    // A model server that is down: named, with its address.
+    let url = stub.base_url();
     stub.shutdown().await;
+    let reply = chat(&mut gw, "alice", "dm-3", "[chunks=2] anyone?")
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .text()
+            .contains(&format!("the model server at {url} cannot be reached")),
+        "{reply:?}"
+    );
+    c.wait_listed_detail("alice", "cannot be reached", Duration::from_secs(30))
+        .await
+        .unwrap();
 }
 
 /// A new user with no model key: the controller and agents start (no

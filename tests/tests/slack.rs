@@ -34,11 +34,21 @@ async fn controller(
 
 /// Harness options for a controller whose Slack front door talks to `fake`.
 fn options(fake: &FakeSlack, agents: &[(&str, &str)], env: &[(&str, String)]) -> ControllerOptions {
-    let cfg = fake.config();
+    options_for(fake.config(), &fake.api_url(), agents, env)
+}
+
+/// Harness options for a controller whose Slack front door expects a fake
+/// Slack with `cfg`'s tokens at `api_url` (which may not answer yet).
+fn options_for(
+    cfg: &FakeSlackConfig,
+    api_url: &str,
+    agents: &[(&str, &str)],
+    env: &[(&str, String)],
+) -> ControllerOptions {
     let mut all: Vec<(String, String)> = vec![
         ("CLAWSWARM_SLACK_BOT_TOKEN".into(), cfg.bot_token.clone()),
         ("CLAWSWARM_SLACK_APP_TOKEN".into(), cfg.app_token.clone()),
-        ("CLAWSWARM_SLACK_API_URL".into(), fake.api_url()),
+        ("CLAWSWARM_SLACK_API_URL".into(), api_url.to_owned()),
         ("CLAWSWARM_SLACK_SOCKET_CONNECTIONS".into(), "1".into()),
         ("CLAWSWARM_SLACK_ADMINS".into(), "U0ADMIN".into()),
         // Plain log lines, so tests can look for `reason="stale"`.
@@ -72,13 +82,36 @@ async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<S
 
 /// The controller's Prometheus text.
 async fn metrics(ctl: &Controller) -> Result<String> {
+    http_get(ctl, "/metrics").await
+}
+
+/// The body of `GET path` on the controller's HTTP port (any status).
+async fn http_get(ctl: &Controller, path: &str) -> Result<String> {
     use http_body_util::BodyExt;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri: http::Uri = format!("{}/metrics", ctl.http_url()).parse()?;
+    let uri: http::Uri = format!("{}{path}", ctl.http_url()).parse()?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Wait until the controller's `/readyz` says `needle`; its last body.
+async fn wait_readyz(ctl: &Controller, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let body = http_get(ctl, "/readyz").await.unwrap_or_default();
+        if body.contains(needle) {
+            return Ok(body);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "/readyz never said {needle:?}; last:\n{body}\nlog:\n{}",
+                ctl.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Wait until the controller has finished `n` replies in all, then read
@@ -921,5 +954,61 @@ async fn a_sidecar_cannot_steer_a_resumed_reply_into_another_channel() -> Result
             "the controller resumed a refused turn: {f:?}"
         );
     }
+    Ok(())
+}
+
+/// Issue 15, "the first hour": Slack is unreachable when the controller
+/// starts. The cause is reported as a network failure (never as a rejected
+/// token), `/readyz` names it, the front door retries with backoff, and once
+/// Slack answers the same process connects and serves a DM. Real binary,
+/// embedded mode; the fake Slack starts late on the port it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slack_unreachable_at_start_is_reported_as_such_and_retried_until_it_serves() -> Result<()>
+{
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = FakeSlackConfig {
+        web_api_port: port,
+        ..FakeSlackConfig::default()
+    };
+    let api_url = format!("http://127.0.0.1:{port}/api");
+    let ctl = Controller::start(options_for(&cfg, &api_url, &[("alice", "U0ALICE")], &[])).await?;
+
+    wait_log(&ctl, "cannot reach slack to check the bot token", START).await?;
+    let down = wait_readyz(&ctl, "cannot reach slack to check the bot token", START).await?;
+    assert!(
+        down.contains("slack: failed: cannot reach slack")
+            || down.contains("slack: connecting again (last attempt: cannot reach slack"),
+        "{down}"
+    );
+    assert!(
+        !ctl.logs().contains("rejected the bot token"),
+        "a network failure is not a rejected token:\n{}",
+        ctl.logs()
+    );
+    // It keeps trying: a second attempt is logged before Slack comes up.
+    let deadline = tokio::time::Instant::now() + START;
+    while ctl.logs().matches("slack front door failed").count() < 2 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no retry; log:\n{}", ctl.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let fake = FakeSlack::start_with(cfg).await?;
+    fake.wait_socket_connections(1, START)
+        .await
+        .with_context(|| ctl.logs())?;
+    wait_readyz(&ctl, "slack: serving", START).await?;
+    ctl.wait_ready("alice", START).await?;
+    let dm = fake.dm_channel_for("U0ALICE");
+    let asked = "1700000400.000001";
+    fake.socket().send_event(payloads::event_callback(
+        "Ev1",
+        payloads::dm("U0ALICE", &dm, asked, "hello after the outage"),
+    ))?;
+    let reply = reply_in(&fake, &ctl, 1, &dm, asked).await?;
+    assert!(reply.contains("hello after the outage"), "{reply:?}");
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! provider `apiKey`), so another local process that finds the port gets 401.
 
 mod forward;
+pub mod health;
 pub mod ledger;
 pub mod reply;
 pub mod usage;
@@ -73,7 +74,10 @@ impl ProviderApi {
     }
 }
 
-/// What the person gets when a budget is used up.
+/// What the person gets when the proxy answers itself: a budget used up
+/// (`CLAWSWARM_BUDGET_REPLY`), or a call the provider will not serve however
+/// often it is retried, a rejected key or a model server that cannot be
+/// reached (`CLAWSWARM_MODEL_FAILURE_REPLY`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BudgetReply {
     /// An assistant message carrying the explanation (OpenClaw shows it
@@ -133,6 +137,11 @@ pub struct ModelProxyArgs {
     pub monthly_token_budget: u64,
     #[arg(id = "budget-reply", long = "budget-reply", env = "CLAWSWARM_BUDGET_REPLY", value_enum, default_value_t = BudgetReply::Message)]
     pub budget_reply: BudgetReply,
+    /// A rejected key (401/403) or an unreachable model server: `message`
+    /// tells the person why in the chat; `error` passes the provider's
+    /// error (or a 502) through, for clients with their own failover.
+    #[arg(id = "model-failure-reply", long = "model-failure-reply", env = "CLAWSWARM_MODEL_FAILURE_REPLY", value_enum, default_value_t = BudgetReply::Message)]
+    pub failure_reply: BudgetReply,
     /// Where usage per day and month is kept; relative to CLAWSWARM_DATA_DIR.
     #[arg(
         id = "model-usage-file",
@@ -177,6 +186,7 @@ impl fmt::Debug for ModelProxyArgs {
             .field("daily_token_budget", &self.daily_token_budget)
             .field("monthly_token_budget", &self.monthly_token_budget)
             .field("budget_reply", &self.budget_reply)
+            .field("failure_reply", &self.failure_reply)
             .field("usage_file", &self.usage_file)
             .field("token_file", &self.token_file)
             .finish()
@@ -244,6 +254,8 @@ pub struct ModelProxy {
     daily_budget: AtomicU64,
     monthly_budget: AtomicU64,
     budget_reply: BudgetReply,
+    failure_reply: BudgetReply,
+    health: Arc<health::ModelHealth>,
     ledger: UsageLedger,
     metrics: Arc<SidecarMetrics>,
     clock: Clock,
@@ -295,6 +307,8 @@ impl ModelProxy {
             daily_budget: AtomicU64::new(args.daily_token_budget),
             monthly_budget: AtomicU64::new(args.monthly_token_budget),
             budget_reply: args.budget_reply,
+            failure_reply: args.failure_reply,
+            health: Arc::default(),
             ledger: UsageLedger::open(&args.usage_file)?,
             metrics,
             clock,
@@ -303,6 +317,30 @@ impl ModelProxy {
 
     pub fn ledger(&self) -> &UsageLedger {
         &self.ledger
+    }
+
+    /// What the last calls found out about the provider (read by the
+    /// workload's readiness check).
+    pub fn health(&self) -> Arc<health::ModelHealth> {
+        self.health.clone()
+    }
+
+    /// Answer a call the provider will not serve, remembering why.
+    fn answer_problem(
+        &self,
+        api: ProviderApi,
+        model: &str,
+        stream: bool,
+        problem: health::ModelProblem,
+        passthrough: Response,
+    ) -> Response {
+        warn!(api = api.label(), problem = %problem, "model call failed");
+        let reply = problem.reply_text();
+        self.health.set(problem);
+        match self.failure_reply {
+            BudgetReply::Message => reply::assistant_text(api, model, stream, &reply),
+            BudgetReply::Error => passthrough,
+        }
     }
 
     pub fn budgets(&self) -> Budgets {
@@ -536,10 +574,43 @@ async fn forward_call(
         Ok(r) => r,
         Err(e) => {
             p.count(api, "unreachable");
+            if e.is_connect() {
+                let problem = health::ModelProblem::Unreachable {
+                    upstream: p.upstream.clone(),
+                    cause: connect_cause(&e),
+                };
+                return p.answer_problem(
+                    api,
+                    &model,
+                    stream,
+                    problem,
+                    unreachable_upstream(api, &e),
+                );
+            }
             return unreachable_upstream(api, &e);
         }
     };
     let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        p.count(api, "key_rejected");
+        let passthrough = match buffered(resp).await {
+            Ok(r) => r,
+            Err(e) => return unreachable_upstream(api, &e),
+        };
+        let (parts, body) = passthrough.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_BUFFERED_REPLY)
+            .await
+            .unwrap_or_default();
+        let problem = health::ModelProblem::KeyRejected {
+            status: status.as_u16(),
+            message: health::provider_message(&bytes),
+        };
+        let passthrough = Response::from_parts(parts, Body::from(bytes));
+        return p.answer_problem(api, &model, stream, problem, passthrough);
+    }
+    if status.is_success() {
+        p.health.clear();
+    }
     if !status.is_success() {
         // Passed through faithfully (status, retry-after, body): OpenClaw's
         // own retry and failover logic knows these shapes.
@@ -582,6 +653,16 @@ async fn forward_call(
     let metered = MeteredBody::new(resp, api, p);
     out.body(Body::from_stream(metered))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The innermost cause of a connect error ("Connection refused (os error
+/// 111)", "dns error: ..."), without the URL reqwest puts around it.
+fn connect_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ async fn provider_call(
             r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#,
         )
             .into_response(),
+        "revoked" => (
+            StatusCode::UNAUTHORIZED,
+            [("content-type", "application/json")],
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+        )
+            .into_response(),
         "plain" => (
             [("content-type", "application/json")],
             r#"{"type":"message","content":[],"usage":{"input_tokens":4,"output_tokens":3}}"#,
@@ -153,6 +159,7 @@ async fn fixture(configure: impl FnOnce(&mut ModelProxyArgs)) -> Fixture {
         daily_token_budget: 0,
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
+        failure_reply: BudgetReply::Message,
         usage_file: dir.path().join("usage.json"),
         token_file: dir.path().join("model-proxy-token"),
         read_timeout_secs: 30,
@@ -472,11 +479,15 @@ async fn a_client_that_goes_away_mid_stream_still_pays_what_the_provider_reporte
 }
 
 #[tokio::test]
-async fn an_unreachable_provider_is_a_502_in_the_providers_shape() {
+async fn an_unreachable_provider_is_a_502_in_the_providers_shape_in_error_mode() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let f = fixture(|a| a.upstream_url = url).await;
+    let f = fixture(|a| {
+        a.upstream_url = url;
+        a.failure_reply = BudgetReply::Error;
+    })
+    .await;
     let resp = f.anthropic("x").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let body: Value = resp.json().await.unwrap();
@@ -578,6 +589,7 @@ fn configuration_errors_name_the_setting() {
         daily_token_budget: 0,
         monthly_token_budget: 0,
         budget_reply: BudgetReply::Message,
+        failure_reply: BudgetReply::Message,
         usage_file: dir.path().join("u.json"),
         token_file: dir.path().join("t"),
         read_timeout_secs: 1,
@@ -605,4 +617,68 @@ fn configuration_errors_name_the_setting() {
         }
     );
     assert!(!text.contains("secret-k"));
+}
+
+#[tokio::test]
+async fn an_unreachable_model_server_is_explained_to_the_person_and_remembered() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let f = fixture(|a| a.upstream_url = url.clone()).await;
+    let resp = f.anthropic("x").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "an assistant message");
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("event: message_stop")
+            && text.contains(&format!("the model server at {url} cannot be reached")),
+        "{text}"
+    );
+    let problem = f.proxy.health().problem().unwrap().to_string();
+    assert!(problem.contains("refused"), "the cause is named: {problem}");
+    assert_eq!(f.calls("anthropic", "unreachable"), 1);
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_explained_until_a_call_succeeds() {
+    let f = fixture(|_| {}).await;
+    let resp = f.anthropic("revoked").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "an assistant message");
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("the model provider rejected the key (HTTP 401: invalid x-api-key)"),
+        "{text}"
+    );
+    assert_eq!(f.calls("anthropic", "key_rejected"), 1);
+    assert!(f.proxy.health().problem().is_some());
+
+    // Non-streamed, OpenAI-shaped callers get their own shape.
+    let resp = f
+        .client
+        .post(format!("{}/v1/chat/completions", f.url))
+        .json(&json!({"model": "revoked", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("rejected the key"),
+        "{body}"
+    );
+
+    f.anthropic("plain")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(f.proxy.health().problem(), None, "cleared by a success");
+    // In error mode the provider's own 401 passes through.
+    let f = fixture(|a| a.failure_reply = BudgetReply::Error).await;
+    let resp = f.anthropic("revoked").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.text().await.unwrap().contains("invalid x-api-key"));
 }

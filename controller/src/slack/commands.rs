@@ -269,10 +269,11 @@ pub async fn execute<C: Connector>(
             let Some(a) = mine else { return };
             let link = app.router.mesh().state(&a.id);
             let yes = |b: bool| if b { "yes" } else { "no" };
-            let detail = if a.detail.is_empty() {
+            let shown = crate::router::shown_detail(&a, &link);
+            let detail = if shown.is_empty() {
                 String::new()
             } else {
-                format!("\n{}", a.detail)
+                format!("\n{shown}")
             };
             say(format!(
                 "Agent `{}` (template `{}`): {} ({:?}). Connected: {}. Ready: {}.{detail}",

@@ -248,7 +248,7 @@ pub enum SlackError {
     Auth(String),
     /// `auth.test` got no answer from Slack (network, timeout, 5xx, 429):
     /// the token may be fine; the front door is started again with backoff.
-    #[error("cannot reach slack to check the bot token ({0}); retrying")]
+    #[error("cannot reach slack to check the bot token ({0})")]
     Unreachable(String),
     #[error("slack socket mode: {0}")]
     SocketMode(String),

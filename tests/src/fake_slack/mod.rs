@@ -66,6 +66,10 @@ pub struct FakeSlackConfig {
     /// (`api_url`, the Socket Mode URL): a sandboxed pod reaches an address
     /// other than 127.0.0.1 through a loopback forward of the same port.
     pub listen_ip: std::net::IpAddr,
+    /// The Web API's port (0: any). A test that starts the controller
+    /// before Slack is reachable reserves a port, points the controller at
+    /// it, and starts the fake there later.
+    pub web_api_port: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +93,7 @@ impl Default for FakeSlackConfig {
             users: Vec::new(),
             usergroups: HashMap::new(),
             listen_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            web_api_port: 0,
         }
     }
 }
@@ -175,7 +180,7 @@ impl FakeSlack {
     }
 
     pub async fn start_with(cfg: FakeSlackConfig) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((cfg.listen_ip, 0)).await?;
+        let listener = TcpListener::bind((cfg.listen_ip, cfg.web_api_port)).await?;
         let ws_listener = TcpListener::bind((cfg.listen_ip, 0)).await?;
         let loopback = |a: SocketAddr| SocketAddr::from(([127, 0, 0, 1], a.port()));
         let addr = loopback(listener.local_addr()?);

@@ -8,11 +8,18 @@
 //! readiness from `/readyz`'s JSON body, valid session keys, and the bearer
 //! token that never leaves the pod.
 
-use std::{fmt, path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{future::BoxFuture, stream::BoxStream};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::model_proxy::health::ModelHealth;
 
 use super::{
     Readiness, ReplyStream, TurnRequest, Workload, WorkloadError, WorkloadNotice,
@@ -135,6 +142,10 @@ pub struct OpenClawWorkload {
     ready_url: String,
     connect_timeout: Duration,
     notices: Mutex<Option<BoxStream<'static, WorkloadNotice>>>,
+    /// The model proxy's findings, added to the readiness detail: a gateway
+    /// that is up but whose key is rejected should say so where operators
+    /// look (`clawswarm agents list`, `/agent status`).
+    model_health: Option<Arc<ModelHealth>>,
 }
 
 impl OpenClawWorkload {
@@ -166,7 +177,14 @@ impl OpenClawWorkload {
             ready_url: format!("{base}/readyz"),
             connect_timeout,
             notices: Mutex::new(None),
+            model_health: None,
         })
+    }
+
+    /// Report the model proxy's findings with this workload's readiness.
+    pub fn with_model_health(mut self, health: Arc<ModelHealth>) -> Self {
+        self.model_health = Some(health);
+        self
     }
 
     /// Hand this workload the notices stream (see the notices module); it
@@ -222,7 +240,12 @@ impl Workload for OpenClawWorkload {
                 .ok()
                 .and_then(|b| b.ready)
             {
-                Some(true) => Readiness::ready("openclaw gateway ready"),
+                Some(true) => match self.model_health.as_ref().and_then(|h| h.problem()) {
+                    Some(problem) => {
+                        Readiness::ready(format!("openclaw gateway ready, but {problem}"))
+                    }
+                    None => Readiness::ready("openclaw gateway ready"),
+                },
                 Some(false) => {
                     Readiness::not_ready(format!("openclaw gateway starting (HTTP {status})"))
                 }

@@ -120,7 +120,11 @@ pub async fn start(
         })?;
     let (notices, stream) =
         Notices::start(&args.notices, &args.gateway, metrics, shutdown.clone()).await?;
-    let workload = Arc::new(OpenClawWorkload::new(&args.gateway)?.with_notices(stream));
+    let workload = Arc::new(
+        OpenClawWorkload::new(&args.gateway)?
+            .with_notices(stream)
+            .with_model_health(proxy.health()),
+    );
 
     let mut tasks = JoinSet::new();
     let serve = Arc::clone(&proxy).serve(listener, shutdown.cancelled_owned());
@@ -219,8 +223,8 @@ mod tests {
             services.workload.take_notices().is_none(),
             "handed out once"
         );
-        // The proxy answers its own agent (the upstream is down: a
-        // provider-shaped 502).
+        // The proxy answers its own agent (the upstream is down: the
+        // person is told so, as the assistant's message).
         let token = std::fs::read_to_string(&a.model_proxy.token_file).unwrap();
         let resp = reqwest::Client::new()
             .post(format!("http://{}/v1/messages", services.model_proxy_addr))
@@ -229,7 +233,9 @@ mod tests {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("cannot be reached"), "{text}");
         stop.cancel();
         tokio::time::timeout(std::time::Duration::from_secs(10), services.join())
             .await

@@ -78,6 +78,9 @@ struct LocalAgent {
     phase: AgentPhase,
     detail: String,
     failures: u32,
+    /// When the processes were last (re)started: a crash after a stable
+    /// stretch is a new failure, not one more of a crash loop.
+    started_at: Option<Instant>,
     not_before: Option<Instant>,
     last_activity: Instant,
     /// Mode or identity changed: persist on the next tick.
@@ -86,6 +89,19 @@ struct LocalAgent {
     /// [`ACTIVITY_PERSIST_INTERVAL`] (every turn touches these).
     stale: bool,
     saved_at: Option<Instant>,
+}
+
+/// Processes that have run this long count as started: the next crash
+/// restarts the count (and the backoff) from scratch.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Crashes in a row after which the agent shows as Failed (still restarted).
+const CRASH_LOOP_AFTER: u32 = 3;
+
+/// Crash loops back off: 0.5 s, 1 s, 2 s, … up to the cap.
+fn restart_backoff(failures: u32, max: Duration) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1u32 << failures.min(10))
+        .min(max)
 }
 
 /// How often activity and usage totals reach disk per agent. A crash loses
@@ -135,8 +151,16 @@ impl LocalRuntime {
     pub fn open(cfg: LocalConfig, metrics: Arc<Metrics>) -> Result<Self, RuntimeError> {
         let mut agents = HashMap::new();
         for (id, dirs, stored) in load_all(&cfg.state_dir, &cfg.namespace)? {
-            let sidecar = Proc::adopt("sidecar", &dirs.run.join("sidecar.pid"));
-            let workload = Proc::adopt("workload", &dirs.run.join("workload.pid"));
+            let sidecar = Proc::adopt(
+                "sidecar",
+                &dirs.run.join("sidecar.pid"),
+                &dirs.run.join("sidecar.log"),
+            );
+            let workload = Proc::adopt(
+                "workload",
+                &dirs.run.join("workload.pid"),
+                &dirs.run.join("workload.log"),
+            );
             let workload_port = std::fs::read_to_string(dirs.run.join("workload.port"))
                 .ok()
                 .and_then(|s| s.trim().parse().ok());
@@ -159,6 +183,7 @@ impl LocalRuntime {
                 phase,
                 detail: String::new(),
                 failures: 0,
+                started_at: None,
                 not_before: None,
                 last_activity: activity_instant(stored_activity),
                 dirty: false,
@@ -381,19 +406,52 @@ impl LocalRuntime {
                 if a.phase == AgentPhase::Starting || a.phase == AgentPhase::Pending {
                     a.phase = AgentPhase::Running;
                 }
+                if a.failures > 0
+                    && a.started_at
+                        .is_some_and(|t| now.duration_since(t) >= STABLE_AFTER)
+                {
+                    a.failures = 0;
+                    a.detail.clear();
+                    if a.phase == AgentPhase::Failed {
+                        a.phase = AgentPhase::Running;
+                    }
+                }
                 continue;
             }
             if a.not_before.is_some_and(|t| now < t) {
                 continue;
             }
             let was_running = a.sidecar.is_some() || a.workload.is_some();
-            if was_running {
-                warn!(agent = %a.id, sidecar_alive = sidecar_ok, workload_alive = workload_ok, "agent process died; restarting");
+            // Why it died, said where people look (`agents list`, the
+            // chat's progress line), not only in the workload's log.
+            let crash = if was_running {
+                let dead: Vec<String> = [(&a.sidecar, sidecar_ok), (&a.workload, workload_ok)]
+                    .into_iter()
+                    .filter_map(|(p, ok)| p.as_ref().filter(|_| !ok))
+                    .map(|p| format!("the {} {}", p.name, p.death_note()))
+                    .collect();
+                warn!(agent = %a.id, sidecar_alive = sidecar_ok, workload_alive = workload_ok, why = %dead.join("; "), "agent process died; restarting");
                 self.metrics.agent_restarts.inc();
-            }
+                Some(dead.join("; "))
+            } else {
+                None
+            };
             match self.start(a) {
                 Ok(()) => {
                     a.failures = if was_running { a.failures + 1 } else { 0 };
+                    a.started_at = Some(now);
+                    if let Some(crash) = crash {
+                        let backoff = restart_backoff(a.failures, self.cfg.restart_backoff_max);
+                        a.detail = format!(
+                            "{crash} (restart {}; a crash loop waits up to {backoff:?} between restarts)",
+                            a.failures
+                        );
+                        // Like CrashLoopBackOff: still restarted, but a turn
+                        // is told at once instead of waiting for readiness.
+                        if a.failures >= CRASH_LOOP_AFTER {
+                            a.phase = AgentPhase::Failed;
+                        }
+                    }
                 }
                 Err(e) => {
                     a.failures += 1;
@@ -402,11 +460,7 @@ impl LocalRuntime {
                     error!(agent = %a.id, error = %e, "agent could not be started");
                 }
             }
-            // Crash loops back off: 0.5 s, 1 s, 2 s, … up to the cap.
-            let backoff = Duration::from_millis(500)
-                .saturating_mul(1u32 << a.failures.min(10))
-                .min(self.cfg.restart_backoff_max);
-            a.not_before = Some(now + backoff);
+            a.not_before = Some(now + restart_backoff(a.failures, self.cfg.restart_backoff_max));
         }
         let mut to_save = Vec::new();
         let due = |a: &LocalAgent| {
@@ -537,6 +591,7 @@ impl Runtime for LocalRuntime {
             phase: AgentPhase::Pending,
             detail: String::new(),
             failures: 0,
+            started_at: None,
             not_before: None,
             last_activity: Instant::now(),
             dirty: false,

@@ -61,7 +61,10 @@ pub struct Proc {
     start_time: u64,
     /// Present when we started it (we must reap it); absent when adopted.
     child: Option<Child>,
+    /// How it ended, once reaped (only for our own children).
+    exit: Option<std::process::ExitStatus>,
     pid_file: PathBuf,
+    log_file: PathBuf,
 }
 
 impl Proc {
@@ -112,12 +115,14 @@ impl Proc {
             pid,
             start_time,
             child: Some(child),
+            exit: None,
             pid_file: l.pid_file,
+            log_file: l.log_file,
         })
     }
 
     /// The process recorded in `pid_file`, if it is still the same one and alive.
-    pub fn adopt(name: &'static str, pid_file: &Path) -> Option<Self> {
+    pub fn adopt(name: &'static str, pid_file: &Path, log_file: &Path) -> Option<Self> {
         let text = fs::read_to_string(pid_file).ok()?;
         let mut it = text.split_whitespace();
         let pid: i32 = it.next()?.parse().ok()?;
@@ -130,7 +135,9 @@ impl Proc {
             pid,
             start_time,
             child: None,
+            exit: None,
             pid_file: pid_file.to_owned(),
+            log_file: log_file.to_owned(),
         })
     }
 
@@ -141,9 +148,38 @@ impl Proc {
 
     /// Whether it is still running (reaps our own children).
     pub fn alive(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
         match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
+            Some(child) => match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    self.exit = Some(status);
+                    false
+                }
+                Err(_) => false,
+            },
             None => proc_start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid),
+        }
+    }
+
+    /// How a dead process ended, for the agent's detail: its exit status
+    /// and the last line it wrote, which is where a program that cannot
+    /// start says why ("Error: Cannot find module", "bwrap: ...").
+    pub fn death_note(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match self.exit {
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(sig)) => format!("was killed by signal {sig}"),
+                _ => "ended".to_owned(),
+            },
+            None => "is gone".to_owned(),
+        };
+        match last_log_line(&self.log_file) {
+            Some(line) => format!("{how}: {line}"),
+            None => how,
         }
     }
 
@@ -224,6 +260,25 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// Write via a temporary file and rename, so readers never see half a file.
+/// The last non-empty line of a log, read from its tail only and bounded,
+/// so a huge or binary log costs little and shows as text.
+fn last_log_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    const MAX_CHARS: usize = 300;
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut buf = Vec::new();
+    f.take(TAIL).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(match line.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    })
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProcessError> {
     let tmp = path.with_extension("tmp");
     let io = |source| ProcessError::Io {
@@ -263,11 +318,12 @@ mod tests {
         let sleep = PathBuf::from("/bin/sleep");
         let mut p = Proc::spawn(launch(dir.path(), &sleep, &["30"])).unwrap();
         assert!(p.alive());
-        let mut adopted = Proc::adopt("test", &dir.path().join("pid")).expect("adoptable");
+        let mut adopted = Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log"))
+            .expect("adoptable");
         assert!(adopted.adopted() && adopted.alive());
         p.stop(Duration::from_secs(2)).await;
         assert!(!adopted.alive());
-        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+        assert!(Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log")).is_none());
     }
 
     #[tokio::test]
@@ -275,9 +331,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // pid 1 is alive but started at a different time than recorded.
         fs::write(dir.path().join("pid"), "1 12345\n").unwrap();
-        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+        assert!(Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log")).is_none());
         fs::write(dir.path().join("pid"), "garbage").unwrap();
-        assert!(Proc::adopt("test", &dir.path().join("pid")).is_none());
+        assert!(Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log")).is_none());
     }
 
     #[tokio::test]
