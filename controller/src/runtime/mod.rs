@@ -105,18 +105,22 @@ pub struct TokenTotals {
 }
 
 impl TokenTotals {
+    /// Figures come from sidecars: a huge one saturates rather than
+    /// wrapping (release) or panicking the usage task (debug).
     pub fn add(&mut self, u: &clawswarm_proto::v1::Usage) {
-        self.input += u.input_tokens;
-        self.output += u.output_tokens;
-        self.cache_read += u.cache_read_tokens;
-        self.cache_write += u.cache_write_tokens;
+        self.add_totals(&TokenTotals {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cache_read: u.cache_read_tokens,
+            cache_write: u.cache_write_tokens,
+        });
     }
 
     pub fn add_totals(&mut self, t: &TokenTotals) {
-        self.input += t.input;
-        self.output += t.output;
-        self.cache_read += t.cache_read;
-        self.cache_write += t.cache_write;
+        self.input = self.input.saturating_add(t.input);
+        self.output = self.output.saturating_add(t.output);
+        self.cache_read = self.cache_read.saturating_add(t.cache_read);
+        self.cache_write = self.cache_write.saturating_add(t.cache_write);
     }
 
     /// The larger of each kind.

@@ -166,6 +166,24 @@ mod tests {
         assert_eq!((grown.total().input, grown.carried.input), (36, 30));
     }
 
+    /// Issue 17: figures come from sidecars; a huge one used to wrap
+    /// (release) or panic the usage task for every agent (debug).
+    #[test]
+    fn huge_reported_figures_saturate_instead_of_overflowing() {
+        let old = MeteredTotals::fold(None, &report("a", u64::MAX, u64::MAX - 1));
+        let new = MeteredTotals::fold(Some(&old), &report("b", u64::MAX, 5));
+        assert_eq!(new.total().input, u64::MAX);
+        assert_eq!(new.total().output, u64::MAX);
+        let mut turns = TokenTotals::default();
+        for _ in 0..3 {
+            turns.add(&pb::Usage {
+                input_tokens: u64::MAX / 2,
+                ..pb::Usage::default()
+            });
+        }
+        assert_eq!(turns.input, u64::MAX);
+    }
+
     #[test]
     fn metered_totals_replace_turn_totals_when_present() {
         let turns = TokenTotals {

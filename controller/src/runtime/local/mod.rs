@@ -684,11 +684,7 @@ impl Runtime for LocalRuntime {
 
     async fn record_usage(&self, id: &AgentId, usage: TokenTotals) -> Result<(), RuntimeError> {
         self.with_agent(id, |a| {
-            let s = &mut a.stored.usage;
-            s.input += usage.input;
-            s.output += usage.output;
-            s.cache_read += usage.cache_read;
-            s.cache_write += usage.cache_write;
+            a.stored.usage.add_totals(&usage);
             a.stale = true;
         })
     }
