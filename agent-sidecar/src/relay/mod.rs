@@ -33,6 +33,32 @@ pub const MAX_TURN_TEXT_BYTES: usize = 256 * 1024;
 /// finished ones are dropped.
 const MAX_RETAINED_BYTES: usize = 64 * 1024 * 1024;
 
+/// Largest reply chunk, in bytes. Each chunk travels in one AgentLink
+/// frame (limit 1 MiB); a workload's single event can be larger (a 4 MiB
+/// SSE event), and a frame over the limit would fail to encode, reconnect
+/// and be resent forever. Larger deltas become several chunks.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// `delta` in pieces of at most `max` bytes, cut at character boundaries.
+fn split_delta(delta: &str, max: usize) -> Vec<String> {
+    let mut pieces = Vec::with_capacity(delta.len() / max + 1);
+    let mut rest = delta;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(max);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // A max smaller than one character still makes progress.
+        if cut == 0 {
+            cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+        }
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece.to_owned());
+        rest = tail;
+    }
+    pieces
+}
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     pub conversation_queue: usize,
@@ -101,7 +127,11 @@ impl TurnState {
             return;
         }
         b.bytes += delta.len();
-        b.chunks.push(delta);
+        if delta.len() <= MAX_CHUNK_BYTES {
+            b.chunks.push(delta);
+        } else {
+            b.chunks.extend(split_delta(&delta, MAX_CHUNK_BYTES));
+        }
         drop(b);
         self.version.send_modify(|v| *v += 1);
     }

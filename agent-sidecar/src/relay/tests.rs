@@ -379,3 +379,32 @@ fn oversized_or_malformed_turns_are_refused() {
         );
     });
 }
+
+/// Issue 17: one huge workload event (a 4 MiB SSE event) became one chunk
+/// larger than the 1 MiB AgentLink frame limit, which failed to encode and
+/// was resent forever. It is split into chunks that fit, text intact.
+#[tokio::test(start_paused = true)]
+async fn a_huge_delta_is_split_into_chunks_that_fit_a_frame() {
+    // 4 MiB of two-byte characters: every cut must respect them.
+    let big: &'static str = Box::leak("é".repeat(2 * 1024 * 1024).into_boxed_str());
+    let w = Scripted::new(vec![Step::Reply(vec!["a", big], Duration::from_millis(1))]);
+    let (r, _ready) = relay(w, true);
+    let t = r.start(turn("t1", "dm")).unwrap();
+    assert_eq!(ended(&t).await.outcome(), pb::Outcome::Ok);
+    let (chunks, _) = t.read_from(0);
+    assert!(
+        chunks.len() > big.len() / MAX_CHUNK_BYTES,
+        "{}",
+        chunks.len()
+    );
+    assert!(chunks.iter().all(|(_, d)| d.len() <= MAX_CHUNK_BYTES));
+    assert_eq!(text(&t), format!("a{big}"));
+}
+
+#[test]
+fn deltas_are_cut_at_character_boundaries_and_always_progress() {
+    assert_eq!(split_delta("abcde", 2), ["ab", "cd", "e"]);
+    assert_eq!(split_delta("éé", 3), ["é", "é"]);
+    // A limit smaller than one character still yields whole characters.
+    assert_eq!(split_delta("€x", 1), ["€", "x"]);
+}
