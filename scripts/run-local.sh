@@ -20,6 +20,7 @@
 # Installs (cached in ~/.cache/clawswarm, keyed by version): Node 24, the pinned OpenClaw, and
 # bubblewrap (Debian's, unpacked into the cache), which seals each agent's workload in a sandbox.
 # Stop: Ctrl-C (agents stop with the controller). Reset: rm -rf ~/.local/share/clawswarm.
+# CLAWSWARM_BUILD_PROFILE=dev uses the debug build the test command makes (no release build).
 # Then, in another terminal:  scripts/clawswarm chat demo "hello"
 set -euo pipefail
 
@@ -44,8 +45,21 @@ done
 case "${workload}" in openclaw | responses | command) ;; *) die "--workload ${workload}: expected openclaw, responses or command" ;; esac
 
 command -v cargo >/dev/null || die "cargo not found; install Rust from https://rustup.rs"
-say "cargo build --release --bins (first build takes a few minutes)"
-cargo build --release --locked --bins -p clawswarm-controller -p clawswarm-sidecar >&2
+case "${CLAWSWARM_BUILD_PROFILE:-release}" in
+    release)
+        say "cargo build --release --bins (first build takes a few minutes)"
+        cargo build --release --locked --bins -p clawswarm-controller -p clawswarm-sidecar >&2
+        bin_dir="${CARGO_TARGET_DIR}/release"
+        ;;
+    dev)
+        # The same build as the test command's, so nothing is rebuilt after it.
+        say "cargo build --workspace --bins (debug)"
+        cargo build --locked --workspace --bins >&2
+        bin_dir="${CARGO_TARGET_DIR}/debug"
+        ;;
+    *) die "CLAWSWARM_BUILD_PROFILE=${CLAWSWARM_BUILD_PROFILE}: expected release or dev" ;;
+esac
+export CLAWSWARM_SIDECAR_BIN="${CLAWSWARM_SIDECAR_BIN:-${bin_dir}/clawswarm-sidecar}"
 
 # The first model source this machine has, as the sidecars' model proxy settings.
 # Sets: api, upstream, key, model (may stay empty).
@@ -119,4 +133,4 @@ esac
 export CLAWSWARM_LOCAL_AGENTS="${CLAWSWARM_LOCAL_AGENTS:-demo=me}"
 say "state: ${CLAWSWARM_STATE_DIR} (reset: stop, then rm -rf it); stop: Ctrl-C"
 say "starting the controller; chat with: scripts/clawswarm chat ${CLAWSWARM_LOCAL_AGENTS%%=*} \"hello\""
-exec "${CARGO_TARGET_DIR}/release/clawswarm" run "$@"
+exec "${bin_dir}/clawswarm" run "$@"
