@@ -494,7 +494,14 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
+            let pid = child.id();
             let _ = child.start_kill();
+            // Wait until it is gone: a controller still alive could be
+            // restarting an agent, whose new processes the pid files below
+            // would not name yet (they leaked, orphaned, past the test).
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                reap(Pid::from_raw(pid), Duration::from_secs(5));
+            }
         }
         // Agents run in their own process groups: stop them by pid file.
         if let Ok(dirs) = std::fs::read_dir(self.state_dir().join("agents")) {
@@ -505,6 +512,19 @@ impl Drop for Controller {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reap a killed child, waiting at most `limit` (a drop cannot await).
+fn reap(pid: Pid, limit: Duration) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            // Reaped, or already reaped by tokio: gone either way.
+            _ => return,
         }
     }
 }

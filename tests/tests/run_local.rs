@@ -53,6 +53,41 @@ fn user_env(cmd: &mut tokio::process::Command, home: &Path, target: &Path) {
         .current_dir(repo_root());
 }
 
+/// Ends what the script started when the test ends, passed or not: the
+/// script's process group (the controller) and each agent's groups, which
+/// run apart from it (by their pid files).
+struct Cleanup {
+    group: Pid,
+    agents: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = killpg(self.group, Signal::SIGKILL);
+        for pid in agent_pids(&self.agents) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The pids recorded for every agent's sidecar and workload.
+fn agent_pids(agents: &Path) -> Vec<i32> {
+    let Ok(dirs) = std::fs::read_dir(agents) else {
+        return Vec::new();
+    };
+    dirs.flatten()
+        .flat_map(|d| ["sidecar.pid", "workload.pid"].map(|f| d.path().join("run").join(f)))
+        .filter_map(|f| {
+            std::fs::read_to_string(f)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_c() {
     let bins = binaries().unwrap();
@@ -79,6 +114,11 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
         .kill_on_drop(true);
     let mut child = run.spawn().unwrap();
     let group = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    let agents = home.path().join(".local/share/clawswarm/agents");
+    let _cleanup = Cleanup {
+        group,
+        agents: agents.clone(),
+    };
     let script_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     // As the README says: another terminal, the CLI wrapper, the default ports.
@@ -96,13 +136,7 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
         anyhow::Ok(out)
     }
     .await;
-    let out = match answered {
-        Ok(out) => out,
-        Err(e) => {
-            let _ = killpg(group, Signal::SIGKILL);
-            panic!("{e}\nrun-local.sh:\n{}", script_log());
-        }
-    };
+    let out = answered.unwrap_or_else(|e| panic!("{e}\nrun-local.sh:\n{}", script_log()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("w0 w1 w2"),
@@ -125,24 +159,16 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
     );
 
     // Ctrl-C stops the controller, and the agent's processes with it.
+    let pids = agent_pids(&agents);
+    assert_eq!(pids.len(), 2, "the demo agent's sidecar and workload ran");
     killpg(group, Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
-        .unwrap_or_else(|_| {
-            let _ = killpg(group, Signal::SIGKILL);
-            panic!("run-local.sh did not stop on Ctrl-C:\n{}", script_log())
-        })
+        .unwrap_or_else(|_| panic!("run-local.sh did not stop on Ctrl-C:\n{}", script_log()))
         .unwrap();
-    let run_dir = home.path().join(".local/share/clawswarm/agents/demo/run");
-    for pid_file in ["sidecar.pid", "workload.pid"] {
-        let pid = std::fs::read_to_string(run_dir.join(pid_file))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()));
-        if let Some(pid) = pid {
-            let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            assert!(!alive, "{pid_file} {pid} outlived Ctrl-C ({status})");
-        }
+    for pid in pids {
+        let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "agent process {pid} outlived Ctrl-C ({status})");
     }
     stub.shutdown().await;
 }
