@@ -32,8 +32,11 @@ pub async fn poll(
             )),
         };
         metrics.workload_up.set(i64::from(now.ready));
+        // Detail changes count while ready too: a provider refusing the
+        // key leaves the workload "ready" (turns must still fail fast) and
+        // the detail is where an operator sees why.
         let changed = tx.send_if_modified(|cur| {
-            if cur.ready != now.ready || (!now.ready && cur.detail != now.detail) {
+            if *cur != now {
                 *cur = now.clone();
                 true
             } else {
