@@ -30,7 +30,9 @@ use crate::{
         Workload,
         none::NoWorkload,
         openclaw::services as openclaw_services,
-        responses::{HistoryConfig, ReadyProbe, ResponsesConfig, ResponsesWorkload, SessionBinding},
+        responses::{
+            HistoryConfig, ReadyProbe, ResponsesConfig, ResponsesWorkload, SessionBinding,
+        },
     },
 };
 

@@ -56,7 +56,12 @@ fn call_for(c: &Controller, text: &str) -> LoggedRequest {
         .into_iter()
         .rev()
         .find(|r| r.last_user_text == text)
-        .unwrap_or_else(|| panic!("no model call for {text:?}: {:?}", c.model_requests("alice")))
+        .unwrap_or_else(|| {
+            panic!(
+                "no model call for {text:?}: {:?}",
+                c.model_requests("alice")
+            )
+        })
 }
 
 fn conversation(turns: &[&str], then: &str) -> Vec<String> {
@@ -198,7 +203,11 @@ async fn a_refused_key_is_reported_plainly_in_the_reply_and_the_readiness_detail
     let mut gw = c.gateway().await.unwrap();
     let reply = chat(&mut gw, "alice", "dm", "hello").await.unwrap();
     assert_eq!(reply.outcome(), Some(pb::Outcome::Error), "{reply:?}");
-    let error = reply.end.as_ref().map(|e| e.error.clone()).unwrap_or_default();
+    let error = reply
+        .end
+        .as_ref()
+        .map(|e| e.error.clone())
+        .unwrap_or_default();
     assert!(
         error.contains("the model provider rejected the key (401)"),
         "{error}"

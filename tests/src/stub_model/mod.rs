@@ -124,7 +124,9 @@ impl std::str::FromStr for PreviousResponse {
             "supported" => Ok(Self::Supported),
             "ignored" => Ok(Self::Ignored),
             "rejected" => Ok(Self::Rejected),
-            other => Err(format!("{other:?}: expected supported, ignored or rejected")),
+            other => Err(format!(
+                "{other:?}: expected supported, ignored or rejected"
+            )),
         }
     }
 }

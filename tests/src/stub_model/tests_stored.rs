@@ -42,7 +42,10 @@ async fn previous_response_id_continues_the_stored_context_and_is_echoed() {
     .await;
     let r = stub.requests();
     // Instructions do not carry over; input and replies do, chained.
-    assert_eq!(r[1].input_texts, ["my cat is Tom", "echo: my cat is Tom", "its name?"]);
+    assert_eq!(
+        r[1].input_texts,
+        ["my cat is Tom", "echo: my cat is Tom", "its name?"]
+    );
     assert_eq!(
         r[2].input_texts,
         [
@@ -61,14 +64,20 @@ async fn an_unknown_or_unstored_previous_response_is_openais_400() {
     let (_, unstored) = respond(&stub, json!({"model": "m", "input": "a", "store": false})).await;
     assert_eq!(unstored["store"], false);
     for id in ["resp_nope", unstored["id"].as_str().unwrap()] {
-        let (status, body) =
-            respond(&stub, json!({"model": "m", "input": "b", "previous_response_id": id})).await;
+        let (status, body) = respond(
+            &stub,
+            json!({"model": "m", "input": "b", "previous_response_id": id}),
+        )
+        .await;
         assert_eq!(status, 400);
         let e = &body["error"];
         assert_eq!(e["type"], "invalid_request_error");
         assert_eq!(e["param"], "previous_response_id");
         assert_eq!(e["code"], "previous_response_not_found");
-        assert_eq!(e["message"], format!("Previous response with id '{id}' not found."));
+        assert_eq!(
+            e["message"],
+            format!("Previous response with id '{id}' not found.")
+        );
     }
     // Refused calls never reached the model: only the first is logged.
     assert_eq!(stub.requests().len(), 1);

@@ -125,7 +125,12 @@ pub struct Item {
 impl fmt::Debug for Item {
     // Conversation text is the person's data: never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Item({}, <{} bytes>)", self.role.as_str(), self.text.len())
+        write!(
+            f,
+            "Item({}, <{} bytes>)",
+            self.role.as_str(),
+            self.text.len()
+        )
     }
 }
 

@@ -87,11 +87,14 @@ impl ConversationStore {
             Err(e) => {
                 let path = self.path_for(conversation);
                 let aside = path.with_extension("corrupt");
-                let moved = fs::rename(&path, &aside).is_ok();
+                let moved_to = match fs::rename(&path, &aside) {
+                    Ok(()) => aside.display().to_string(),
+                    Err(_) => String::new(),
+                };
                 warn!(
                     error = %e,
                     kind = e.metric_label(),
-                    moved_to = %if moved { aside.display().to_string() } else { String::new() },
+                    moved_to = %moved_to,
                     "conversation history unreadable; this conversation starts fresh"
                 );
                 Conversation::default()
@@ -140,7 +143,7 @@ impl ConversationStore {
         let path = self.path_for(conversation);
         let io = |p: &Path| {
             let p = p.to_owned();
-            move |source| StoreError::Io { path: p, source }
+            move |source: std::io::Error| StoreError::Io { path: p, source }
         };
         fs::DirBuilder::new()
             .recursive(true)

@@ -96,7 +96,11 @@ fn a_corrupt_file_starts_that_conversation_fresh_and_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let store = ConversationStore::new(dir.path().to_owned(), HistoryLimits::default());
     let path = store.path_for("cli");
-    std::fs::write(&path, b"{\"v\":1,\"conversation\":\"cli\",\"items\":[{\"role\":").unwrap();
+    std::fs::write(
+        &path,
+        b"{\"v\":1,\"conversation\":\"cli\",\"items\":[{\"role\":",
+    )
+    .unwrap();
     assert!(matches!(
         store.try_load("cli"),
         Err(StoreError::Corrupt { .. })
@@ -120,7 +124,10 @@ fn a_file_of_another_conversation_or_version_is_not_trusted() {
         br#"{"v":1,"conversation":"b","items":[]}"#,
     )
     .unwrap();
-    assert!(matches!(store.try_load("a"), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.try_load("a"),
+        Err(StoreError::Corrupt { .. })
+    ));
     std::fs::write(
         store.path_for("c"),
         br#"{"v":9,"conversation":"c","items":[]}"#,

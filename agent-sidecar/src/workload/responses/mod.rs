@@ -175,7 +175,12 @@ impl Inner {
         }
     }
 
-    fn request(&self, turn: &TurnRequest, conv: &Conversation, plan: &Plan) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        turn: &TurnRequest,
+        conv: &Conversation,
+        plan: &Plan,
+    ) -> reqwest::RequestBuilder {
         let input = if plan.items && !conv.items.is_empty() {
             let mut items: Vec<Value> = conv
                 .items
@@ -242,7 +247,9 @@ impl Inner {
             }
             (PreviousProblem::Unsupported, HistoryMode::Auto) => {
                 if self.support.set(Support::Unsupported) {
-                    warn!("the workload refuses previous_response_id; the sidecar keeps conversation history from now on");
+                    warn!(
+                        "the workload refuses previous_response_id; the sidecar keeps conversation history from now on"
+                    );
                 }
                 Ok(())
             }

@@ -71,9 +71,7 @@ pub fn verdict(status: u16, body: &[u8], path: &str) -> Readiness {
         None if matches!(status, 404 | 405 | 501) => Readiness::ready(format!(
             "workload answering (HTTP {status} on {path}: no readiness endpoint)"
         )),
-        None => Readiness::not_ready(format!(
-            "workload readiness check answered HTTP {status}"
-        )),
+        None => Readiness::not_ready(format!("workload readiness check answered HTTP {status}")),
     }
 }
 

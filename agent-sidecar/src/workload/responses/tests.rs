@@ -34,7 +34,8 @@ fn deltas_and_completion_with_cache_usage_are_understood() {
 
 #[test]
 fn the_created_event_carries_what_the_server_continued_from() {
-    let created = r#"{"type":"response.created","response":{"id":"resp_9","previous_response_id":null}}"#;
+    let created =
+        r#"{"type":"response.created","response":{"id":"resp_9","previous_response_id":null}}"#;
     assert_eq!(
         wire::interpret(&ev(created)).unwrap(),
         Some(Event::Started(ResponseMeta {
@@ -188,7 +189,11 @@ fn sidecar_history_goes_out_as_input_items_before_the_new_message() {
         conversation: "cli".into(),
         text: "and now?".into(),
     };
-    let req = w.inner.request(&turn, &c, &w.inner.plan(&c)).build().unwrap();
+    let req = w
+        .inner
+        .request(&turn, &c, &w.inner.plan(&c))
+        .build()
+        .unwrap();
     let body: Value = serde_json::from_slice(req.body().unwrap().as_bytes().unwrap()).unwrap();
     assert_eq!(body["store"], false);
     assert!(body.get("previous_response_id").is_none());
@@ -198,7 +203,10 @@ fn sidecar_history_goes_out_as_input_items_before_the_new_message() {
         .iter()
         .map(|i| (i["role"].as_str().unwrap(), i["content"].as_str().unwrap()))
         .collect();
-    assert_eq!(roles, [("user", "q"), ("assistant", "a"), ("user", "and now?")]);
+    assert_eq!(
+        roles,
+        [("user", "q"), ("assistant", "a"), ("user", "and now?")]
+    );
     assert_eq!(body["user"], "cli");
 }
 

@@ -15,7 +15,10 @@ pub enum Event {
     Started(ResponseMeta),
     Delta(String),
     /// `response.completed` / `response.incomplete`.
-    Done { meta: ResponseMeta, usage: Usage },
+    Done {
+        meta: ResponseMeta,
+        usage: Usage,
+    },
 }
 
 /// The parts of a response object that tie turns together.
@@ -102,10 +105,9 @@ pub fn interpret(ev: &SseEvent) -> Result<Option<Event>, WorkloadError> {
         body.kind.as_str()
     };
     match kind {
-        "response.created" | "response.in_progress" => Ok(body
-            .response
-            .as_ref()
-            .map(|r| Event::Started(r.meta()))),
+        "response.created" | "response.in_progress" => {
+            Ok(body.response.as_ref().map(|r| Event::Started(r.meta())))
+        }
         "response.output_text.delta" => match body.delta {
             Some(d) if d.is_empty() => Ok(None),
             Some(d) => Ok(Some(Event::Delta(d))),
@@ -114,7 +116,11 @@ pub fn interpret(ev: &SseEvent) -> Result<Option<Event>, WorkloadError> {
             )),
         },
         "response.completed" | "response.incomplete" => {
-            let meta = body.response.as_ref().map(ResponseBody::meta).unwrap_or_default();
+            let meta = body
+                .response
+                .as_ref()
+                .map(ResponseBody::meta)
+                .unwrap_or_default();
             let usage = body.response.and_then(|r| r.usage).unwrap_or_default();
             let details = usage.input_tokens_details.unwrap_or_default();
             Ok(Some(Event::Done {
