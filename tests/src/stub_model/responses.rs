@@ -123,9 +123,12 @@ pub(crate) struct Parsed {
 
 /// Responses kept for `previous_response_id`: each one's whole context, oldest first.
 pub(crate) struct Stored {
-    map: Mutex<(HashMap<String, Arc<Vec<String>>>, VecDeque<String>)>,
+    map: Mutex<StoredMap>,
     max: usize,
 }
+
+/// Context per response id, and the ids in the order they were stored.
+type StoredMap = (HashMap<String, Arc<Vec<String>>>, VecDeque<String>);
 
 impl Stored {
     pub(crate) fn new(max: usize) -> Stored {
