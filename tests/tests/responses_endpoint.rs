@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clawswarm_proto::v1::{self as pb};
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, chat, stub_workload_command},
+    harness::{Controller, ControllerOptions, chat, stub_workload_command, wait_for},
     stub_model::LoggedRequest,
 };
 
@@ -163,6 +163,34 @@ async fn auto_falls_back_to_the_sidecars_history_when_the_server_ignores_previou
     // The restarted sidecar kept no id to try: one call, with the history.
     assert_eq!(thirds.len(), 1, "{thirds:?}");
     assert_eq!(thirds[0].input_texts, conversation(&[T1, T2], T3));
+}
+
+#[tokio::test]
+async fn a_server_that_forgot_the_last_response_gets_the_sidecars_copy() {
+    let c = start("", &[]).await;
+    say(&c, "dm", T1).await;
+    say(&c, "dm", T2).await;
+    // Workload and sidecar die together (a pod lost with its node): the
+    // new stub knows no stored response, the new sidecar still holds its id.
+    let before = c.sidecar_pid("alice").unwrap();
+    c.kill_agent_processes("alice").unwrap();
+    wait_for("a new sidecar", READY, || {
+        c.sidecar_pid("alice").is_some_and(|p| p != before)
+    })
+    .await
+    .unwrap();
+    c.wait_ready("alice", READY).await.unwrap();
+
+    say(&c, "dm", T3).await;
+    let third = call_for(&c, T3);
+    assert_eq!(third.previous_response_id, None);
+    assert_eq!(third.input_texts, conversation(&[T1, T2], T3));
+    assert!(
+        c.sidecar_log("alice")
+            .contains("no longer knows this conversation's last response"),
+        "{}",
+        c.sidecar_log("alice")
+    );
 }
 
 /// The agent as the controller reports it, once `done` holds.
