@@ -32,11 +32,10 @@ pub async fn poll(
             )),
         };
         metrics.workload_up.set(i64::from(now.ready));
-        // Detail changes count while ready too: a provider refusing the
-        // key leaves the workload "ready" (turns must still fail fast) and
-        // the detail is where an operator sees why.
         let changed = tx.send_if_modified(|cur| {
-            if *cur != now {
+            // Details change rarely (starting → ready, a model problem
+            // found or cleared), and each one is worth a Status frame.
+            if cur.ready != now.ready || cur.detail != now.detail {
                 *cur = now.clone();
                 true
             } else {
