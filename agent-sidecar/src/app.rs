@@ -30,7 +30,9 @@ use crate::{
         Workload,
         none::NoWorkload,
         openclaw::services as openclaw_services,
-        responses::{ResponsesConfig, ResponsesWorkload, SessionBinding},
+        responses::{
+            HistoryConfig, ReadyProbe, ResponsesConfig, ResponsesWorkload, SessionBinding,
+        },
     },
 };
 
@@ -52,7 +54,12 @@ pub enum AppError {
 }
 
 /// The workload adapter the configuration asks for.
-pub fn build_workload(w: &WorkloadArgs) -> Result<Arc<dyn Workload>, AppError> {
+/// `data_dir` is the sidecar's own: conversation history lives in its
+/// `conversations/`, out of the workload's reach.
+pub fn build_workload(
+    w: &WorkloadArgs,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Workload>, AppError> {
     let missing = "set CLAWSWARM_WORKLOAD_URL to an OpenAI-compatible /v1/responses endpoint \
                    (and CLAWSWARM_WORKLOAD_TOKEN, CLAWSWARM_WORKLOAD_MODEL), or start the controller with \
                    CLAWSWARM_WORKLOAD_COMMAND";
@@ -70,7 +77,12 @@ pub fn build_workload(w: &WorkloadArgs) -> Result<Arc<dyn Workload>, AppError> {
                 bearer_token: w.token.clone(),
                 model: w.model.clone(),
                 session: SessionBinding::UserField,
-                ready_path: (!w.ready_path.is_empty()).then(|| w.ready_path.clone()),
+                ready: ReadyProbe::resolve(w.ready_path.as_deref(), url),
+                history: HistoryConfig {
+                    mode: w.history,
+                    dir: data_dir.join("conversations"),
+                    limits: w.history_limits(),
+                },
                 idle_timeout: Duration::from_secs(150),
                 connect_timeout: Duration::from_secs(5),
             };
@@ -124,7 +136,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             .map_err(|e| AppError::Config(format!("openclaw: {e}")))?;
         (services.workload.clone(), Some(services))
     } else {
-        (build_workload(&args.workload)?, None)
+        (build_workload(&args.workload, &args.data_dir)?, None)
     };
 
     let bind = |what, addr| async move {

@@ -5,6 +5,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
+use crate::workload::history::{HistoryLimits, HistoryMode};
+
 #[derive(Clone, Args)]
 pub struct RunArgs {
     /// The agent this sidecar serves, `<namespace>/<name>`.
@@ -134,13 +136,46 @@ pub struct WorkloadArgs {
     )]
     pub model: String,
 
-    /// Readiness path; empty = only check that the server answers.
+    /// Readiness path. Unset: `/readyz` on a loopback endpoint and no probe
+    /// on a remote one (a hosted API has none, and is not to be polled);
+    /// empty: never probe; a path: always probe it.
+    #[arg(long = "workload-ready-path", env = "CLAWSWARM_WORKLOAD_READY_PATH")]
+    pub ready_path: Option<String>,
+
+    /// Who keeps each conversation's context between turns: `auto` (the
+    /// server via previous_response_id while it honours it, else the
+    /// sidecar), `server`, `sidecar` or `off`.
     #[arg(
-        long = "workload-ready-path",
-        env = "CLAWSWARM_WORKLOAD_READY_PATH",
-        default_value = "/readyz"
+        long = "workload-history",
+        env = "CLAWSWARM_WORKLOAD_HISTORY",
+        default_value = "auto",
+        value_parser = parse_history_mode
     )]
-    pub ready_path: String,
+    pub history: HistoryMode,
+
+    /// Messages the sidecar keeps per conversation (oldest dropped first).
+    #[arg(
+        long = "workload-history-max-items",
+        env = "CLAWSWARM_WORKLOAD_HISTORY_MAX_ITEMS",
+        default_value_t = HistoryLimits::default().max_items
+    )]
+    pub history_max_items: usize,
+
+    /// Bytes of message text the sidecar keeps per conversation.
+    #[arg(
+        long = "workload-history-max-bytes",
+        env = "CLAWSWARM_WORKLOAD_HISTORY_MAX_BYTES",
+        default_value_t = HistoryLimits::default().max_bytes
+    )]
+    pub history_max_bytes: usize,
+
+    /// Conversations remembered per agent (least recently used forgotten first).
+    #[arg(
+        long = "workload-history-max-conversations",
+        env = "CLAWSWARM_WORKLOAD_HISTORY_MAX_CONVERSATIONS",
+        default_value_t = HistoryLimits::default().max_conversations
+    )]
+    pub history_max_conversations: usize,
 
     /// With `none`: what the person is told instead of an answer (the
     /// local controller names the setting it lacks, e.g. a model key).
@@ -155,8 +190,24 @@ impl fmt::Debug for WorkloadArgs {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("model", &self.model)
-            .finish()
+            .field("ready_path", &self.ready_path)
+            .field("history", &self.history)
+            .finish_non_exhaustive()
     }
+}
+
+impl WorkloadArgs {
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_items: self.history_max_items,
+            max_bytes: self.history_max_bytes,
+            max_conversations: self.history_max_conversations.max(1),
+        }
+    }
+}
+
+fn parse_history_mode(s: &str) -> Result<HistoryMode, String> {
+    s.parse()
 }
 
 #[derive(Clone, Debug, Args)]

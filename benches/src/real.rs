@@ -17,7 +17,7 @@ use clawswarm_proto::v1::{
 };
 use clawswarm_sidecar::workload::{
     TurnRequest, Workload, WorkloadEvent,
-    responses::{ResponsesConfig, ResponsesWorkload, SessionBinding},
+    responses::{HistoryConfig, ReadyProbe, ResponsesConfig, ResponsesWorkload, SessionBinding},
 };
 use futures::StreamExt;
 use tonic::transport::Channel;
@@ -226,7 +226,8 @@ pub async fn overhead(
         bearer_token: None,
         model: "stub".into(),
         session: SessionBinding::UserField,
-        ready_path: None,
+        ready: ReadyProbe::Off,
+        history: HistoryConfig::off(),
         idle_timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(5),
     })

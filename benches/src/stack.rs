@@ -118,6 +118,9 @@ impl Controller {
                 ),
             )
             .env("CLAWSWARM_WORKLOAD_MODEL", "stub")
+            // Turns measure the relay: a history growing over thousands of
+            // turns in one conversation would change what each one costs.
+            .env("CLAWSWARM_WORKLOAD_HISTORY", "off")
             .env("CLAWSWARM_LOG", &spec.log_level)
             .env("RUST_LOG", &spec.log_level)
             .stdin(Stdio::null())

@@ -513,6 +513,11 @@ fn local_config(
         "CLAWSWARM_WORKLOAD_TOKEN",
         "CLAWSWARM_LOG",
         "CLAWSWARM_RELAY_IDLE_TIMEOUT",
+        "CLAWSWARM_WORKLOAD_READY_PATH",
+        "CLAWSWARM_WORKLOAD_HISTORY",
+        "CLAWSWARM_WORKLOAD_HISTORY_MAX_ITEMS",
+        "CLAWSWARM_WORKLOAD_HISTORY_MAX_BYTES",
+        "CLAWSWARM_WORKLOAD_HISTORY_MAX_CONVERSATIONS",
     ] {
         if let Some(v) = std::env::var_os(key) {
             env.push((key.to_owned(), v.to_string_lossy().into_owned()));

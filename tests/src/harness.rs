@@ -206,12 +206,10 @@ impl Controller {
             cmd.env("CLAWSWARM_LOCAL_AGENTS", pairs.join(","));
         }
         if !self.opts.no_workload {
-            let command = self.opts.workload_command.clone().unwrap_or_else(|| {
-                format!(
-                    "{} --listen 127.0.0.1:{{port}} --log {{data_dir}}/model.jsonl",
-                    bins.stub_model.display()
-                )
-            });
+            let command = match &self.opts.workload_command {
+                Some(c) => c.clone(),
+                None => stub_workload_command("")?,
+            };
             cmd.env("CLAWSWARM_WORKLOAD_COMMAND", command);
         }
         if let Some(l) = &self.opts.cert_lifetime {
@@ -320,6 +318,22 @@ impl Controller {
 
     pub fn sidecar_pid(&self, name: &str) -> Option<i32> {
         read_pid(&self.agent_dir(name).join("run/sidecar.pid"))
+    }
+
+    /// SIGKILL an agent's sidecar alone (its workload keeps running, as a
+    /// container restarting in its pod), then wait until the controller has
+    /// started a new one and it is ready.
+    pub async fn restart_sidecar(&self, name: &str, timeout: Duration) -> Result<()> {
+        let before = self
+            .sidecar_pid(name)
+            .with_context(|| format!("agent {name} has no sidecar"))?;
+        kill(Pid::from_raw(before), Signal::SIGKILL)
+            .with_context(|| format!("kill sidecar {before} of agent {name}"))?;
+        wait_for("a new sidecar", timeout, || {
+            self.sidecar_pid(name).is_some_and(|p| p != before)
+        })
+        .await?;
+        self.wait_ready(name, timeout).await
     }
 
     pub fn workload_pid(&self, name: &str) -> Option<i32> {
@@ -536,6 +550,18 @@ fn read_pid(path: &Path) -> Option<i32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The default per-agent workload (a stub model logging to
+/// `<data>/model.jsonl`) with extra `clawswarm-stub-model` flags.
+pub fn stub_workload_command(extra_flags: &str) -> Result<String> {
+    let bins = binaries()?;
+    Ok(format!(
+        "{} --listen 127.0.0.1:{{port}} --log {{data_dir}}/model.jsonl {extra_flags}",
+        bins.stub_model.display()
+    )
+    .trim_end()
+    .to_owned())
 }
 
 /// Parse a stub model's JSONL log.

@@ -7,6 +7,7 @@
 //! cancellation, buffering for resume — so an adapter only translates one
 //! request into a stream of [`WorkloadEvent`]s.
 
+pub mod history;
 pub mod none;
 pub mod openclaw;
 pub mod responses;
@@ -103,6 +104,12 @@ pub enum WorkloadError {
     /// The workload answered with an HTTP error status.
     #[error("workload returned HTTP {status}: {message}")]
     Http { status: u16, message: String },
+    /// The model provider refused the credentials (HTTP 401/403): nothing
+    /// changes that until an operator sets another key.
+    #[error(
+        "the model provider rejected the key ({status}): {message} (check CLAWSWARM_WORKLOAD_TOKEN)"
+    )]
+    Rejected { status: u16, message: String },
     /// The workload reported a failure inside a successful response
     /// (`response.failed`, an error object after HTTP 200).
     #[error("workload failed: {0}")]
@@ -122,6 +129,7 @@ impl WorkloadError {
         match self {
             Self::Unavailable(_) => "unavailable",
             Self::Http { .. } => "http",
+            Self::Rejected { .. } => "rejected",
             Self::Failed(_) => "failed",
             Self::Protocol(_) => "protocol",
             Self::NotConfigured(_) => "not_configured",
@@ -135,7 +143,10 @@ impl WorkloadError {
         match self {
             Self::Unavailable(_) | Self::Failed(_) => true,
             Self::Http { status, .. } => *status >= 500,
-            Self::Protocol(_) | Self::NotConfigured(_) | Self::Timeout(_) => false,
+            Self::Rejected { .. }
+            | Self::Protocol(_)
+            | Self::NotConfigured(_)
+            | Self::Timeout(_) => false,
         }
     }
 }

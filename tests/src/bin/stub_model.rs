@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use clawswarm_tests::stub_model::{StubConfig, StubModel};
+use clawswarm_tests::stub_model::{PreviousResponse, StubConfig, StubModel};
 
 /// Deterministic stub model server (OpenAI Responses, Chat Completions, Anthropic Messages).
 #[derive(Parser, Debug)]
@@ -38,10 +38,20 @@ struct Args {
     /// Calls kept in memory for GET /_stub/requests (the log file keeps all of them).
     #[arg(long, default_value_t = 10_000)]
     keep_requests: usize,
-    /// Turns of history /v1/responses keeps per session key or user, as OpenClaw would;
+    /// Turns of history /v1/responses keeps per x-openclaw-session-key, as OpenClaw would;
     /// 0 makes every call stand alone.
     #[arg(long, default_value_t = 100)]
     session_turns: usize,
+    /// How /v1/responses treats previous_response_id: `supported` (as OpenAI), `ignored`
+    /// (a server without it: not echoed, no context) or `rejected` (a 400).
+    #[arg(long, default_value = "supported")]
+    previous_response_id: PreviousResponse,
+    /// Stored responses kept for previous_response_id (oldest forgotten first).
+    #[arg(long, default_value_t = 1000)]
+    keep_responses: usize,
+    /// Serve no /readyz (a 404, as on a hosted provider).
+    #[arg(long)]
+    no_readyz: bool,
 }
 
 fn write_port_file(path: &Path, port: u16) -> anyhow::Result<()> {
@@ -93,6 +103,9 @@ async fn main() -> anyhow::Result<()> {
         log_path: args.log,
         keep_requests: args.keep_requests,
         session_turns: args.session_turns,
+        previous_response: args.previous_response_id,
+        keep_responses: args.keep_responses,
+        readyz: !args.no_readyz,
         ..StubConfig::default()
     };
     let stub = StubModel::start(config).await?;

@@ -72,6 +72,10 @@ pub struct LoggedRequest {
     pub input_texts: Vec<String>,
     /// Text of the last user message exactly as sent, directives included.
     pub last_user_text: String,
+    /// Responses `previous_response_id` the call continued from (its context is already in
+    /// `input_texts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
     pub stream: bool,
     pub usage: Usage,
     pub outcome: Outcome,
@@ -173,6 +177,13 @@ impl CallRecord {
         if let Some(e) = &mut self.entry {
             e.usage = usage;
             e.chunks = chunks;
+        }
+    }
+
+    /// Notes the stored response the call continued from.
+    pub fn continued_from(&mut self, id: Option<String>) {
+        if let Some(e) = &mut self.entry {
+            e.previous_response_id = id;
         }
     }
 

@@ -8,7 +8,7 @@
 //! It runs in-process ([`StubModel::start`]) or as the `clawswarm-stub-model` binary.
 //!
 //! Endpoints: `POST /v1/responses`, `POST /v1/chat/completions`, `POST /v1/messages`,
-//! `GET /v1/models`, `GET /readyz`, `GET /healthz`, and for tests `POST /_stub/fail`
+//! `GET /v1/models`, `GET /readyz` (unless `readyz` is off), `GET /healthz`, and for tests `POST /_stub/fail`
 //! (`{"mode":"down|http_500|http_429|in_band_error|none","count":N}`), `GET /_stub/requests`,
 //! `DELETE /_stub/requests`.
 //!
@@ -35,6 +35,8 @@ mod sse;
 mod tests;
 #[cfg(test)]
 mod tests_failures;
+#[cfg(test)]
+mod tests_stored;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,9 +92,43 @@ pub struct StubConfig {
     pub keep_requests: usize,
     /// How long [`StubModel::shutdown`] lets in-flight replies finish before cutting them off.
     pub shutdown_grace: Duration,
-    /// Turns of history `/v1/responses` keeps per conversation, standing in for OpenClaw's
-    /// sessions (see [`responses`]); 0 makes it stateless.
+    /// Turns of history `/v1/responses` keeps per `x-openclaw-session-key`, standing in for
+    /// OpenClaw's sessions (see [`responses`]); 0 makes it stateless.
     pub session_turns: usize,
+    /// Whether `/v1/responses` honours `store` / `previous_response_id` as OpenAI does.
+    pub previous_response: PreviousResponse,
+    /// Stored responses kept for `previous_response_id`; the oldest are forgotten first (a
+    /// later reference to one gets OpenAI's 400, as an expired one would).
+    pub keep_responses: usize,
+    /// Serve `GET /readyz`; without it the path is a 404, as on a hosted provider.
+    pub readyz: bool,
+}
+
+/// How `/v1/responses` treats `previous_response_id` (see [`responses`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreviousResponse {
+    /// Like OpenAI: stored responses are continued from; an unknown id is a 400.
+    #[default]
+    Supported,
+    /// Like a server that does not implement it: the field is ignored and not echoed.
+    Ignored,
+    /// Like a strict server that does not implement it: a 400 for an unknown argument.
+    Rejected,
+}
+
+impl std::str::FromStr for PreviousResponse {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "supported" => Ok(Self::Supported),
+            "ignored" => Ok(Self::Ignored),
+            "rejected" => Ok(Self::Rejected),
+            other => Err(format!(
+                "{other:?}: expected supported, ignored or rejected"
+            )),
+        }
+    }
 }
 
 impl Default for StubConfig {
@@ -106,6 +142,9 @@ impl Default for StubConfig {
             keep_requests: 10_000,
             shutdown_grace: Duration::from_secs(2),
             session_turns: 100,
+            previous_response: PreviousResponse::Supported,
+            keep_responses: 1000,
+            readyz: true,
         }
     }
 }
@@ -145,6 +184,7 @@ pub(crate) struct Shared {
     ids: AtomicU64,
     id_salt: u32,
     sessions: Arc<responses::Sessions>,
+    stored: Arc<responses::Stored>,
 }
 
 /// The API-independent view of one model call, produced by each API's parser.
@@ -189,6 +229,7 @@ impl Shared {
             model: call.model,
             input_texts: call.input_texts,
             last_user_text: call.last_user_text,
+            previous_response_id: None,
             stream: call.stream,
             usage: Usage::default(),
             outcome: Outcome::Error,
@@ -263,12 +304,15 @@ pub(crate) fn down_response() -> Response {
 
 /// Builds the router (exposed for tests that want to mount it elsewhere).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut router: Router<Arc<Shared>> = Router::new();
+    if shared.config.readyz {
+        router = router.route("/readyz", get(readyz));
+    }
+    router
         .route("/v1/responses", post(responses::handle))
         .route("/v1/chat/completions", post(chat_completions::handle))
         .route("/v1/messages", post(anthropic::handle))
         .route("/v1/models", get(models))
-        .route("/readyz", get(readyz))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"ok": true})) }),
@@ -380,6 +424,7 @@ impl StubModel {
         let addr = listener.local_addr()?;
         let grace = config.shutdown_grace;
         let session_turns = config.session_turns;
+        let keep_responses = config.keep_responses;
         let shared = Arc::new(Shared {
             config,
             started: Instant::now(),
@@ -388,6 +433,7 @@ impl StubModel {
             ids: AtomicU64::new(1),
             id_salt: rand::random(),
             sessions: Arc::new(responses::Sessions::new(session_turns)),
+            stored: Arc::new(responses::Stored::new(keep_responses)),
         });
         let (stop, stopped) = watch::channel(false);
         let app = router(shared.clone());

@@ -10,17 +10,25 @@
 //! `input_tokens_details.cached_tokens` and `.cache_write_tokens`.
 //!
 //! Like OpenClaw, this endpoint is stateful per conversation: a request carrying
-//! `x-openclaw-session-key` (or else `user`) continues that conversation, so the stub prepends the
+//! `x-openclaw-session-key` continues that conversation, so the stub prepends the
 //! conversation's earlier user texts and replies (successful turns only) to the request's own
 //! texts, logs them in `input_texts` and counts them in `input_tokens` — just as OpenClaw sends
 //! the history to its model. That lets end-to-end tests check session continuity and isolation
-//! with the stub standing in for OpenClaw. Without either, every call stands alone.
+//! with the stub standing in for OpenClaw. `user` is only an identifier, as at OpenAI.
+//!
+//! Like OpenAI, it keeps responses (`store`, default true) and continues from one named by
+//! `previous_response_id`: that response's whole context (its input after `instructions`,
+//! which do not carry over, and its reply) is prepended the same way, the response object
+//! echoes `previous_response_id`, and an unknown or forgotten id is OpenAI's 400
+//! (`param: previous_response_id`, `code: previous_response_not_found`). Only successful
+//! replies are kept, at most `keep_responses`, oldest forgotten first.
+//! [`PreviousResponse`] makes it a server that ignores the field (no echo) or refuses it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
@@ -29,8 +37,9 @@ use super::log::{Api, Outcome, Usage};
 use super::script::{Ending, Script};
 use super::sse::{self, TurnStream, Wire};
 use super::{
-    BadRequest, Begin, Call, Shared, content_text, openai_auth_error, openai_bad_request,
-    openai_status_error, opt_bool, opt_str, parse_body, req_str, session_key,
+    BadRequest, Begin, Call, PreviousResponse, Shared, content_text, openai_auth_error,
+    openai_bad_request, openai_error, openai_status_error, opt_bool, opt_str, parse_body, req_str,
+    session_key,
 };
 
 /// Parses a Responses request body into a [`Call`].
@@ -39,11 +48,17 @@ use super::{
 /// `type: "message"`), content being a string or parts with `text`. Items without a role (tool
 /// calls and their outputs) carry no message text and are skipped. `instructions`, if present,
 /// is the first input text. Also returns where session history belongs (after instructions).
-pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, usize), BadRequest> {
+pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Parsed, BadRequest> {
     let m = parse_body(body)?;
     let model = req_str(&m, "model")?;
     let stream = opt_bool(&m, "stream")?;
     let user = opt_str(&m, "user")?;
+    let previous = opt_str(&m, "previous_response_id")?;
+    let store = match m.get("store") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(BadRequest::invalid("store", "a boolean")),
+    };
     let mut input_texts = Vec::new();
     if let Some(instr) = opt_str(&m, "instructions")? {
         input_texts.push(instr);
@@ -89,7 +104,56 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, usize), 
         user,
         session_key: session_key(headers),
     };
-    Ok((call, history_at))
+    Ok(Parsed {
+        call,
+        history_at,
+        previous,
+        store,
+    })
+}
+
+/// A parsed Responses request.
+pub(crate) struct Parsed {
+    pub call: Call,
+    /// Where earlier context belongs in `call.input_texts` (after instructions).
+    pub history_at: usize,
+    pub previous: Option<String>,
+    pub store: bool,
+}
+
+/// Responses kept for `previous_response_id`: each one's whole context, oldest first.
+pub(crate) struct Stored {
+    map: Mutex<StoredMap>,
+    max: usize,
+}
+
+/// Context per response id, and the ids in the order they were stored.
+type StoredMap = (HashMap<String, Arc<Vec<String>>>, VecDeque<String>);
+
+impl Stored {
+    pub(crate) fn new(max: usize) -> Stored {
+        Stored {
+            map: Mutex::new((HashMap::new(), VecDeque::new())),
+            max,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Vec<String>>> {
+        let g = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        g.0.get(id).cloned()
+    }
+
+    fn put(&self, id: String, context: Vec<String>) {
+        let mut g = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, order) = &mut *g;
+        map.insert(id.clone(), Arc::new(context));
+        order.push_back(id);
+        while order.len() > self.max {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
 }
 
 /// Conversation history per session, standing in for OpenClaw's session store.
@@ -107,16 +171,12 @@ impl Sessions {
         }
     }
 
-    /// The conversation a call belongs to: its session key, else its `user`, else none.
+    /// The conversation a call belongs to: its session key, else none.
     fn key(&self, call: &Call) -> Option<String> {
         if self.max_texts == 0 {
             return None;
         }
-        match (&call.session_key, &call.user) {
-            (Some(k), _) => Some(format!("key:{k}")),
-            (None, Some(u)) => Some(format!("user:{u}")),
-            (None, None) => None,
-        }
+        call.session_key.as_ref().map(|k| format!("key:{k}"))
     }
 
     fn history(&self, key: &str) -> Vec<String> {
@@ -144,10 +204,45 @@ pub(crate) async fn handle(
     if let Some(r) = openai_auth_error(&shared, &headers) {
         return r;
     }
-    let (mut call, history_at) = match parse(&headers, &body) {
+    let Parsed {
+        mut call,
+        history_at,
+        previous,
+        store,
+    } = match parse(&headers, &body) {
         Ok(c) => c,
         Err(e) => return openai_bad_request(e),
     };
+    let mode = shared.config.previous_response;
+    let previous = match (mode, previous) {
+        (PreviousResponse::Rejected, Some(_)) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "Unrecognized request argument supplied: previous_response_id",
+                None,
+                None,
+            );
+        }
+        (PreviousResponse::Supported, Some(id)) => match shared.stored.get(&id) {
+            Some(context) => {
+                call.input_texts
+                    .splice(history_at..history_at, context.iter().cloned());
+                Some(id)
+            }
+            None => {
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("Previous response with id '{id}' not found."),
+                    Some("previous_response_id"),
+                    Some("previous_response_not_found"),
+                );
+            }
+        },
+        (_, _) => None,
+    };
+    let keeps = mode == PreviousResponse::Supported && store;
     let session = shared.sessions.key(&call);
     if let Some(key) = &session {
         let history = shared.sessions.history(key);
@@ -156,23 +251,34 @@ pub(crate) async fn handle(
     let model = call.model.clone();
     let stream = call.stream;
     let user_text = session.as_ref().map(|_| call.last_user_text.clone());
+    let context = keeps.then(|| call.input_texts[history_at..].to_vec());
     let (script, mut record) = match shared.begin(call) {
         Begin::Down => return super::down_response(),
         Begin::Http(status) => return openai_status_error(status),
         Begin::Run(script, record) => (script, record),
     };
-    if let (Some(key), Some(user_text)) = (session, user_text) {
-        let sessions = shared.sessions.clone();
-        record.on_ok(Box::new(move |reply| {
-            sessions.append(key, user_text, reply)
-        }));
-    }
+    record.continued_from(previous.clone());
+    let id = shared.new_id("resp");
+    let sessions = shared.sessions.clone();
+    let stored = shared.stored.clone();
+    let stored_id = id.clone();
+    record.on_ok(Box::new(move |reply| {
+        if let (Some(key), Some(user_text)) = (session, user_text) {
+            sessions.append(key, user_text, reply);
+        }
+        if let Some(mut context) = context {
+            context.push(reply.to_owned());
+            stored.put(stored_id, context);
+        }
+    }));
     let wire = ResponsesWire {
-        id: shared.new_id("resp"),
+        id,
         item_id: shared.new_id("msg"),
         model,
         created_at: super::log::now_ms() / 1000,
         seq: 0,
+        previous_response_id: previous,
+        store: keeps,
     };
     if stream {
         return sse::sse_response(TurnStream::new(wire, script, record));
@@ -217,6 +323,9 @@ struct ResponsesWire {
     created_at: u64,
     /// `sequence_number` of the next event.
     seq: u64,
+    /// Echoed in the response object, as OpenAI does (null when not honoured).
+    previous_response_id: Option<String>,
+    store: bool,
 }
 
 impl ResponsesWire {
@@ -264,6 +373,8 @@ impl ResponsesWire {
             "error": error,
             "incomplete_details": null,
             "model": self.model,
+            "previous_response_id": self.previous_response_id,
+            "store": self.store,
             "output": output,
             "usage": usage.map(usage_json),
         })

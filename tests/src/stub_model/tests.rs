@@ -538,7 +538,7 @@ async fn shutdown_stops_the_server() {
 }
 
 #[tokio::test]
-async fn responses_keep_history_per_session_and_isolate_sessions_like_openclaw() {
+async fn responses_keep_history_per_session_key_and_isolate_sessions_like_openclaw() {
     let stub = stub().await;
     let turn = |key: &'static str, text: &'static str| {
         let stub = &stub;
@@ -555,7 +555,7 @@ async fn responses_keep_history_per_session_and_isolate_sessions_like_openclaw()
     turn("alice", "my cat is Tom").await;
     turn("bob", "my dog is Rex").await;
     turn("alice", "what is my cat called?").await;
-    // A `user` without a session key is a conversation too; no identity at all is stateless.
+    // `user` is only an identifier, as at OpenAI: without a session key every call stands alone.
     for _ in 0..2 {
         post(
             &stub,
@@ -587,7 +587,7 @@ async fn responses_keep_history_per_session_and_isolate_sessions_like_openclaw()
     assert!(r[2].input_texts.iter().all(|t| !t.contains("Rex")));
     // History counts as input, as it would when OpenClaw sends it to its model: 13+19+22 chars.
     assert_eq!(r[2].usage.input_tokens, 14);
-    assert_eq!(r[5].input_texts, ["hi", "echo: hi", "hi"]);
+    assert_eq!(r[5].input_texts, ["hi"]);
     assert_eq!(r[6].input_texts, ["anon"]);
 }
 

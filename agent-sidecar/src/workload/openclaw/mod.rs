@@ -163,7 +163,9 @@ impl OpenClawWorkload {
             bearer_token: Some(token),
             model: DEFAULT_MODEL.into(),
             session: SessionBinding::Header(SESSION_HEADER.into()),
-            ready_path: Some("/readyz".into()),
+            // OpenClaw keeps its own sessions (by the session header).
+            ready: super::responses::ReadyProbe::Path("/readyz".into()),
+            history: super::responses::HistoryConfig::off(),
             idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
             connect_timeout,
         })?;
