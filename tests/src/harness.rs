@@ -292,6 +292,17 @@ impl Controller {
         std::fs::read_to_string(self.agent_dir(name).join("run/sidecar.log")).unwrap_or_default()
     }
 
+    /// An address the agent's sidecar recorded in `run/ports.json`:
+    /// `"http"` (metrics, probes) or `"debug"` (its gRPC debug endpoint).
+    pub fn sidecar_addr(&self, name: &str, which: &str) -> Result<String> {
+        let path = self.agent_dir(name).join("run/ports.json");
+        let ports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        ports[which]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {which:?}", path.display()))
+    }
+
     /// Model calls an agent's stub workload logged.
     pub fn model_requests(&self, name: &str) -> Vec<LoggedRequest> {
         read_model_log(&self.agent_dir(name).join("data/model.jsonl"))
