@@ -1,8 +1,9 @@
 //! The `clawswarm.v1` wire protocol: generated code, the encoded file
 //! descriptor set that feeds gRPC server reflection, and what every
-//! clawswarm server shares at its edge (introspection, the `/metrics`
-//! format). No domain logic lives here.
+//! clawswarm server shares at its edge (introspection, decode statuses, the
+//! `/metrics` format). No domain logic lives here.
 
+pub mod decode_status;
 pub mod exposition;
 pub mod introspection;
 

@@ -351,8 +351,8 @@ impl Controller {
         )?)
     }
 
-    /// A Gateway client with the admin certificate.
-    pub async fn gateway(&self) -> Result<GatewayClient<Channel>> {
+    /// A channel to the mesh port with the admin certificate.
+    pub async fn admin_channel(&self) -> Result<Channel> {
         let (ca, cert, key) = self.admin_files();
         let creds = Credentials::from_pem(
             &std::fs::read_to_string(cert)?,
@@ -363,10 +363,35 @@ impl Controller {
             &std::fs::read_to_string(ca)?,
             ServerIdentity::DnsName("127.0.0.1".into()),
         )?;
-        let channel =
+        Ok(
             clawswarm_certs::mtls_channel(&self.mesh_url(), tls, &ChannelOptions::default())
-                .await?;
-        Ok(GatewayClient::new(channel))
+                .await?,
+        )
+    }
+
+    /// A channel to agent `name`'s sidecar debug endpoint with the admin
+    /// certificate; the sidecar's certificate names its SPIFFE id.
+    pub async fn debug_channel(&self, name: &str) -> Result<Channel> {
+        let (_, cert, key) = self.admin_files();
+        let creds = Credentials::from_pem(
+            &std::fs::read_to_string(cert)?,
+            &std::fs::read_to_string(key)?,
+        )?;
+        let td = clawswarm_certs::TrustDomain::new("clawswarm.local")?;
+        let id =
+            clawswarm_certs::SpiffeId::agent(td, clawswarm_certs::AgentId::new("local", name)?);
+        let tls = clawswarm_certs::client_config(
+            Some(CredentialStore::new(creds)),
+            &self.trust_bundle()?,
+            ServerIdentity::Spiffe(id),
+        )?;
+        let url = format!("https://{}", self.sidecar_addr(name, "debug")?);
+        Ok(clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default()).await?)
+    }
+
+    /// A Gateway client with the admin certificate.
+    pub async fn gateway(&self) -> Result<GatewayClient<Channel>> {
+        Ok(GatewayClient::new(self.admin_channel().await?))
     }
 
     /// Wait until the agent is connected and its workload ready.
@@ -648,5 +673,73 @@ pub fn hello(agent: &str) -> pb::SidecarFrame {
             capabilities: vec![],
             pending: vec![],
         })),
+    }
+}
+
+/// Send `body` as the one request message of gRPC method `path` (such as
+/// `/clawswarm.v1.Gateway/ListAgents`) without encoding it, so a test can
+/// send what no generated client would: undecodable or oversized messages.
+/// Returns the first response message's bytes or the status answered.
+pub async fn raw_grpc_call(
+    channel: Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+    grpc.unary(
+        tonic::Request::new(bytes::Bytes::from(body)),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Message bytes in and out as they are.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }

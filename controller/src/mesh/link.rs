@@ -4,9 +4,12 @@
 use std::{sync::Arc, time::Instant};
 
 use clawswarm_certs::{AgentId, SpiffeId};
-use clawswarm_proto::v1::{
-    self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink,
-    controller_frame::Frame as Out, sidecar_frame::Frame as In,
+use clawswarm_proto::{
+    decode_status,
+    v1::{
+        self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink,
+        controller_frame::Frame as Out, sidecar_frame::Frame as In,
+    },
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -150,9 +153,12 @@ impl AgentLink for AgentLinkService {
                         break;
                     }
                 }
+                // Only a weak handle stays: the stream ends when the link
+                // handle goes, as before; the reader may still say why.
+                let errors = tx.downgrade();
                 drop(tx);
                 offer_orphans(&mesh, &entry, orphans);
-                read_frames(&mesh, &entry, inbound, cancel).await;
+                read_frames(&mesh, &entry, inbound, errors, cancel).await;
                 detach(&mesh, &entry, conn_id);
             }
             .instrument(span),
@@ -244,6 +250,7 @@ async fn read_frames(
     mesh: &Mesh,
     entry: &Arc<AgentEntry>,
     mut inbound: Streaming<SidecarFrame>,
+    errors: mpsc::WeakSender<Result<ControllerFrame, Status>>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -260,8 +267,13 @@ async fn read_frames(
             Ok(None) => return,
             Err(status) => {
                 // Undecodable or oversized frames end this agent's stream
-                // only; the sidecar reconnects and resumes.
+                // only; the sidecar reconnects and resumes. It is told why,
+                // with the status a unary call would get.
+                let status = decode_status::rewrite(&status).unwrap_or(status);
                 reject(mesh, entry, "stream_error", status.message());
+                if let Some(tx) = errors.upgrade() {
+                    let _ = tx.try_send(Err(status));
+                }
                 return;
             }
         };
