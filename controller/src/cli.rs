@@ -1,7 +1,10 @@
 //! Client commands of the `clawswarm` binary: talk to a running
 //! controller's Gateway with the admin credentials it wrote.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    io::{IsTerminal, Read, Write},
+    path::PathBuf,
+};
 
 use clap::{Args, Subcommand};
 use clawswarm_certs::{ChannelOptions, CredentialStore, Credentials, ServerIdentity};
@@ -13,6 +16,7 @@ use tonic::transport::Channel;
 use crate::{
     admin::{AdminFiles, Endpoints},
     config::default_state_dir,
+    mesh::turn::MAX_TURN_TEXT_BYTES,
 };
 
 #[derive(Clone, Debug, Args)]
@@ -31,7 +35,9 @@ pub struct ChatArgs {
     pub client: ClientArgs,
     /// Agent to talk to.
     pub agent: String,
-    /// What to say (omit with --resume).
+    /// What to say. `-`, or nothing with stdin not a terminal, reads it
+    /// from stdin (for messages too long for a command line). Omit with
+    /// --resume.
     pub text: Option<String>,
     #[arg(long, default_value = "cli")]
     pub conversation: String,
@@ -77,6 +83,62 @@ pub enum CliError {
     Rpc(#[from] tonic::Status),
     #[error("turn ended: {0}")]
     TurnFailed(String),
+    #[error("{0}")]
+    Input(String),
+    #[error(
+        "the message is {0}; the limit for a turn's text is {MAX_TURN_TEXT_BYTES} bytes \
+         (docs/protocol.md): send a shorter one"
+    )]
+    TooLong(String),
+}
+
+/// The turn text `arg` names: itself, or stdin for `-` (and for no
+/// argument when stdin is not a terminal, so `cmd | clawswarm chat NAME`
+/// works). `None`: nothing to say.
+fn turn_text(arg: Option<&str>) -> Result<Option<String>, CliError> {
+    match arg {
+        Some("-") => read_message(std::io::stdin().lock()).map(Some),
+        Some(text) if text.len() > MAX_TURN_TEXT_BYTES => {
+            Err(CliError::TooLong(format!("{} bytes", text.len())))
+        }
+        Some(text) => Ok(Some(text.to_owned())),
+        None if !std::io::stdin().is_terminal() => read_message(std::io::stdin().lock()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One message from `input`, without the newline that ends it, refused
+/// above the protocol's limit before anything is sent (the read stops
+/// just past the limit, so a huge input is not buffered).
+fn read_message(input: impl Read) -> Result<String, CliError> {
+    let mut buf = Vec::new();
+    // Room for the limit plus a trailing "\r\n".
+    let cap = MAX_TURN_TEXT_BYTES + 2;
+    input
+        .take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::Input(format!("reading the message from stdin: {e}")))?;
+    if buf.len() > cap {
+        // Checked before decoding: the cut may split a character.
+        return Err(CliError::TooLong(format!(
+            "more than {MAX_TURN_TEXT_BYTES} bytes"
+        )));
+    }
+    let mut text = String::from_utf8(buf)
+        .map_err(|e| CliError::Input(format!("the message on stdin is not UTF-8 text: {e}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.len() > MAX_TURN_TEXT_BYTES {
+        return Err(CliError::TooLong(format!("{} bytes", text.len())));
+    }
+    if text.trim().is_empty() {
+        return Err(CliError::Input("stdin held no message".into()));
+    }
+    Ok(text)
 }
 
 async fn gateway(args: &ClientArgs) -> Result<GatewayClient<Channel>, CliError> {
@@ -122,23 +184,26 @@ async fn gateway(args: &ClientArgs) -> Result<GatewayClient<Channel>, CliError> 
 
 /// Stream a reply to stdout as it is written; progress goes to stderr.
 pub async fn chat(args: ChatArgs) -> Result<(), CliError> {
-    let mut client = gateway(&args.client).await?;
-    let kind = match (&args.resume, &args.text) {
-        (Some(turn_id), _) => Kind::Resume(pb::ResumeTurn {
+    let kind = match &args.resume {
+        Some(turn_id) => Kind::Resume(pb::ResumeTurn {
             turn_id: turn_id.clone(),
             from_seq: args.from_seq,
         }),
-        (None, Some(text)) => Kind::Start(pb::StartTurn {
-            conversation: args.conversation.clone(),
-            text: text.clone(),
-            turn_id: String::new(),
-        }),
-        (None, None) => {
-            return Err(CliError::Setup(
-                "say something: clawswarm chat <agent> \"<text>\"".into(),
-            ));
-        }
+        None => match turn_text(args.text.as_deref())? {
+            Some(text) => Kind::Start(pb::StartTurn {
+                conversation: args.conversation.clone(),
+                text,
+                turn_id: String::new(),
+            }),
+            None => {
+                return Err(CliError::Setup(
+                    "say something: clawswarm chat NAME \"TEXT\" (or - to read it from stdin)"
+                        .into(),
+                ));
+            }
+        },
     };
+    let mut client = gateway(&args.client).await?;
     let mut stream = client
         .chat(pb::ChatRequest {
             agent: args.agent.clone(),
@@ -237,4 +302,46 @@ pub async fn agents(client_args: ClientArgs, cmd: AgentsCommand) -> Result<(), C
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_read_from_stdin_loses_its_final_newline_only() {
+        assert_eq!(read_message(&b"two\nlines\r\n"[..]).unwrap(), "two\nlines");
+        assert_eq!(read_message(&b"no newline"[..]).unwrap(), "no newline");
+    }
+
+    #[test]
+    fn a_message_over_the_protocol_limit_is_refused_naming_the_limit() {
+        let at_limit = vec![b'x'; MAX_TURN_TEXT_BYTES];
+        assert_eq!(
+            read_message(&at_limit[..]).unwrap().len(),
+            MAX_TURN_TEXT_BYTES
+        );
+        let mut with_newline = at_limit.clone();
+        with_newline.push(b'\n');
+        assert!(read_message(&with_newline[..]).is_ok());
+
+        let over = vec![b'x'; MAX_TURN_TEXT_BYTES + 1];
+        let e = read_message(&over[..]).unwrap_err().to_string();
+        assert!(
+            e.contains("262145 bytes") && e.contains("limit for a turn's text is 262144"),
+            "{e}"
+        );
+        let huge = vec![b'x'; 10 * MAX_TURN_TEXT_BYTES];
+        let e = read_message(&huge[..]).unwrap_err().to_string();
+        assert!(e.contains("more than 262144 bytes"), "{e}");
+    }
+
+    #[test]
+    fn empty_or_binary_stdin_is_refused() {
+        assert!(matches!(read_message(&b"\n"[..]), Err(CliError::Input(_))));
+        assert!(matches!(
+            read_message(&[0xff, 0xfe][..]),
+            Err(CliError::Input(_))
+        ));
+    }
 }

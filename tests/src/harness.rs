@@ -303,6 +303,37 @@ impl Controller {
             .with_context(|| format!("{} has no {which:?}", path.display()))
     }
 
+    /// Run the `clawswarm` CLI against this controller (its state directory
+    /// holds the address and the admin credentials), with `stdin` piped in
+    /// and closed after it, as `printf … | clawswarm …` would.
+    pub async fn cli(&self, args: &[&str], stdin: &[u8]) -> Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = Command::new(&binaries()?.controller)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.state.path())
+            .env("CLAWSWARM_STATE_DIR", self.state_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the clawswarm CLI")?;
+        let mut input = child.stdin.take().context("CLI has no stdin")?;
+        let data = stdin.to_vec();
+        // Written beside the wait: a CLI that answers before reading all
+        // of stdin must not deadlock the test.
+        let writer = tokio::spawn(async move {
+            let _ = input.write_all(&data).await;
+        });
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .context("CLI still running after 120 s")??;
+        let _ = writer.await;
+        Ok(out)
+    }
+
     /// Model calls an agent's stub workload logged.
     pub fn model_requests(&self, name: &str) -> Vec<LoggedRequest> {
         read_model_log(&self.agent_dir(name).join("data/model.jsonl"))

@@ -1,0 +1,62 @@
+//! The `clawswarm` CLI (the real binary) against a running controller, as a
+//! person types it: messages from stdin, the limit named before anything is
+//! sent.
+
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used)]
+
+use clawswarm_tests::harness::Controller;
+
+fn init() {
+    clawswarm_certs::install_default_crypto_provider();
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn chat_reads_a_long_message_from_stdin_and_refuses_one_over_the_limit() {
+    init();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
+
+    // 200 KiB: past what one argv string can carry, within the protocol's
+    // 256 KiB. The stub answers `[chunks=2]` with "w0 w1 ".
+    let long = format!("[chunks=2] {}", "x".repeat(200 * 1024));
+    let out = c
+        .cli(&["chat", "alice", "-"], format!("{long}\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), "w0 w1");
+    let sent = c.model_requests("alice");
+    let got = &sent.last().unwrap().last_user_text;
+    assert!(
+        got.contains(&long) && !got.ends_with('\n'),
+        "the whole message, without its final newline, reaches the model ({} bytes arrived)",
+        got.len()
+    );
+
+    // No text argument and stdin not a terminal: stdin is the message.
+    let out = c
+        .cli(&["chat", "alice"], b"[chunks=1] piped in\n")
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim_end(), "w0");
+
+    // Over the limit: refused by the CLI itself, naming the limit.
+    let calls = c.model_requests("alice").len();
+    let out = c
+        .cli(&["chat", "alice", "-"], &vec![b'x'; 300 * 1024])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("262144 bytes"), "{err}");
+    assert!(
+        !err.contains("[turn "),
+        "no turn may start for a refused message: {err}"
+    );
+    assert_eq!(c.model_requests("alice").len(), calls);
+}
