@@ -52,6 +52,19 @@ pub fn substitute(line: &str, pairs: &[(&str, &str)]) -> Result<String> {
     Ok(out)
 }
 
+/// The command lines of the ```sh blocks under the README heading
+/// `## {heading}` (up to the next `## `).
+pub fn section_lines(heading: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path()).context("reading README.md")?;
+    let marker = format!("\n## {heading}\n");
+    let start = text
+        .find(&marker)
+        .with_context(|| format!("README.md has no section {heading:?}"))?;
+    let body = &text[start + marker.len()..];
+    let body = body.split("\n## ").next().unwrap_or(body);
+    Ok(shell_lines_of(body))
+}
+
 /// Run a README line with bash (`pipefail`, so a failing `curl` in front of
 /// a pipe fails the line), `PATH` extended by `path_first`.
 pub fn run(line: &str, path_first: &[&Path]) -> Result<std::process::Output> {
