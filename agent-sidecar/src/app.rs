@@ -265,6 +265,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         connected: linked,
         max_frame_bytes: MAX_FRAME_BYTES,
+        workload_kind: workload.kind(),
     };
     info!(agent = %agent, http = %http_addr, debug = %debug_addr, workload = workload.kind(), "sidecar running");
     link.run(shutdown.clone())

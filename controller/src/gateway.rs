@@ -21,6 +21,9 @@ use crate::{
 
 /// Conversation used when a Gateway caller does not name one.
 pub const DEFAULT_CONVERSATION: &str = "gateway";
+/// Detail of a suspended agent whose processes are gone.
+pub const SUSPENDED_DETAIL: &str =
+    "suspended: processes stopped, data kept; the next message wakes it";
 /// Reply target for turns whose requester is a Gateway client: nobody but
 /// that client (resuming by turn id) can finish them.
 pub const GATEWAY_REPLY_TARGET: &[u8] = b"gateway";
@@ -76,12 +79,15 @@ impl GatewayService {
             phase: r.phase.to_string(),
             connected: state.connected,
             workload_ready: state.workload_ready,
-            detail: if state.detail.is_empty() {
-                r.detail
-            } else {
-                state.detail
+            // The link keeps the last detail a sidecar reported; once
+            // suspended that would describe processes that are gone.
+            detail: match (r.mode, state.connected) {
+                (AgentMode::Suspended, false) => SUSPENDED_DETAIL.to_owned(),
+                _ if state.detail.is_empty() => r.detail,
+                _ => state.detail,
             },
             usage: Some(r.usage.to_proto()),
+            workload: state.workload,
         }
     }
 }

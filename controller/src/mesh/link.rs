@@ -138,7 +138,13 @@ impl AgentLink for AgentLinkService {
             cancel: cancel.clone(),
         };
         let entry = self.mesh.entry(&agent);
-        let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending);
+        let workload = hello
+            .capabilities
+            .iter()
+            .find_map(|c| c.strip_prefix("workload="))
+            .unwrap_or_default()
+            .to_owned();
+        let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending, workload);
         info!(agent = %agent, conn_id, version = %hello.version, resumed = resumes.len(), "agent connected");
 
         let mesh = self.mesh.clone();
@@ -175,6 +181,7 @@ fn attach(
     entry: &Arc<AgentEntry>,
     handle: LinkHandle,
     pending: Vec<pb::PendingTurn>,
+    workload: String,
 ) -> (Vec<(String, u64)>, Vec<pb::PendingTurn>) {
     let conn_id = handle.conn_id;
     let old = lock(&entry.link).replace(handle);
@@ -193,6 +200,7 @@ fn attach(
     entry.state.send_modify(|s| {
         s.connected = true;
         s.conn_id = conn_id;
+        s.workload = workload;
     });
     let turns = lock(&entry.turns);
     let resumes: Vec<_> = turns
