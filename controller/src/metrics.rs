@@ -156,14 +156,12 @@ impl Metrics {
             ("cache_read", usage.cache_read_tokens),
             ("cache_write", usage.cache_write_tokens),
         ] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        agent: agent.to_owned(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    agent: agent.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
         }
     }
 

@@ -197,6 +197,11 @@ fn attach(
             mesh.inner.metrics.link_streams.inc();
         }
     }
+    // An agent's token series read 0 from its first connection, not from
+    // its first finished turn.
+    mesh.inner
+        .metrics
+        .add_tokens(&entry.label, &pb::Usage::default());
     entry.state.send_modify(|s| {
         s.connected = true;
         s.conn_id = conn_id;
