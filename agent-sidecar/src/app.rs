@@ -10,7 +10,8 @@ use std::{
 
 use clawswarm_certs::{AgentId, ClientAuth, SpiffeId, TrustDomain, tls_incoming};
 use clawswarm_proto::{
-    introspection::with_introspection, v1::sidecar_debug_server::SidecarDebugServer,
+    decode_status::decode_status_layer, introspection::with_introspection,
+    v1::sidecar_debug_server::SidecarDebugServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -242,8 +243,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         linked: linked.clone(),
         store: store.clone(),
     };
-    let debug_server =
-        tonic::transport::Server::builder().add_service(SidecarDebugServer::new(debug));
+    let debug_server = tonic::transport::Server::builder()
+        .layer(decode_status_layer())
+        .add_service(SidecarDebugServer::new(debug));
     let (debug_server, _health) = with_introspection(debug_server, &["clawswarm.v1.SidecarDebug"])
         .await
         .map_err(|e| AppError::Io(format!("reflection: {e}")))?;
@@ -275,6 +277,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         metrics: metrics.clone(),
         connected: linked,
         max_frame_bytes: MAX_FRAME_BYTES,
+        workload_kind: workload.kind(),
     };
     info!(agent = %agent, http = %http_addr, debug = %debug_addr, workload = workload.kind(), "sidecar running");
     link.run(shutdown.clone())

@@ -7,8 +7,13 @@ use std::sync::{
 };
 
 use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
 };
+use clawswarm_proto::exposition::Format;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,14 +41,9 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+    let (content_type, body) = Format::respond(&headers, s.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

@@ -53,6 +53,8 @@ pub struct Link {
     pub metrics: Arc<SidecarMetrics>,
     pub connected: Arc<AtomicBool>,
     pub max_frame_bytes: usize,
+    /// Reported in Hello so operators see what serves the agent.
+    pub workload_kind: &'static str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +75,16 @@ enum SessionEnd {
     Reconnect,
 }
 
-fn capabilities(metered: bool) -> Vec<String> {
-    let mut caps = vec!["resume".to_owned(), "notices".to_owned()];
+/// Capability naming the workload adapter (`workload=openclaw`); the
+/// controller shows it in agent listings.
+const WORKLOAD_CAPABILITY: &str = "workload=";
+
+fn capabilities(metered: bool, workload_kind: &str) -> Vec<String> {
+    let mut caps = vec![
+        "resume".to_owned(),
+        "notices".to_owned(),
+        format!("{WORKLOAD_CAPABILITY}{workload_kind}"),
+    ];
     if metered {
         caps.push("usage.metered".to_owned());
     }
@@ -148,7 +158,7 @@ impl Link {
         let hello = pb::Hello {
             agent: self.agent.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: capabilities(self.metered.is_some()),
+            capabilities: capabilities(self.metered.is_some(), self.workload_kind),
             pending: self.relay.pending(),
         };
         let _ = tx.try_send(frame(Out::Hello(hello)));

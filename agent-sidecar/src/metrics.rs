@@ -33,6 +33,13 @@ pub struct ModelCallLabels {
 
 pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
+/// Values of `clawswarm_model_calls_total`'s labels, created at 0 on start
+/// so the alert rules' ratios have data before the first call.
+pub const MODEL_APIS: [&str; 2] = ["anthropic", "openai"];
+pub const MODEL_CALL_RESULTS: [&str; 4] = ["ok", "unreachable", "unauthorized", "budget_exhausted"];
+/// Values of `clawswarm_notices_total{result}`.
+pub const NOTICE_RESULTS: [&str; 3] = ["forwarded", "skipped", "malformed"];
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.5, 16)
 }
@@ -125,6 +132,16 @@ impl SidecarMetrics {
         }
         for result in ["ok", "error"] {
             let _ = m.cert_refreshes.get_or_create(&ResultLabel { result });
+        }
+        for api in MODEL_APIS {
+            for result in MODEL_CALL_RESULTS {
+                let _ = m
+                    .model_calls
+                    .get_or_create(&ModelCallLabels { api, result });
+            }
+        }
+        for result in NOTICE_RESULTS {
+            let _ = m.notices.get_or_create(&ResultLabel { result });
         }
         Arc::new(Self { registry, ..m })
     }

@@ -45,7 +45,7 @@ use crate::{
     startup::{await_role, listed_agents, provision_listed},
 };
 use clawswarm_certs::tls_incoming;
-use clawswarm_proto::introspection::with_introspection;
+use clawswarm_proto::{decode_status::decode_status_layer, introspection::with_introspection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let max_frame = mesh.config().max_frame_bytes;
 
     let mesh_server = tonic::transport::Server::builder()
+        .layer(decode_status_layer())
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(
@@ -189,6 +190,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         metrics.clone(),
     );
     let identity_server = tonic::transport::Server::builder()
+        .layer(decode_status_layer())
         .add_service(IdentityServer::new(identity_service).max_decoding_message_size(64 * 1024));
     let (identity_server, _identity_health) =
         with_introspection(identity_server, &["clawswarm.v1.Identity"])

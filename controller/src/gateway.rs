@@ -79,6 +79,7 @@ impl GatewayService {
             workload_ready: state.workload_ready,
             detail,
             usage: Some(r.usage.to_proto()),
+            workload: state.workload,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Plain HTTP for operators and probes: `/metrics` (Prometheus text),
+//! Plain HTTP for operators and probes: `/metrics` (Prometheus text, or
+//! OpenMetrics for scrapers that ask for it),
 //! `/healthz` (alive), `/readyz` (200 once this replica knows its role, the
 //! standby too, so rollouts proceed; 503 while starting or shutting down; the
 //! body says the role and where the Slack front door stands).
@@ -9,8 +10,13 @@ use std::sync::{
 };
 
 use axum::{
-    Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
 };
+use clawswarm_proto::exposition::Format;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +50,9 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+async fn metrics(State(s): State<HttpState>, headers: HeaderMap) -> impl IntoResponse {
+    let (content_type, body) = Format::respond(&headers, s.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

@@ -27,6 +27,18 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+/// Every `reason` of `clawswarm_link_frames_rejected_total`, so alerts on
+/// a rate see 0 rather than no data before the first rejection.
+pub const FRAME_REJECT_REASONS: [&str; 7] = [
+    "empty_frame",
+    "repeated_hello",
+    "sequence_gap",
+    "bad_notice",
+    "stream_error",
+    "notice_backlog",
+    "usage_backlog",
+];
+
 /// Turn latencies span a few milliseconds (stub) to minutes (a model with
 /// tools), so buckets grow geometrically from 1 ms.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -115,6 +127,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = certify.get_or_create(&ResultLabel { result });
         }
+        for reason in FRAME_REJECT_REASONS {
+            let _ = frames_rejected.get_or_create(&ReasonLabel { reason });
+        }
 
         let slack = crate::slack::metrics::SlackMetrics::default();
         slack.register(&mut registry);
@@ -141,14 +156,12 @@ impl Metrics {
             ("cache_read", usage.cache_read_tokens),
             ("cache_write", usage.cache_write_tokens),
         ] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        agent: agent.to_owned(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    agent: agent.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
         }
     }
 

@@ -308,11 +308,20 @@ impl Router {
     }
 }
 
+/// Detail of a suspended agent whose processes are gone.
+pub const SUSPENDED_DETAIL: &str =
+    "suspended: processes stopped, data kept; the next message wakes it";
+
 /// What an agent's detail line shows (`clawswarm agents list`, Gateway
 /// `ListAgents`): the runtime's word while it knows of a problem the
 /// sidecar cannot see (a process that crashed, a start that failed) and the
 /// workload is not ready; else the sidecar's, which knows its workload best.
 pub fn shown_detail(record: &AgentRecord, state: &LinkState) -> String {
+    // The link keeps the last detail a sidecar reported; once suspended
+    // that would describe processes that are gone.
+    if record.mode == AgentMode::Suspended && !state.connected {
+        return SUSPENDED_DETAIL.to_owned();
+    }
     let runtime_knows = !record.detail.is_empty()
         && (record.phase == AgentPhase::Failed || !state.workload_ready || !state.connected);
     if runtime_knows || state.detail.is_empty() {

@@ -4,12 +4,12 @@
 /// Add gRPC health (`grpc.health.v1`) and server reflection (v1 and
 /// v1alpha, so every grpcurl version works) to a server that exposes
 /// `services` (fully qualified names); reflection lists exactly those.
-pub async fn with_introspection(
-    router: tonic::transport::server::Router,
+pub async fn with_introspection<L>(
+    router: tonic::transport::server::Router<L>,
     services: &[&'static str],
 ) -> Result<
     (
-        tonic::transport::server::Router,
+        tonic::transport::server::Router<L>,
         tonic_health::server::HealthReporter,
     ),
     tonic_reflection::server::Error,

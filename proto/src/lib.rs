@@ -1,6 +1,10 @@
-//! The `clawswarm.v1` wire protocol: generated code and the encoded file
-//! descriptor set that feeds gRPC server reflection. No logic lives here.
+//! The `clawswarm.v1` wire protocol: generated code, the encoded file
+//! descriptor set that feeds gRPC server reflection, and what every
+//! clawswarm server shares at its edge (introspection, decode statuses, the
+//! `/metrics` format). No domain logic lives here.
 
+pub mod decode_status;
+pub mod exposition;
 pub mod introspection;
 
 /// Generated code: lints are the generator's business.

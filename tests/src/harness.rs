@@ -311,6 +311,48 @@ impl Controller {
         std::fs::read_to_string(self.agent_dir(name).join("run/sidecar.log")).unwrap_or_default()
     }
 
+    /// An address the agent's sidecar recorded in `run/ports.json`:
+    /// `"http"` (metrics, probes) or `"debug"` (its gRPC debug endpoint).
+    pub fn sidecar_addr(&self, name: &str, which: &str) -> Result<String> {
+        let path = self.agent_dir(name).join("run/ports.json");
+        let ports: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        ports[which]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {which:?}", path.display()))
+    }
+
+    /// Run the `clawswarm` CLI against this controller (its state directory
+    /// holds the address and the admin credentials), with `stdin` piped in
+    /// and closed after it, as `printf … | clawswarm …` would.
+    pub async fn cli(&self, args: &[&str], stdin: &[u8]) -> Result<std::process::Output> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut child = Command::new(&binaries()?.controller)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.state.path())
+            .env("CLAWSWARM_STATE_DIR", self.state_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the clawswarm CLI")?;
+        let mut input = child.stdin.take().context("CLI has no stdin")?;
+        let data = stdin.to_vec();
+        // Written beside the wait: a CLI that answers before reading all
+        // of stdin must not deadlock the test.
+        let writer = tokio::spawn(async move {
+            let _ = input.write_all(&data).await;
+        });
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .context("CLI still running after 120 s")??;
+        let _ = writer.await;
+        Ok(out)
+    }
+
     /// Model calls an agent's stub workload logged.
     pub fn model_requests(&self, name: &str) -> Vec<LoggedRequest> {
         read_model_log(&self.agent_dir(name).join("data/model.jsonl"))
@@ -375,8 +417,8 @@ impl Controller {
         )?)
     }
 
-    /// A Gateway client with the admin certificate.
-    pub async fn gateway(&self) -> Result<GatewayClient<Channel>> {
+    /// A channel to the mesh port with the admin certificate.
+    pub async fn admin_channel(&self) -> Result<Channel> {
         let (ca, cert, key) = self.admin_files();
         let creds = Credentials::from_pem(
             &std::fs::read_to_string(cert)?,
@@ -387,10 +429,35 @@ impl Controller {
             &std::fs::read_to_string(ca)?,
             ServerIdentity::DnsName("127.0.0.1".into()),
         )?;
-        let channel =
+        Ok(
             clawswarm_certs::mtls_channel(&self.mesh_url(), tls, &ChannelOptions::default())
-                .await?;
-        Ok(GatewayClient::new(channel))
+                .await?,
+        )
+    }
+
+    /// A channel to agent `name`'s sidecar debug endpoint with the admin
+    /// certificate; the sidecar's certificate names its SPIFFE id.
+    pub async fn debug_channel(&self, name: &str) -> Result<Channel> {
+        let (_, cert, key) = self.admin_files();
+        let creds = Credentials::from_pem(
+            &std::fs::read_to_string(cert)?,
+            &std::fs::read_to_string(key)?,
+        )?;
+        let td = clawswarm_certs::TrustDomain::new("clawswarm.local")?;
+        let id =
+            clawswarm_certs::SpiffeId::agent(td, clawswarm_certs::AgentId::new("local", name)?);
+        let tls = clawswarm_certs::client_config(
+            Some(CredentialStore::new(creds)),
+            &self.trust_bundle()?,
+            ServerIdentity::Spiffe(id),
+        )?;
+        let url = format!("https://{}", self.sidecar_addr(name, "debug")?);
+        Ok(clawswarm_certs::mtls_channel(&url, tls, &ChannelOptions::default()).await?)
+    }
+
+    /// A Gateway client with the admin certificate.
+    pub async fn gateway(&self) -> Result<GatewayClient<Channel>> {
+        Ok(GatewayClient::new(self.admin_channel().await?))
     }
 
     /// Wait until the agent is connected and its workload ready.
@@ -743,5 +810,73 @@ pub fn hello(agent: &str) -> pb::SidecarFrame {
             capabilities: vec![],
             pending: vec![],
         })),
+    }
+}
+
+/// Send `body` as the one request message of gRPC method `path` (such as
+/// `/clawswarm.v1.Gateway/ListAgents`) without encoding it, so a test can
+/// send what no generated client would: undecodable or oversized messages.
+/// Returns the first response message's bytes or the status answered.
+pub async fn raw_grpc_call(
+    channel: Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<bytes::Bytes, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("channel not ready: {e}")))?;
+    grpc.unary(
+        tonic::Request::new(bytes::Bytes::from(body)),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Message bytes in and out as they are.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }

@@ -7,6 +7,7 @@ pub mod install;
 pub mod kubelet;
 pub mod openclaw;
 pub mod prometheus;
+pub mod readme;
 pub mod stub_model;
 
 /// Route `tracing` output to the test's captured output (filter with

@@ -12,7 +12,7 @@ use clawswarm_proto::v1::{
     sidecar_frame::Frame as Out,
 };
 use clawswarm_tests::harness::{
-    Controller, ControllerOptions, agent_credentials, collect, hello, raw_agent_link,
+    Controller, ControllerOptions, agent_credentials, collect, hello, raw_agent_link, raw_grpc_call,
 };
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
 
@@ -115,9 +115,12 @@ async fn oversized_and_empty_frames_end_only_the_offenders_stream() {
     })
     .await
     .unwrap();
+    let status = ended.expect_err("mallory's stream ends with a status");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
-        !matches!(ended, Ok(Some(_))),
-        "mallory's stream should have ended: {ended:?}"
+        status.message().contains("the limit is 1048576 bytes"),
+        "{}",
+        status.message()
     );
 
     // Alice's stream is untouched: a turn still goes through it.
@@ -429,4 +432,69 @@ async fn certify_refuses_garbage_tokens_and_other_agents_certificates() {
     let malformed = certify(&c, None, req("alice", "x")).await.unwrap_err();
     assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
     assert!(c.logs().contains("certify refused"));
+}
+
+/// A message that is not protobuf at all: field 1 with wire type 7, which
+/// does not exist.
+const UNDECODABLE: &[u8] = &[0x0f, 0x01];
+
+#[tokio::test]
+async fn undecodable_and_oversized_messages_get_invalid_argument_and_resource_exhausted() {
+    init();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
+
+    let garbage = raw_grpc_call(
+        c.admin_channel().await.unwrap(),
+        "/clawswarm.v1.Gateway/ListAgents",
+        UNDECODABLE.to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+
+    // Chat streams its answer; the request is decoded before the stream starts.
+    let garbage_chat = raw_grpc_call(
+        c.admin_channel().await.unwrap(),
+        "/clawswarm.v1.Gateway/Chat",
+        UNDECODABLE.to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        garbage_chat.code(),
+        tonic::Code::InvalidArgument,
+        "{garbage_chat:?}"
+    );
+
+    // docs/protocol.md: 1 MiB per message on the mesh port.
+    let huge = raw_grpc_call(
+        c.admin_channel().await.unwrap(),
+        "/clawswarm.v1.Gateway/Chat",
+        vec![0; 2 * 1024 * 1024],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(huge.code(), tonic::Code::ResourceExhausted, "{huge:?}");
+    assert!(
+        huge.message().contains("the limit is 1048576 bytes"),
+        "{}",
+        huge.message()
+    );
+
+    // The sidecar's debug endpoint answers the same way.
+    let debug = raw_grpc_call(
+        c.debug_channel("alice").await.unwrap(),
+        "/clawswarm.v1.SidecarDebug/Chat",
+        UNDECODABLE.to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(debug.code(), tonic::Code::InvalidArgument, "{debug:?}");
+
+    // And the servers are fine afterwards.
+    let mut gw = c.gateway().await.unwrap();
+    let reply = clawswarm_tests::harness::chat(&mut gw, "alice", "dm", "still there?")
+        .await
+        .unwrap();
+    assert_eq!(reply.outcome(), Some(pb::Outcome::Ok), "{reply:?}");
 }

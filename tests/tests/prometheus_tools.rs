@@ -6,6 +6,10 @@
 //! and the real Prometheus, configured with that PodMonitor's relabelling,
 //! scrapes the sidecar's metrics server and answers tokens per owner.
 //!
+//! A freshly started controller and sidecar (the real binaries) pass the
+//! README's `curl … | promtool check metrics` line and export every family
+//! docs/metrics.md lists from the start.
+//!
 //! Needs promtool and prometheus: `scripts/deps.sh promtool` prints
 //! CLAWSWARM_PROMTOOL and CLAWSWARM_PROMETHEUS.
 
@@ -14,18 +18,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
+use clawswarm_proto::exposition::Format;
 use clawswarm_sidecar::{
     metrics::{ModelCallLabels, ResultLabel, SidecarMetrics},
     workload::Usage,
 };
-use clawswarm_tests::prometheus::{
-    Prometheus, named_port, pod_discovery_labels, prom_label_name, shipped_pod_monitor,
+use clawswarm_tests::{
+    harness::Controller,
+    prometheus::{
+        Prometheus, named_port, pod_discovery_labels, prom_label_name, shipped_pod_monitor,
+    },
+    readme,
 };
 
 fn promtool() -> PathBuf {
@@ -88,36 +97,6 @@ fn sample_metrics() -> String {
     m.encode()
 }
 
-/// prometheus-client writes OpenMetrics (which Prometheus scrapes when the
-/// sidecar answers with the OpenMetrics content type); promtool 2.42 lints
-/// only the classic text format. The two differ in exactly two ways that
-/// matter here: OpenMetrics names a counter family without `_total` in
-/// HELP/TYPE and ends with `# EOF`. Everything else is linted as written.
-fn openmetrics_to_classic_text(text: &str) -> String {
-    let counters: BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .map(str::to_owned)
-        .collect();
-    let mut out = String::new();
-    for line in text.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        let fixed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(fixed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
 #[test]
 fn promtool_accepts_the_alert_rules() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +118,8 @@ fn promtool_accepts_the_alert_rules() {
 
 #[test]
 fn promtool_accepts_the_sidecar_metrics() {
-    let text = openmetrics_to_classic_text(&sample_metrics());
+    // What `/metrics` answers a client that does not ask for OpenMetrics.
+    let text = Format::Text.render(sample_metrics());
     let mut child = Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -163,6 +143,93 @@ fn promtool_accepts_the_sidecar_metrics() {
         out.status.success() && lint.trim().is_empty(),
         "promtool check metrics:\n{lint}\n--- input ---\n{text}"
     );
+}
+
+/// The families docs/metrics.md lists under `## {section}`, each with
+/// whether the row says it exists only on Kubernetes.
+fn documented_families(section: &str) -> BTreeMap<String, bool> {
+    let text = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let heading = format!("## {section}\n");
+    let body = &text[text.find(&heading).unwrap() + heading.len()..];
+    let body = body.split("\n## ").next().unwrap();
+    body.lines()
+        .filter_map(|l| {
+            let name = l.strip_prefix("| `")?.split('`').next()?;
+            Some((name.to_owned(), l.contains("Kubernetes runtime only")))
+        })
+        .collect()
+}
+
+/// `curl -s ADDR/metrics` as the README runs it, in `Accept` terms: curl
+/// sends `*/*`.
+async fn scrape(addr: &str, accept: &str) -> (String, String) {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    (content_type, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_controller_and_sidecar_pass_the_readmes_promtool_line_with_every_documented_family()
+{
+    clawswarm_certs::install_default_crypto_provider();
+    // `promtool` on PATH, as the README's line expects it.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(promtool(), bin.path().join("promtool")).unwrap();
+    let line = readme::line_containing("| promtool check metrics").unwrap();
+
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
+    let controller = c.http_url().trim_start_matches("http://").to_owned();
+    let sidecar = c.sidecar_addr("alice", "http").unwrap();
+    for (what, addr, section) in [
+        ("controller", &controller, "Controller"),
+        ("sidecar", &sidecar, "Sidecar"),
+    ] {
+        let cmd = readme::substitute(&line, &[("127.0.0.1:7480", addr)]).unwrap();
+        let out = readme::run(&cmd, &[bin.path()]).unwrap();
+        let lint = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (content_type, text) = scrape(addr, "*/*").await;
+        assert!(
+            out.status.success() && lint.trim().is_empty(),
+            "{what}: `{cmd}` failed:\n{lint}\n--- /metrics ---\n{text}"
+        );
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+
+        let families = documented_families(section);
+        assert!(families.len() > 5, "{section}: {families:?}");
+        for (name, kubernetes_only) in families {
+            if kubernetes_only {
+                continue;
+            }
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+                "{what}: docs/metrics.md lists {name}, a fresh /metrics lacks it:\n{text}"
+            );
+        }
+
+        // A scraper that asks for OpenMetrics gets it.
+        let (content_type, om) = scrape(
+            addr,
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .await;
+        assert!(
+            content_type.starts_with("application/openmetrics-text") && om.ends_with("# EOF\n"),
+            "{what}: {content_type}\n{om}"
+        );
+    }
 }
 
 /// Every `clawswarm_*` series named in `text`, with histogram suffixes

@@ -4,9 +4,12 @@
 use std::{sync::Arc, time::Instant};
 
 use clawswarm_certs::{AgentId, SpiffeId};
-use clawswarm_proto::v1::{
-    self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink,
-    controller_frame::Frame as Out, sidecar_frame::Frame as In,
+use clawswarm_proto::{
+    decode_status,
+    v1::{
+        self as pb, ControllerFrame, SidecarFrame, agent_link_server::AgentLink,
+        controller_frame::Frame as Out, sidecar_frame::Frame as In,
+    },
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,7 +138,13 @@ impl AgentLink for AgentLinkService {
             cancel: cancel.clone(),
         };
         let entry = self.mesh.entry(&agent);
-        let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending);
+        let workload = hello
+            .capabilities
+            .iter()
+            .find_map(|c| c.strip_prefix("workload="))
+            .unwrap_or_default()
+            .to_owned();
+        let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending, workload);
         info!(agent = %agent, conn_id, version = %hello.version, resumed = resumes.len(), "agent connected");
 
         let mesh = self.mesh.clone();
@@ -150,9 +159,12 @@ impl AgentLink for AgentLinkService {
                         break;
                     }
                 }
+                // Only a weak handle stays: the stream ends when the link
+                // handle goes, as before; the reader may still say why.
+                let errors = tx.downgrade();
                 drop(tx);
                 offer_orphans(&mesh, &entry, orphans);
-                read_frames(&mesh, &entry, inbound, cancel).await;
+                read_frames(&mesh, &entry, inbound, errors, cancel).await;
                 detach(&mesh, &entry, conn_id);
             }
             .instrument(span),
@@ -169,6 +181,7 @@ fn attach(
     entry: &Arc<AgentEntry>,
     handle: LinkHandle,
     pending: Vec<pb::PendingTurn>,
+    workload: String,
 ) -> (Vec<(String, u64)>, Vec<pb::PendingTurn>) {
     let conn_id = handle.conn_id;
     let old = lock(&entry.link).replace(handle);
@@ -184,9 +197,15 @@ fn attach(
             mesh.inner.metrics.link_streams.inc();
         }
     }
+    // An agent's token series read 0 from its first connection, not from
+    // its first finished turn.
+    mesh.inner
+        .metrics
+        .add_tokens(&entry.label, &pb::Usage::default());
     entry.state.send_modify(|s| {
         s.connected = true;
         s.conn_id = conn_id;
+        s.workload = workload;
     });
     let turns = lock(&entry.turns);
     let resumes: Vec<_> = turns
@@ -244,6 +263,7 @@ async fn read_frames(
     mesh: &Mesh,
     entry: &Arc<AgentEntry>,
     mut inbound: Streaming<SidecarFrame>,
+    errors: mpsc::WeakSender<Result<ControllerFrame, Status>>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -260,8 +280,13 @@ async fn read_frames(
             Ok(None) => return,
             Err(status) => {
                 // Undecodable or oversized frames end this agent's stream
-                // only; the sidecar reconnects and resumes.
+                // only; the sidecar reconnects and resumes. It is told why,
+                // with the status a unary call would get.
+                let status = decode_status::rewrite(&status).unwrap_or(status);
                 reject(mesh, entry, "stream_error", status.message());
+                if let Some(tx) = errors.upgrade() {
+                    let _ = tx.try_send(Err(status));
+                }
                 return;
             }
         };

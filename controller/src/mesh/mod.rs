@@ -79,6 +79,9 @@ pub struct LinkState {
     pub detail: String,
     /// Increments with every new stream; 0 = never connected.
     pub conn_id: u64,
+    /// The workload adapter the sidecar last reported (`workload=` in
+    /// Hello's capabilities); empty if it never said.
+    pub workload: String,
 }
 
 /// Tokens a sidecar reported.
