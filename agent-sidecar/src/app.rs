@@ -171,6 +171,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     tasks.spawn(
         readiness::poll(
             workload.clone(),
+            (args.min_free_bytes > 0).then(|| crate::volume::VolumeCheck {
+                dir: args.data_dir.clone(),
+                min_free_bytes: args.min_free_bytes,
+            }),
             ready_tx,
             metrics.clone(),
             shutdown.clone(),

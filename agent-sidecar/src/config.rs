@@ -64,6 +64,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLAWSWARM_DATA_DIR", default_value = ".")]
     pub data_dir: PathBuf,
 
+    /// Below this many free bytes on the data volume, turns are refused
+    /// with "the agent's data volume is full" (0: never).
+    #[arg(long, env = "CLAWSWARM_MIN_FREE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub min_free_bytes: u64,
+
     #[command(flatten)]
     pub workload: WorkloadArgs,
 

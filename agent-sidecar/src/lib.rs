@@ -15,4 +15,5 @@ pub mod readiness;
 pub mod relay;
 pub mod sandbox_bridge;
 pub mod token_file;
+pub mod volume;
 pub mod workload;

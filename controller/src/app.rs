@@ -520,6 +520,7 @@ fn local_config(
         "CLAWSWARM_WORKLOAD_HISTORY_MAX_ITEMS",
         "CLAWSWARM_WORKLOAD_HISTORY_MAX_BYTES",
         "CLAWSWARM_WORKLOAD_HISTORY_MAX_CONVERSATIONS",
+        "CLAWSWARM_MIN_FREE_BYTES",
     ] {
         if let Some(v) = std::env::var_os(key) {
             env.push((key.to_owned(), v.to_string_lossy().into_owned()));

@@ -110,6 +110,10 @@ pub struct ControllerOptions {
     pub cert_lifetime: Option<String>,
     /// Extra environment for the controller (and, through it, sidecars).
     pub env: Vec<(String, String)>,
+    /// Agents whose directory is a volume of its own of this many bytes
+    /// (a tmpfs mounted before the controller starts: needs root), so a
+    /// test can fill one agent's volume and no other's.
+    pub small_volumes: Vec<(String, u64)>,
 }
 
 impl ControllerOptions {
@@ -132,6 +136,8 @@ pub struct Controller {
     ports: Option<[u16; 3]>,
     log: PathBuf,
     starts: u32,
+    /// tmpfs mounts made for `small_volumes`, unmounted on drop.
+    mounts: Vec<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
@@ -155,7 +161,30 @@ impl Controller {
             ports: None,
             log,
             starts: 0,
+            mounts: Vec::new(),
         };
+        for (name, bytes) in c.opts.small_volumes.clone() {
+            let dir = c.agent_dir(&name);
+            std::fs::create_dir_all(&dir)?;
+            let out = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={bytes},mode=0755"),
+                    "tmpfs",
+                ])
+                .arg(&dir)
+                .output()
+                .context("running mount")?;
+            if !out.status.success() {
+                bail!(
+                    "mounting a {bytes}-byte tmpfs as agent {name}'s volume (needs root): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            c.mounts.push(dir);
+        }
         c.spawn().await?;
         Ok(c)
     }
@@ -593,6 +622,13 @@ impl Drop for Controller {
                     }
                 }
             }
+        }
+        // Lazily: a process that was just killed may still hold a file.
+        for dir in &self.mounts {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir)
+                .status();
         }
     }
 }

@@ -83,6 +83,52 @@ async fn a_workload_that_crashes_on_start_is_named_in_the_chat_and_in_agents_lis
     );
 }
 
+/// A data volume that fills up: the agent says so in `agents list` and
+/// answers a message at once with the reason (its workload would fail in
+/// its own words, or not at all); its neighbour answers; once space is
+/// freed it answers again. bob's directory is a 64 MiB tmpfs of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_volume_is_named_in_the_chat_and_in_agents_list_and_others_answer() {
+    init();
+    let mut opts = ControllerOptions::with_agents(&["alice", "bob"]);
+    opts.small_volumes = vec![("bob".into(), 64 << 20)];
+    let c = Controller::start(opts).await.unwrap();
+    c.wait_ready("bob", START).await.unwrap();
+    c.wait_ready("alice", START).await.unwrap();
+
+    // Fill bob's volume to under the 16 MiB floor.
+    let filler = c.agent_dir("bob").join("data/filler");
+    std::fs::write(&filler, vec![0u8; 52 << 20]).unwrap();
+    let bob = c
+        .wait_listed_detail("bob", "the agent's data volume is full", START)
+        .await
+        .unwrap();
+    assert!(!bob.workload_ready, "{bob:?}");
+
+    let mut gw = c.gateway().await.unwrap();
+    let asked = tokio::time::Instant::now();
+    let reply = chat(&mut gw, "bob", "dm", "hello?").await.unwrap();
+    let end = reply.end.clone().unwrap();
+    assert_eq!(end.outcome(), pb::Outcome::Error, "{reply:?}");
+    assert!(end.error.contains("data volume is full"), "{:?}", end.error);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "told at once, took {:?}",
+        asked.elapsed()
+    );
+    let reply = chat(&mut gw, "alice", "dm", "[chunks=1] hi").await.unwrap();
+    assert_eq!(reply.outcome(), Some(pb::Outcome::Ok), "{reply:?}");
+
+    // Space freed: bob answers again.
+    std::fs::remove_file(&filler).unwrap();
+    c.wait_ready("bob", START).await.unwrap();
+    let reply = chat(&mut gw, "bob", "dm", "[chunks=2] better?")
+        .await
+        .unwrap();
+    assert_eq!(reply.outcome(), Some(pb::Outcome::Ok), "{reply:?}");
+    assert_eq!(reply.text().trim(), "w0 w1");
+}
+
 /// A sandbox that cannot be created for one agent (here bubblewrap
 /// refuses that agent's binds, as it does for a path it cannot mount):
 /// that agent's detail quotes bubblewrap instead of a generic "not ready",

@@ -436,9 +436,17 @@ async fn run_turn(
         },
     };
 
+    let refused = |inner: &Inner| {
+        let r = inner.readiness.borrow();
+        r.refusing.then(|| r.detail.clone())
+    };
+    if let Some(why) = refused(&inner) {
+        return finish(&inner, &state, Outcome::Error, why, None, started);
+    }
     if inner.workload.is_configured() && !inner.readiness.borrow().ready {
         let mut rx = inner.readiness.clone();
-        let wait = tokio::time::timeout(inner.cfg.ready_wait, rx.wait_for(|r| r.ready));
+        let wait =
+            tokio::time::timeout(inner.cfg.ready_wait, rx.wait_for(|r| r.ready || r.refusing));
         tokio::select! {
             _ = state.cancel.cancelled() => return finish(&inner, &state, Outcome::Cancelled, "cancelled while the workload was starting".into(), None, started),
             r = wait => if r.is_err() || matches!(r, Ok(Err(_))) {
@@ -446,6 +454,9 @@ async fn run_turn(
                 let msg = format!("the agent's workload did not become ready within {:?}: {detail}", inner.cfg.ready_wait);
                 return finish(&inner, &state, Outcome::Timeout, msg, None, started);
             }
+        }
+        if let Some(why) = refused(&inner) {
+            return finish(&inner, &state, Outcome::Error, why, None, started);
         }
     }
 

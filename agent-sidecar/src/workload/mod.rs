@@ -78,6 +78,9 @@ pub type ReplyStream = BoxStream<'static, Result<WorkloadEvent, WorkloadError>>;
 pub struct Readiness {
     pub ready: bool,
     pub detail: String,
+    /// Turns are answered at once with `detail` instead of waiting for
+    /// readiness: waiting cannot help (the data volume is full).
+    pub refusing: bool,
 }
 
 impl Readiness {
@@ -85,12 +88,22 @@ impl Readiness {
         Self {
             ready: true,
             detail: detail.into(),
+            refusing: false,
         }
     }
     pub fn not_ready(detail: impl Into<String>) -> Self {
         Self {
             ready: false,
             detail: detail.into(),
+            refusing: false,
+        }
+    }
+    /// Not ready, and turns are refused with `detail` until it changes.
+    pub fn refusing(detail: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            detail: detail.into(),
+            refusing: true,
         }
     }
 }
