@@ -183,6 +183,16 @@ impl Proc {
         }
     }
 
+    /// Whether the pid file still names this process.
+    fn recorded_here(&self) -> bool {
+        let Ok(text) = fs::read_to_string(&self.pid_file) else {
+            return false;
+        };
+        let mut it = text.split_whitespace();
+        it.next().and_then(|p| p.parse::<i32>().ok()) == Some(self.pid)
+            && it.next().and_then(|t| t.parse::<u64>().ok()) == Some(self.start_time)
+    }
+
     /// SIGTERM the process group, then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         let pgid = Pid::from_raw(self.pid);
@@ -204,7 +214,12 @@ impl Proc {
         if let Some(child) = &mut self.child {
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
         }
-        let _ = fs::remove_file(&self.pid_file);
+        // Only our own record: an agent suspended and woken at once has a
+        // new process recorded here by now, and removing its record would
+        // orphan it (no later stop, adoption or cleanup could find it).
+        if self.recorded_here() {
+            let _ = fs::remove_file(&self.pid_file);
+        }
     }
 
     /// After the process itself died: SIGKILL what is left in its group (a
@@ -334,6 +349,23 @@ mod tests {
         assert!(Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log")).is_none());
         fs::write(dir.path().join("pid"), "garbage").unwrap();
         assert!(Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log")).is_none());
+    }
+
+    /// Suspend and wake at once: the old process's stop must not remove
+    /// the record of the new one (which then outlived every cleanup).
+    #[tokio::test]
+    async fn stopping_an_old_process_keeps_its_successors_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = PathBuf::from("/bin/sleep");
+        let old = Proc::spawn(launch(dir.path(), &sleep, &["30"])).unwrap();
+        let new = Proc::spawn(launch(dir.path(), &sleep, &["30"])).unwrap();
+        old.stop(Duration::from_secs(2)).await;
+        let mut adopted = Proc::adopt("test", &dir.path().join("pid"), &dir.path().join("log"))
+            .expect("the successor is still recorded");
+        assert_eq!(adopted.pid, new.pid);
+        assert!(adopted.alive());
+        new.stop(Duration::from_secs(2)).await;
+        assert!(!dir.path().join("pid").exists(), "its own record goes");
     }
 
     #[tokio::test]
