@@ -632,6 +632,8 @@ impl Runtime for LocalRuntime {
     }
 
     async fn resume(&self, id: &AgentId) -> Result<AgentRecord, RuntimeError> {
+        // Waits for an idle stop in progress (see `run`).
+        let _persist = self.persist.lock().await;
         let mut agents = lock(&self.agents);
         let a = agents
             .get_mut(id)
@@ -741,8 +743,11 @@ impl Runtime for LocalRuntime {
                 _ = tick.tick() => {
                     let guard = self.persist.clone().lock_owned().await;
                     let (idle, to_save) = self.supervise();
-                    self.save_batch(to_save, guard).await;
+                    // Stopped before the lock is let go: a wake of the same
+                    // agent (resume takes this lock) must not start its new
+                    // processes while the old ones are still stopping.
                     self.stop_all(idle).await;
+                    self.save_batch(to_save, guard).await;
                 }
             }
         }
