@@ -29,8 +29,9 @@ use crate::{
     gateway::GatewayService,
     http::{HttpState, serve as serve_http},
     identity::IdentityService,
-    mesh::{AgentLinkService, InboundNotice, Mesh, MeshConfig},
+    mesh::{AgentLinkService, Mesh, MeshConfig},
     metrics::Metrics,
+    notice_inbox::NoticeInbox,
     router::{Router, RouterConfig},
     runtime::{
         Runtime, RuntimeError, kubernetes,
@@ -158,6 +159,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         stop_serving.clone(),
     );
     let router = Router::new(runtime.clone(), mesh.clone(), RouterConfig::default());
+    // Slack delivers notices when configured (on the leader); otherwise the
+    // Gateway's followers do (`clawswarm notices NAME`).
+    let (slack_notices, notice_inbox) = if args.slack.enabled() {
+        (Some(outputs.notices), None)
+    } else {
+        let (inbox, courier) =
+            NoticeInbox::new(router.clone(), outputs.notices, stop_serving.clone());
+        tasks.spawn(courier.instrument(info_span!("notices")));
+        (None, Some(inbox))
+    };
     let max_frame = mesh.config().max_frame_bytes;
 
     let mesh_server = tonic::transport::Server::builder()
@@ -170,8 +181,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
                 .max_encoding_message_size(max_frame),
         )
         .add_service(
-            GatewayServer::new(GatewayService::new(router.clone(), td.clone(), ns.clone()))
-                .max_decoding_message_size(max_frame),
+            GatewayServer::new(GatewayService::new(
+                router.clone(),
+                td.clone(),
+                ns.clone(),
+                notice_inbox,
+            ))
+            .max_decoding_message_size(max_frame),
         );
     let (mesh_server, _mesh_health) = with_introspection(
         mesh_server,
@@ -299,25 +315,23 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         usage::record(outputs.usage, runtime.clone(), stop_serving.clone())
             .instrument(info_span!("usage")),
     );
-    // Slack delivers notices when configured (on the leader); otherwise they
-    // stay with the sidecars.
-    let slack_task = if args.slack.enabled() {
-        Some(spawn_slack(
+    let slack_task = match slack_notices {
+        Some(notices) => Some(spawn_slack(
             &args.slack,
             router.clone(),
-            outputs.notices,
+            notices,
             outputs.pending,
             slack_events_listener,
             front_door.clone(),
             &tasks,
             shutdown.clone(),
-        ))
-    } else {
-        tasks.spawn(undelivered_notices(outputs.notices).instrument(info_span!("notices")));
-        // Orphaned turns stay with their sidecars (Gateway clients resume
-        // their own by turn id); a closed queue tells the mesh so at once.
-        drop(outputs.pending);
-        None
+        )),
+        None => {
+            // Orphaned turns stay with their sidecars (Gateway clients resume
+            // their own by turn id); a closed queue tells the mesh so at once.
+            drop(outputs.pending);
+            None
+        }
     };
 
     // Start-up order: caches synced and leadership known, then pre-provision.
@@ -683,14 +697,5 @@ async fn renew_own_certificates(
         if let Err(e) = write_admin_credentials(&state_dir, &authority, &admin_policy) {
             error!(error = %e, "admin credentials renewal failed");
         }
-    }
-}
-
-/// With no front door that can deliver notices (Slack not configured), say
-/// so once per notice and leave them unacknowledged: the sidecar keeps them
-/// and resends after a reconnect.
-async fn undelivered_notices(mut rx: tokio::sync::mpsc::Receiver<InboundNotice>) {
-    while let Some(n) = rx.recv().await {
-        warn!(agent = %n.agent, notice_id = %n.notice_id, "notice not delivered: no delivery channel (Slack) configured");
     }
 }

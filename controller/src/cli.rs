@@ -57,6 +57,14 @@ pub struct ChatArgs {
     pub from_seq: u64,
 }
 
+#[derive(Clone, Debug, Args)]
+pub struct NoticesArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Agent whose notices to follow.
+    pub agent: String,
+}
+
 #[derive(Clone, Debug, Subcommand)]
 pub enum AgentsCommand {
     /// List agents.
@@ -230,6 +238,27 @@ pub async fn chat(args: ChatArgs) -> Result<(), CliError> {
     };
     let mut client = gateway(&args.client).await?;
     session::stream_turn(&mut client, &args.agent, kind).await
+}
+
+/// Each of the agent's notices on stdout as it arrives (those that came
+/// while nobody followed first), separated by blank lines, until the
+/// controller ends the stream or the command is interrupted.
+pub async fn notices(args: NoticesArgs) -> Result<(), CliError> {
+    let mut client = gateway(&args.client).await?;
+    let mut stream = client
+        .watch_notices(pb::WatchNoticesRequest {
+            agent: args.agent.clone(),
+        })
+        .await?
+        .into_inner();
+    eprintln!("following {}'s notices (Ctrl-C to stop)", args.agent);
+    while let Some(n) = stream.message().await? {
+        let text = n.text.trim_end();
+        println!("{text}\n");
+    }
+    Err(CliError::Setup(
+        "the controller ended the notice stream (it is stopping)".into(),
+    ))
 }
 
 pub async fn agents(client_args: ClientArgs, cmd: AgentsCommand) -> Result<(), CliError> {

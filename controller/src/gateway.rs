@@ -15,6 +15,7 @@ use tracing::info;
 
 use crate::{
     mesh::{TurnEvent, TurnSpec, TurnStream},
+    notice_inbox::NoticeInbox,
     router::Router,
     runtime::{AgentMode, AgentRecord, AgentSpec},
 };
@@ -29,14 +30,22 @@ pub struct GatewayService {
     router: Router,
     trust_domain: TrustDomain,
     namespace: String,
+    /// `None` when Slack delivers notices.
+    notices: Option<NoticeInbox>,
 }
 
 impl GatewayService {
-    pub fn new(router: Router, trust_domain: TrustDomain, namespace: String) -> Self {
+    pub fn new(
+        router: Router,
+        trust_domain: TrustDomain,
+        namespace: String,
+        notices: Option<NoticeInbox>,
+    ) -> Self {
         Self {
             router,
             trust_domain,
             namespace,
+            notices,
         }
     }
 
@@ -85,6 +94,7 @@ impl GatewayService {
 }
 
 type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Status>> + Send>>;
+type NoticeStream = Pin<Box<dyn Stream<Item = Result<pb::AgentNotice, Status>> + Send>>;
 
 fn chat_events(turn: TurnStream) -> ChatStream {
     Box::pin(futures::stream::unfold(Some(turn), |turn| async move {
@@ -116,6 +126,7 @@ fn chat_events(turn: TurnStream) -> ChatStream {
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     type ChatStream = ChatStream;
+    type WatchNoticesStream = NoticeStream;
 
     async fn chat(
         &self,
@@ -267,5 +278,37 @@ impl Gateway for GatewayService {
             .map(|a| (a.id.name().to_owned(), a.usage.to_proto()))
             .collect();
         Ok(Response::new(pb::UsageReport { by_agent }))
+    }
+
+    async fn watch_notices(
+        &self,
+        request: Request<pb::WatchNoticesRequest>,
+    ) -> Result<Response<Self::WatchNoticesStream>, Status> {
+        let admin = self.authorize(&request)?;
+        let id = self.agent_id(&request.get_ref().agent)?;
+        let inbox = self.notices.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller's Slack app delivers notices, to the agent owner's DM",
+            )
+        })?;
+        if self.router.runtime().get(&id).await?.is_none() {
+            return Err(Status::not_found(format!("no agent named {id}")));
+        }
+        let rx = inbox
+            .follow(id.clone())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        info!(agent = %id, admin = %admin, "following notices");
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let n = rx.recv().await?;
+            let notice = pb::AgentNotice {
+                agent: n.agent.name().to_owned(),
+                notice_id: n.notice_id,
+                conversation: n.conversation,
+                text: n.text,
+            };
+            Some((Ok(notice), rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use clawswarm_controller::{
     app,
-    cli::{self, AgentsCommand, ChatArgs, ClientArgs},
+    cli::{self, AgentsCommand, ChatArgs, ClientArgs, NoticesArgs},
     config::RunArgs,
 };
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Chat with an agent through the Gateway, printing the reply as it streams.
     Chat(ChatArgs),
+    /// Follow an agent's notices (its cron jobs' output, alerts it set up)
+    /// when no Slack app delivers them; runs until interrupted.
+    Notices(NoticesArgs),
     /// Administer agents through the Gateway.
     Agents {
         #[command(flatten)]
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
                 }
             }
             Command::Chat(args) => report(cli::chat(args).await),
+            Command::Notices(args) => report(cli::notices(args).await),
             Command::Agents { client, command } => report(cli::agents(client, command).await),
         }
     })
