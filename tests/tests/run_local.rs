@@ -1,7 +1,10 @@
 //! The README's run command, as shipped: `scripts/run-local.sh` on a machine
 //! whose only model is an OpenAI-compatible local server (the stub, named by
 //! `CLAWSWARM_LOCAL_MODEL_URL`, as Ollama would be found), then
-//! `scripts/clawswarm chat demo "..."` from another terminal, then Ctrl-C.
+//! `scripts/clawswarm chat demo "..."` from another terminal, a cron job's
+//! output followed with `scripts/clawswarm notices demo`, then Ctrl-C; and
+//! the script's two other workloads, `--workload responses` (a remote-style
+//! `/v1/responses` endpoint) and `--workload command`.
 //!
 //! Everything is the shipped artifact: the script installs (from the cache)
 //! bubblewrap, Node 24 and OpenClaw, detects the model, and starts the
@@ -19,8 +22,10 @@ use std::{
     time::Duration,
 };
 
+use tokio::io::AsyncBufReadExt;
+
 use clawswarm_tests::{
-    harness::{binaries, wait_for},
+    harness::{binaries, read_model_log, stub_workload_command, wait_for},
     stub_model::{Api, StubConfig, StubModel},
 };
 use nix::{
@@ -70,6 +75,45 @@ impl Drop for Cleanup {
     }
 }
 
+/// The gateway's address and bearer token, as the agent's sidecar has them
+/// (the sidecar bridges that loopback port into the sandbox).
+fn openclaw_gateway(agent_dir: &Path) -> (String, String) {
+    let pid = std::fs::read_to_string(agent_dir.join("run/sidecar.pid")).unwrap();
+    let pid = pid.split_whitespace().next().unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let var = |name: &str| {
+        env.split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(format!("{name}=").as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("no {name} in the sidecar's environment"))
+    };
+    (
+        var("CLAWSWARM_OPENCLAW_URL"),
+        var("CLAWSWARM_OPENCLAW_TOKEN"),
+    )
+}
+
+/// One call of OpenClaw's admin RPC, as the agent makes it from chat.
+async fn openclaw_rpc(
+    (url, token): &(String, String),
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/admin/rpc"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "method": method, "params": params }))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["ok"], true, "{method}: {body}");
+    body
+}
+
 /// The pids recorded for every agent's sidecar and workload.
 fn agent_pids(agents: &Path) -> Vec<i32> {
     let Ok(dirs) = std::fs::read_dir(agents) else {
@@ -88,68 +132,142 @@ fn agent_pids(agents: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// `scripts/run-local.sh ARGS` running on a fresh HOME, logging to a file,
+/// ended (with its agents) when dropped.
+struct RunLocal {
+    /// First: the agents' pid files are under `home`.
+    _cleanup: Cleanup,
+    child: tokio::process::Child,
+    group: Pid,
+    home: tempfile::TempDir,
+    target: PathBuf,
+    log_path: PathBuf,
+    /// Last: let go only once everything above has ended.
+    _ports: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// The script runs the controller on its default ports, as a user's does:
+/// one at a time.
+static DEFAULT_PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl RunLocal {
+    async fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let _ports = DEFAULT_PORTS.lock().await;
+        clawswarm_certs::install_default_crypto_provider();
+        let bins = binaries().unwrap();
+        let target = bins
+            .controller
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        let home = tempfile::tempdir().unwrap();
+        let log_path = home.path().join("run-local.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut run = tokio::process::Command::new("bash");
+        run.arg("scripts/run-local.sh").args(args);
+        user_env(&mut run, home.path(), &target);
+        run.envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = run.spawn().unwrap();
+        let group = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        let _cleanup = Cleanup {
+            group,
+            agents: home.path().join(".local/share/clawswarm/agents"),
+        };
+        Self {
+            child,
+            group,
+            home,
+            target,
+            log_path,
+            _cleanup,
+            _ports,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn agents(&self) -> PathBuf {
+        self.home.path().join(".local/share/clawswarm/agents")
+    }
+
+    /// `scripts/clawswarm ARGS`, from another terminal of the same user.
+    fn cli(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("bash");
+        cmd.arg("scripts/clawswarm").args(args);
+        user_env(&mut cmd, self.home.path(), &self.target);
+        cmd
+    }
+
+    /// `scripts/clawswarm chat demo TEXT` once the controller serves; its stdout.
+    async fn chat(&self, text: &str) -> String {
+        let answered = async {
+            // The controller records its endpoints (the CLI reads them) once it serves.
+            let endpoints = self
+                .home
+                .path()
+                .join(".local/share/clawswarm/controller.json");
+            wait_for("the controller to serve", Duration::from_secs(240), || {
+                endpoints.exists()
+            })
+            .await?;
+            let out = tokio::time::timeout(
+                Duration::from_secs(300),
+                self.cli(&["chat", "demo", text]).output(),
+            )
+            .await??;
+            anyhow::Ok(out)
+        }
+        .await;
+        let out = answered.unwrap_or_else(|e| panic!("{e}\nrun-local.sh:\n{}", self.log()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "chat: {}\nstdout: {stdout}\nstderr: {}\nrun-local.sh:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        stdout
+    }
+
+    /// Ctrl-C: the script (the controller) ends, and every agent process
+    /// recorded before it with it.
+    async fn ctrl_c(mut self) {
+        let pids = agent_pids(&self.agents());
+        killpg(self.group, Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("run-local.sh did not stop on Ctrl-C:\n{}", self.log()))
+            .unwrap();
+        for pid in pids {
+            let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
+            assert!(!alive, "agent process {pid} outlived Ctrl-C ({status})");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_c() {
-    let bins = binaries().unwrap();
-    let target = bins
-        .controller
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_owned();
     let stub = StubModel::start(StubConfig::default()).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let log_path = home.path().join("run-local.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-
-    let mut run = tokio::process::Command::new("bash");
-    run.arg("scripts/run-local.sh");
-    user_env(&mut run, home.path(), &target);
-    run.env("CLAWSWARM_LOCAL_MODEL_URL", stub.base_url())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = run.spawn().unwrap();
-    let group = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    let agents = home.path().join(".local/share/clawswarm/agents");
-    let _cleanup = Cleanup {
-        group,
-        agents: agents.clone(),
-    };
-    let script_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let run = RunLocal::start(&[], &[("CLAWSWARM_LOCAL_MODEL_URL", stub.base_url())]).await;
 
     // As the README says: another terminal, the CLI wrapper, the default ports.
-    let mut chat = tokio::process::Command::new("bash");
-    chat.args(["scripts/clawswarm", "chat", "demo", "[chunks=3] hello"]);
-    user_env(&mut chat, home.path(), &target);
-    let answered = async {
-        // The controller records its endpoints (the CLI reads them) once it serves.
-        let endpoints = home.path().join(".local/share/clawswarm/controller.json");
-        wait_for("the controller to serve", Duration::from_secs(240), || {
-            endpoints.exists()
-        })
-        .await?;
-        let out = tokio::time::timeout(Duration::from_secs(300), chat.output()).await??;
-        anyhow::Ok(out)
-    }
-    .await;
-    let out = answered.unwrap_or_else(|e| panic!("{e}\nrun-local.sh:\n{}", script_log()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("w0 w1 w2"),
-        "chat: {}\nstdout: {stdout}\nstderr: {}\nrun-local.sh:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        script_log()
-    );
+    let stdout = run.chat("[chunks=3] hello").await;
+    assert!(stdout.contains("w0 w1 w2"), "{stdout}\n{}", run.log());
     // OpenClaw called the local server through the sidecar's model proxy,
     // with the model run-local.sh found in its /v1/models.
     let calls = stub.requests();
     assert!(calls.iter().any(|r| r.api == Api::Chat), "{calls:?}");
-    let said = script_log();
+    let said = run.log();
     assert!(
         said.contains(&format!(
             "model: OpenAI-compatible server at {}",
@@ -158,17 +276,129 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
         "{said}"
     );
 
-    // Ctrl-C stops the controller, and the agent's processes with it.
-    let pids = agent_pids(&agents);
-    assert_eq!(pids.len(), 2, "the demo agent's sidecar and workload ran");
-    killpg(group, Signal::SIGINT).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("run-local.sh did not stop on Ctrl-C:\n{}", script_log()))
+    // Notices: a cron job (added over OpenClaw's admin RPC, as the agent
+    // adds one from chat) runs with no turn; with no Slack configured its
+    // output reaches whoever follows the agent's notices.
+    let gateway = openclaw_gateway(&run.agents().join("demo"));
+    let added = openclaw_rpc(
+        &gateway,
+        "cron.add",
+        serde_json::json!({
+            "name": "run-local reminder",
+            "schedule": {"kind": "every", "everyMs": 5000},
+            "sessionTarget": "isolated",
+            "wakeMode": "now",
+            "payload": {"kind": "agentTurn", "message": "[chunks=2] a reminder"},
+            "delivery": {"mode": "announce"},
+        }),
+    )
+    .await;
+    let job_id = added
+        .pointer("/payload/job/id")
+        .or_else(|| added.pointer("/payload/id"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("no job id in {added}"))
+        .to_owned();
+    // The first run's notice arrives while nobody follows: it is held.
+    wait_for("a notice held for demo", Duration::from_secs(180), || {
+        run.log().contains("notice held until someone follows")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}", run.log()));
+    let mut follower = run
+        .cli(&["notices", "demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
         .unwrap();
-    for pid in pids {
-        let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
-        assert!(!alive, "agent process {pid} outlived Ctrl-C ({status})");
+    let mut lines = tokio::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    // The held one first, then a later run's as it arrives (every 5 s).
+    for which in ["the held notice", "a live notice"] {
+        let shown = tokio::time::timeout(Duration::from_secs(180), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if !line.trim().is_empty() {
+                    return line;
+                }
+            }
+            panic!("the notice stream ended:\n{}", run.log());
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{which}: nothing within 180 s:\n{}", run.log()));
+        assert_eq!(shown.trim(), "w0 w1", "{which}");
     }
+    assert!(
+        run.log().contains("notice delivered to its followers"),
+        "{}",
+        run.log()
+    );
+    openclaw_rpc(&gateway, "cron.remove", serde_json::json!({"id": job_id})).await;
+    follower.kill().await.unwrap();
+
+    // Ctrl-C stops the controller, and the agent's processes with it.
+    assert_eq!(
+        agent_pids(&run.agents()).len(),
+        2,
+        "the demo agent's sidecar and workload ran"
+    );
+    run.ctrl_c().await;
     stub.shutdown().await;
+}
+
+/// One of this machine's addresses that is not loopback: the stub there is
+/// what a hosted provider is to the sidecar (never probed for readiness).
+fn non_loopback_ipv4() -> std::net::Ipv4Addr {
+    nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback())
+        .expect("this test needs an IPv4 address other than loopback on this machine")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_local_workload_responses_answers_from_a_remote_endpoint_it_never_probes() {
+    // Its /readyz says "not ready" for an hour: an agent that waited for
+    // it would never answer. A remote endpoint is not probed.
+    let stub = StubModel::start(StubConfig {
+        listen: std::net::SocketAddr::from((non_loopback_ipv4(), 0)),
+        ready_after: Duration::from_secs(3600),
+        ..StubConfig::default()
+    })
+    .await
+    .unwrap();
+    let run = RunLocal::start(
+        &["--workload", "responses"],
+        &[("CLAWSWARM_WORKLOAD_URL", stub.base_url())],
+    )
+    .await;
+    let stdout = run.chat("[chunks=2] hello").await;
+    assert!(stdout.contains("w0 w1"), "{stdout}\n{}", run.log());
+    let calls = stub.requests();
+    assert!(
+        calls.iter().any(|r| r.api == Api::Responses),
+        "the turn went to the endpoint's /v1/responses: {calls:?}"
+    );
+    run.ctrl_c().await;
+    stub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_local_workload_command_runs_the_users_command_as_the_agent_in_its_sandbox() {
+    let command = stub_workload_command("").unwrap();
+    let run = RunLocal::start(
+        &["--workload", "command"],
+        &[("CLAWSWARM_WORKLOAD_COMMAND", command)],
+    )
+    .await;
+    let stdout = run.chat("[chunks=3] hello").await;
+    assert!(stdout.contains("w0 w1 w2"), "{stdout}\n{}", run.log());
+    // The command ran as the demo agent's workload, writing in its own data dir.
+    let log = read_model_log(&run.agents().join("demo/data/model.jsonl"));
+    assert!(log.iter().any(|r| r.api == Api::Responses), "{log:?}");
+    assert_eq!(
+        agent_pids(&run.agents()).len(),
+        2,
+        "sidecar and workload ran"
+    );
+    run.ctrl_c().await;
 }
