@@ -14,6 +14,8 @@
 #   OPENAI_API_KEY                    OpenAI chat completions (CLAWSWARM_MODEL, default openai/gpt-4.1-mini)
 #   CLAWSWARM_LOCAL_MODEL_URL         an OpenAI-compatible server, e.g. http://127.0.0.1:11434 (Ollama);
 #                                     Ollama on its default port is found without it
+# ANTHROPIC_BASE_URL / OPENAI_BASE_URL point the key at a gateway instead of the provider, as the
+# providers' SDKs do (OPENAI_BASE_URL also serves --workload responses with OPENAI_API_KEY).
 # With none, everything starts and the first turn says which variable to set.
 # The key reaches the sidecars only (their model proxy); no OpenClaw process sees it.
 #
@@ -61,16 +63,21 @@ case "${CLAWSWARM_BUILD_PROFILE:-release}" in
 esac
 export CLAWSWARM_SIDECAR_BIN="${CLAWSWARM_SIDECAR_BIN:-${bin_dir}/clawswarm-sidecar}"
 
+# A provider's base URL as the sidecar wants it: no trailing slash or /v1.
+base_url() { local u="${1%/}"; printf '%s' "${u%/v1}"; }
+# OpenAI's, or the gateway OPENAI_BASE_URL names (as the OpenAI SDKs honour it).
+openai_url() { base_url "${OPENAI_BASE_URL:-https://api.openai.com}"; }
+
 # The first model source this machine has, as the sidecars' model proxy settings.
 # Sets: api, upstream, key, model (may stay empty).
 detect_model() {
     api="" upstream="" key="" model="${CLAWSWARM_MODEL:-}"
     if [[ -n "${ANTHROPIC_API_KEY:-}" ]]; then
-        api=anthropic upstream=https://api.anthropic.com key="${ANTHROPIC_API_KEY}"
-        say "model: Anthropic (ANTHROPIC_API_KEY), ${model:-anthropic/claude-sonnet-4-20250514}"
+        api=anthropic upstream="$(base_url "${ANTHROPIC_BASE_URL:-https://api.anthropic.com}")" key="${ANTHROPIC_API_KEY}"
+        say "model: Anthropic (ANTHROPIC_API_KEY) at ${upstream}, ${model:-anthropic/claude-sonnet-4-20250514}"
     elif [[ -n "${OPENAI_API_KEY:-}" ]]; then
-        api=openai upstream=https://api.openai.com key="${OPENAI_API_KEY}" model="${model:-openai/gpt-4.1-mini}"
-        say "model: OpenAI (OPENAI_API_KEY), ${model}"
+        api=openai upstream="$(openai_url)" key="${OPENAI_API_KEY}" model="${model:-openai/gpt-4.1-mini}"
+        say "model: OpenAI (OPENAI_API_KEY) at ${upstream}, ${model}"
     else
         local url="${CLAWSWARM_LOCAL_MODEL_URL:-}"
         if [[ -z "${url}" ]] && curl -sf -m 2 http://127.0.0.1:11434/v1/models >/dev/null 2>&1; then
@@ -118,7 +125,7 @@ case "${workload}" in
     responses)
         export CLAWSWARM_WORKLOAD=responses
         if [[ -z "${CLAWSWARM_WORKLOAD_URL:-}" && -n "${OPENAI_API_KEY:-}" ]]; then
-            export CLAWSWARM_WORKLOAD_URL=https://api.openai.com CLAWSWARM_WORKLOAD_TOKEN="${OPENAI_API_KEY}"
+            export CLAWSWARM_WORKLOAD_URL="$(openai_url)" CLAWSWARM_WORKLOAD_TOKEN="${OPENAI_API_KEY}"
             export CLAWSWARM_WORKLOAD_MODEL="${CLAWSWARM_WORKLOAD_MODEL:-gpt-4.1-mini}"
         fi
         [[ -n "${CLAWSWARM_WORKLOAD_URL:-}" ]] \

@@ -345,6 +345,100 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
     stub.shutdown().await;
 }
 
+/// With a provider key in the environment, as a user with an account has
+/// it: the key (and only the key) reaches the provider, through the
+/// sidecar's proxy; `*_BASE_URL` points it at the stub, which checks it the
+/// way the provider would.
+async fn a_provider_key_gives_an_openclaw_agent(key_var: &str, base_var: &str, api: Api) {
+    const KEY: &str = "sk-user-key-from-the-shell";
+    let stub = StubModel::start(StubConfig {
+        api_key: Some(KEY.into()),
+        ..StubConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = match api {
+        Api::Anthropic => stub.base_url(),
+        _ => stub.openai_base_url(),
+    };
+    let run = RunLocal::start(&[], &[(key_var, KEY.into()), (base_var, base)]).await;
+    let stdout = run.chat("[chunks=2] hello").await;
+    assert!(stdout.contains("w0 w1"), "{stdout}\n{}", run.log());
+    let calls = stub.requests();
+    assert!(calls.iter().any(|r| r.api == api), "{calls:?}");
+    assert!(
+        run.log()
+            .contains(&format!("({key_var}) at {}", stub.base_url())),
+        "{}",
+        run.log()
+    );
+    // No process of the agent's workload (its process group: the sandbox,
+    // OpenClaw and what it spawned) has the key.
+    let pid = std::fs::read_to_string(run.agents().join("demo/run/workload.pid")).unwrap();
+    let group = Pid::from_raw(pid.split_whitespace().next().unwrap().parse().unwrap());
+    let mut seen = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(group) {
+            continue;
+        }
+        seen += 1;
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&env).contains(KEY),
+            "the key is in workload process {pid}'s environment"
+        );
+    }
+    assert!(
+        seen >= 2,
+        "the sandbox and OpenClaw ran in the workload's group"
+    );
+    run.ctrl_c().await;
+    stub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_local_with_anthropic_api_key_answers_through_the_sidecars_proxy() {
+    a_provider_key_gives_an_openclaw_agent(
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        Api::Anthropic,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_local_with_openai_api_key_answers_through_the_sidecars_proxy() {
+    a_provider_key_gives_an_openclaw_agent("OPENAI_API_KEY", "OPENAI_BASE_URL", Api::Chat).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_local_workload_responses_with_openai_api_key_uses_openais_endpoint_and_key() {
+    const KEY: &str = "sk-user-key-from-the-shell";
+    let stub = StubModel::start(StubConfig {
+        api_key: Some(KEY.into()),
+        ..StubConfig::default()
+    })
+    .await
+    .unwrap();
+    let run = RunLocal::start(
+        &["--workload", "responses"],
+        &[
+            ("OPENAI_API_KEY", KEY.into()),
+            ("OPENAI_BASE_URL", stub.openai_base_url()),
+        ],
+    )
+    .await;
+    let stdout = run.chat("[chunks=2] hello").await;
+    assert!(stdout.contains("w0 w1"), "{stdout}\n{}", run.log());
+    let calls = stub.requests();
+    assert!(calls.iter().any(|r| r.api == Api::Responses), "{calls:?}");
+    run.ctrl_c().await;
+    stub.shutdown().await;
+}
+
 /// One of this machine's addresses that is not loopback: the stub there is
 /// what a hosted provider is to the sidecar (never probed for readiness).
 fn non_loopback_ipv4() -> std::net::Ipv4Addr {
