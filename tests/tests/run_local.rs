@@ -114,6 +114,27 @@ async fn openclaw_rpc(
     body
 }
 
+/// Live (not zombie) processes in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name (which may hold spaces): state, ppid, pgrp.
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace()
+                .collect();
+            rest.first() != Some(&"Z") && rest.get(2) == Some(&pgid.to_string().as_str())
+        })
+        .collect()
+}
+
 /// The pids recorded for every agent's sidecar and workload.
 fn agent_pids(agents: &Path) -> Vec<i32> {
     let Ok(dirs) = std::fs::read_dir(agents) else {
@@ -248,9 +269,14 @@ impl RunLocal {
             .await
             .unwrap_or_else(|_| panic!("run-local.sh did not stop on Ctrl-C:\n{}", self.log()))
             .unwrap();
+        // Each recorded process leads a group (the sandbox and the workload
+        // in it, for a workload): none of their members may be left.
         for pid in pids {
-            let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
-            assert!(!alive, "agent process {pid} outlived Ctrl-C ({status})");
+            let left = group_members(pid);
+            assert!(
+                left.is_empty(),
+                "agent processes {left:?} (group {pid}) outlived Ctrl-C ({status})"
+            );
         }
     }
 }
@@ -375,17 +401,10 @@ async fn a_provider_key_gives_an_openclaw_agent(key_var: &str, base_var: &str, a
     // No process of the agent's workload (its process group: the sandbox,
     // OpenClaw and what it spawned) has the key.
     let pid = std::fs::read_to_string(run.agents().join("demo/run/workload.pid")).unwrap();
-    let group = Pid::from_raw(pid.split_whitespace().next().unwrap().parse().unwrap());
-    let mut seen = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        if nix::unistd::getpgid(Some(Pid::from_raw(pid))) != Ok(group) {
-            continue;
-        }
-        seen += 1;
-        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+    let group = group_members(pid.split_whitespace().next().unwrap().parse().unwrap());
+    let seen = group.len();
+    for pid in group {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
         assert!(
             !String::from_utf8_lossy(&env).contains(KEY),
             "the key is in workload process {pid}'s environment"

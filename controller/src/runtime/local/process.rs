@@ -196,17 +196,20 @@ impl Proc {
     /// SIGTERM the process group, then SIGKILL after `grace`.
     pub async fn stop(mut self, grace: Duration) {
         let pgid = Pid::from_raw(self.pid);
-        if self.alive() {
+        // The whole group, not just its leader: a sandbox's monitor can exit
+        // on SIGTERM while the sandbox (and the workload in it) runs on.
+        let running = |p: &mut Self| p.alive() || (p.pid > 0 && group_has_members(p.pid));
+        if running(&mut self) {
             let _ = killpg(pgid, Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + grace;
-            while self.alive() && tokio::time::Instant::now() < deadline {
+            while running(&mut self) && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            if self.alive() {
+            if running(&mut self) {
                 warn!(
                     process = self.name,
                     pid = self.pid,
-                    "did not stop in time; killing"
+                    "did not stop in time; killing its process group"
                 );
                 let _ = killpg(pgid, Signal::SIGKILL);
             }
@@ -366,6 +369,34 @@ mod tests {
         assert!(adopted.alive());
         new.stop(Duration::from_secs(2)).await;
         assert!(!dir.path().join("pid").exists(), "its own record goes");
+    }
+
+    /// As a sandbox's monitor exits on SIGTERM and leaves its init (which
+    /// ignores it) running with the workload inside.
+    #[tokio::test]
+    async fn stopping_a_process_ends_its_whole_group_even_what_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = PathBuf::from("/bin/sh");
+        let script = "(trap '' TERM; exec sleep 300) & echo $! > member; wait";
+        let p = Proc::spawn(launch(dir.path(), &sh, &["-c", script])).unwrap();
+        let member_file = dir.path().join("member");
+        let mut member = None;
+        for _ in 0..100 {
+            member = fs::read_to_string(&member_file)
+                .ok()
+                .and_then(|m| m.trim().parse::<i32>().ok());
+            if member.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let member = member.expect("the group member started");
+        let pgid = p.pid;
+        p.stop(Duration::from_millis(500)).await;
+        assert!(
+            !group_has_members(pgid),
+            "process {member} of the stopped group is still running"
+        );
     }
 
     #[tokio::test]
