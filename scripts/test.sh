@@ -43,4 +43,27 @@ cargo build --workspace --bins --locked
 export CLAWSWARM_TEST_BINS_BUILT=1
 
 step "cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+status=0
+cargo test --workspace --locked "$@" || status=$?
+
+# Every process a test started must be gone with it: an agent, sandbox or
+# control plane left running is a leak the tests did not see. Only processes
+# started since this script began count (a developer's own run-local.sh does
+# not), and those still exiting get a few seconds.
+survivors() {
+    ps -eo pid=,etimes=,args= | awk -v max="${SECONDS}" -v target="${CARGO_TARGET_DIR}/" \
+        -v tools="${CLAWSWARM_CACHE}/tools/" \
+        '$3 != "awk" && $2 <= max && (index($0, target) || index($0, tools)) { print }'
+}
+for _ in $(seq 20); do
+    [[ -z "$(survivors)" ]] && break
+    sleep 0.5
+done
+left="$(survivors)"
+if [[ -n "${left}" ]]; then
+    step "processes the tests started are still running (a leak; killed now):"
+    printf '%s\n' "${left}" >&2
+    awk '{ print $1 }' <<<"${left}" | xargs -r kill -9 2>/dev/null || true
+    ((status != 0)) || status=1
+fi
+exit "${status}"
