@@ -150,6 +150,8 @@ struct Endpoints {
 
 impl Controller {
     pub async fn start(opts: ControllerOptions) -> Result<Self> {
+        // Every client a test makes (gRPC, reqwest) speaks rustls.
+        clawswarm_certs::install_default_crypto_provider();
         let state = tempfile::Builder::new()
             .prefix("clawswarm-e2e-")
             .tempdir()?;
@@ -320,6 +322,17 @@ impl Controller {
 
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.map(|p| p[2]).unwrap_or(0))
+    }
+
+    /// `GET path` on the controller's HTTP port: the status and the body.
+    pub async fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.http_url()))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -511,17 +524,29 @@ impl Controller {
         needle: &str,
         timeout: Duration,
     ) -> Result<pb::Agent> {
+        self.wait_listed(name, timeout, |a| a.detail.contains(needle))
+            .await
+            .with_context(|| format!("agent {name}'s detail never said {needle:?}"))
+    }
+
+    /// Wait until the agent as listed satisfies `done`; the listing.
+    pub async fn wait_listed(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&pb::Agent) -> bool,
+    ) -> Result<pb::Agent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let listed = self.listed(name).await;
             if let Ok(a) = &listed
-                && a.detail.contains(needle)
+                && done(a)
             {
                 return listed;
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "agent {name}'s detail never said {needle:?}; last: {listed:?}\n{}",
+                    "agent {name} as listed, after {timeout:?}: {listed:?}\n{}",
                     tail(&self.logs())
                 );
             }
@@ -614,14 +639,8 @@ impl Drop for Controller {
             }
         }
         // Agents run in their own process groups: stop them by pid file.
-        if let Ok(dirs) = std::fs::read_dir(self.state_dir().join("agents")) {
-            for d in dirs.flatten() {
-                for f in ["sidecar.pid", "workload.pid"] {
-                    if let Some(pid) = read_pid(&d.path().join("run").join(f)) {
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
-                }
-            }
+        for pid in agent_pids(&self.state_dir().join("agents")) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
         // Lazily: a process that was just killed may still hold a file.
         for dir in &self.mounts {
@@ -646,6 +665,18 @@ fn reap(pid: Pid, limit: Duration) {
     }
 }
 
+/// The pids recorded for every agent's sidecar and workload under a local
+/// runtime's `agents/` directory (each leads its own process group).
+pub fn agent_pids(agents_dir: &Path) -> Vec<i32> {
+    let Ok(dirs) = std::fs::read_dir(agents_dir) else {
+        return Vec::new();
+    };
+    dirs.flatten()
+        .flat_map(|d| ["sidecar.pid", "workload.pid"].map(|f| d.path().join("run").join(f)))
+        .filter_map(|f| read_pid(&f))
+        .collect()
+}
+
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path)
         .ok()?
@@ -665,6 +696,16 @@ pub fn stub_workload_command(extra_flags: &str) -> Result<String> {
     )
     .trim_end()
     .to_owned())
+}
+
+/// A finished command's stdout then stderr, as one text (for assertions
+/// and failure messages).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Parse a stub model's JSONL log.

@@ -12,7 +12,7 @@ use std::{
 
 use clawswarm_proto::v1::{self as pb, chat_request::Kind};
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, collect, grpcurl},
+    harness::{Controller, ControllerOptions, collect, grpcurl, output_text},
     readme,
 };
 
@@ -43,11 +43,7 @@ fn run_readme_line(prelude: &str, line: &str) -> (bool, String) {
         .current_dir(repo())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     (out.status.success(), text)
 }
 
@@ -204,11 +200,7 @@ fn scripts_grpcurl_installs_grpcurl_through_deps_sh_and_runs_it() {
         .env_remove("CLAWSWARM_GRPCURL")
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&pinned), "wanted grpcurl {pinned}: {text}");
     assert!(

@@ -30,7 +30,7 @@ use clawswarm_sidecar::{
     workload::Usage,
 };
 use clawswarm_tests::{
-    harness::Controller,
+    harness::{Controller, output_text},
     prometheus::{
         Prometheus, named_port, pod_discovery_labels, prom_label_name, shipped_pod_monitor,
     },
@@ -107,11 +107,7 @@ fn promtool_accepts_the_alert_rules() {
         .arg(&path)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "promtool check rules failed:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 }
@@ -134,11 +130,7 @@ fn promtool_accepts_the_sidecar_metrics() {
         .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let lint = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lint = output_text(&out);
     assert!(
         out.status.success() && lint.trim().is_empty(),
         "promtool check metrics:\n{lint}\n--- input ---\n{text}"
@@ -191,11 +183,7 @@ async fn fresh_controller_and_sidecar_pass_the_readmes_promtool_line_with_every_
     ] {
         let cmd = readme::substitute(&line, &[("127.0.0.1:7480", addr)]).unwrap();
         let out = readme::run(&cmd, &[bin.path()]).unwrap();
-        let lint = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let lint = output_text(&out);
         let (content_type, text) = scrape(addr, "*/*").await;
         assert!(
             out.status.success() && lint.trim().is_empty(),

@@ -8,7 +8,7 @@
 // A panic is how a test reports failure; these helpers only run in tests.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clawswarm_proto::v1::{self as pb};
 use clawswarm_tests::{
@@ -193,30 +193,16 @@ async fn a_server_that_forgot_the_last_response_gets_the_sidecars_copy() {
     );
 }
 
-/// The agent as the controller reports it, once `done` holds.
-async fn agent_when(c: &Controller, done: impl Fn(&pb::Agent) -> bool) -> pb::Agent {
-    let deadline = Instant::now() + READY;
-    loop {
-        let mut gw = c.gateway().await.unwrap();
-        let a = gw
-            .get_agent(pb::GetAgentRequest {
-                name: "alice".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if done(&a) || Instant::now() > deadline {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_loopback_workload_without_a_readiness_endpoint_becomes_ready_and_answers() {
     let c = start("--no-readyz", &[]).await;
     say(&c, "dm", "are you there?").await;
-    let a = agent_when(&c, |a| a.detail.contains("no readiness endpoint")).await;
+    let a = c
+        .wait_listed("alice", READY, |a| {
+            a.detail.contains("no readiness endpoint")
+        })
+        .await
+        .unwrap();
     assert!(a.workload_ready, "{a:?}");
     assert!(a.detail.contains("HTTP 404"), "{a:?}");
 }
@@ -240,6 +226,9 @@ async fn a_refused_key_is_reported_plainly_in_the_reply_and_the_readiness_detail
         error.contains("the model provider rejected the key (401)"),
         "{error}"
     );
-    let a = agent_when(&c, |a| a.detail.contains("rejected the key")).await;
+    let a = c
+        .wait_listed("alice", READY, |a| a.detail.contains("rejected the key"))
+        .await
+        .unwrap();
     assert!(a.detail.contains("rejected the key (401)"), "{a:?}");
 }

@@ -25,7 +25,7 @@ use std::{
 use tokio::io::AsyncBufReadExt;
 
 use clawswarm_tests::{
-    harness::{binaries, read_model_log, stub_workload_command, wait_for},
+    harness::{agent_pids, binaries, read_model_log, stub_workload_command, wait_for},
     stub_model::{Api, StubConfig, StubModel},
 };
 use nix::{
@@ -131,24 +131,6 @@ fn group_members(pgid: i32) -> Vec<i32> {
                 .split_whitespace()
                 .collect();
             rest.first() != Some(&"Z") && rest.get(2) == Some(&pgid.to_string().as_str())
-        })
-        .collect()
-}
-
-/// The pids recorded for every agent's sidecar and workload.
-fn agent_pids(agents: &Path) -> Vec<i32> {
-    let Ok(dirs) = std::fs::read_dir(agents) else {
-        return Vec::new();
-    };
-    dirs.flatten()
-        .flat_map(|d| ["sidecar.pid", "workload.pid"].map(|f| d.path().join("run").join(f)))
-        .filter_map(|f| {
-            std::fs::read_to_string(f)
-                .ok()?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
         })
         .collect()
 }

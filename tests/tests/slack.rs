@@ -82,25 +82,18 @@ async fn wait_log(ctl: &Controller, needle: &str, timeout: Duration) -> Result<S
 
 /// The controller's Prometheus text.
 async fn metrics(ctl: &Controller) -> Result<String> {
-    http_get(ctl, "/metrics").await
-}
-
-/// The body of `GET path` on the controller's HTTP port (any status).
-async fn http_get(ctl: &Controller, path: &str) -> Result<String> {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri: http::Uri = format!("{}{path}", ctl.http_url()).parse()?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    ctl.http_get("/metrics").await.map(|(_, body)| body)
 }
 
 /// Wait until the controller's `/readyz` says `needle`; its last body.
 async fn wait_readyz(ctl: &Controller, needle: &str, timeout: Duration) -> Result<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let body = http_get(ctl, "/readyz").await.unwrap_or_default();
+        let body = ctl
+            .http_get("/readyz")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
         if body.contains(needle) {
             return Ok(body);
         }

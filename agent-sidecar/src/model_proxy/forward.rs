@@ -10,7 +10,7 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use futures::{Stream, StreamExt, stream::BoxStream};
 use tracing::warn;
@@ -66,24 +66,33 @@ pub(super) fn copy_response_headers(from: &reqwest::header::HeaderMap, to: &mut 
     }
 }
 
-/// A whole upstream reply, bounded.
-pub(super) async fn buffered(resp: reqwest::Response) -> Result<Response, reqwest::Error> {
-    let status = resp.status();
-    let mut out = Response::builder().status(status);
-    if let Some(h) = out.headers_mut() {
-        copy_response_headers(resp.headers(), h);
-    }
-    let mut resp = resp;
+/// A whole upstream reply, bounded: its status and headers (the ones a
+/// client may see) and its body, for the proxy to read before passing on.
+pub(super) async fn buffered_reply(
+    mut resp: reqwest::Response,
+) -> Result<(axum::http::response::Parts, Bytes), reqwest::Error> {
+    let mut head = axum::http::Response::new(());
+    *head.status_mut() = resp.status();
+    copy_response_headers(resp.headers(), head.headers_mut());
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > MAX_BUFFERED_REPLY {
+            warn!(
+                limit = MAX_BUFFERED_REPLY,
+                "provider reply over the buffering limit; passed on cut short"
+            );
             break;
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(out
-        .body(Body::from(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+    let (parts, ()) = head.into_parts();
+    Ok((parts, Bytes::from(body)))
+}
+
+/// A whole upstream reply, bounded.
+pub(super) async fn buffered(resp: reqwest::Response) -> Result<Response, reqwest::Error> {
+    let (parts, body) = buffered_reply(resp).await?;
+    Ok(Response::from_parts(parts, Body::from(body)))
 }
 
 pub(super) fn unreachable_upstream(api: ProviderApi, e: &reqwest::Error) -> Response {

@@ -46,7 +46,8 @@ use crate::{
     workload::Usage,
 };
 use forward::{
-    MeteredBody, buffered, copy_response_headers, unreachable_upstream, upstream_headers,
+    MeteredBody, buffered, buffered_reply, copy_response_headers, unreachable_upstream,
+    upstream_headers,
 };
 use ledger::{Budgets, UsageLedger};
 
@@ -593,14 +594,10 @@ async fn forward_call(
     let status = resp.status();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         p.count(api, "key_rejected");
-        let passthrough = match buffered(resp).await {
+        let (parts, bytes) = match buffered_reply(resp).await {
             Ok(r) => r,
             Err(e) => return unreachable_upstream(api, &e),
         };
-        let (parts, body) = passthrough.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_BUFFERED_REPLY)
-            .await
-            .unwrap_or_default();
         let problem = health::ModelProblem::KeyRejected {
             status: status.as_u16(),
             message: health::provider_message(&bytes),
@@ -632,17 +629,13 @@ async fn forward_call(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !is_sse {
-        let resp = match buffered(resp).await {
+        let (parts, bytes) = match buffered_reply(resp).await {
             Ok(r) => r,
             Err(e) => {
                 p.count(api, "unreachable");
                 return unreachable_upstream(api, &e);
             }
         };
-        let (parts, body) = resp.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_BUFFERED_REPLY)
-            .await
-            .unwrap_or_default();
         p.record(api, &usage::from_body(api, &bytes), "ok");
         return Response::from_parts(parts, Body::from(bytes));
     }

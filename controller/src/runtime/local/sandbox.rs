@@ -219,9 +219,9 @@ impl Sandbox {
         let s = |p: &Path| p.display().to_string();
         let mut args: Vec<String> = vec![
             "--unshare-all".into(),
-            // The sandbox's init (pid 1 of its namespace) ignores SIGTERM
-            // and outlived a stopped monitor with the workload inside.
-            "--die-with-parent".into(),
+            // No --die-with-parent: the parent is the controller, and the
+            // workload must outlive a controller that dies (adoption). A
+            // stop ends the whole process group instead (`Proc::stop`).
             "--hostname".into(),
             format!("agent-{}", a.agent),
             "--ro-bind".into(),
