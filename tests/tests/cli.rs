@@ -109,3 +109,49 @@ async fn an_interactive_session_is_one_conversation_and_shows_progress_while_the
     let row = list.lines().find(|l| l.starts_with("alice ")).unwrap();
     assert!(row.contains("ready") && row.contains("responses"), "{list}");
 }
+
+/// `clawswarm chat NAME` with no message, typed in a terminal: a pseudo-
+/// terminal from util-linux `script`, so the CLI's stdin and stdout are a
+/// TTY as a person's are. Lines are turns; Ctrl-D ends the session.
+#[tokio::test]
+async fn chat_name_in_a_terminal_opens_a_session_that_keeps_the_conversation() {
+    init();
+    let c = Controller::start_ready(&["alice"]).await.unwrap();
+    let calls = c.model_requests("alice").len();
+    let bin = clawswarm_tests::harness::binaries().unwrap();
+    let command = format!("{} chat alice", bin.controller.display());
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("CLAWSWARM_STATE_DIR", c.state_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("util-linux script runs the CLI in a pseudo-terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    // \x04 is Ctrl-D at the start of a line: end of input on a terminal.
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"[chunks=1] first\n[chunks=2] second\n\x04")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await
+    .expect("the session ends at Ctrl-D")
+    .unwrap();
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}{}", text(&out.stderr));
+    assert!(
+        screen.contains("w0 \r\n") && screen.contains("w0 w1 \r\n"),
+        "both replies on the terminal:\n{screen:?}"
+    );
+    let sent = c.model_requests("alice");
+    assert_eq!(sent.len(), calls + 2, "{sent:?}");
+    let session = |i: usize| sent[i].session_key.clone().or(sent[i].user.clone());
+    assert!(
+        session(calls).is_some() && session(calls) == session(calls + 1),
+        "one conversation: {sent:?}"
+    );
+}
