@@ -136,12 +136,19 @@ async fn agent_gets_volume_and_hardened_pod_and_its_token_certifies_only_itself(
     ));
     // Spoofs with pods the controller did not make: one labelled for alice
     // but running as another ServiceAccount, one with alice's label and the
-    // agents' ServiceAccount but not owned by alice's Agent.
-    for (name, sa) in [
-        ("impostor-sa", "clawswarm-controller"),
-        ("impostor-label", "clawswarm-agent"),
+    // agents' ServiceAccount but not owned by alice's Agent, and one whose
+    // owner reference names alice's Agent but not its UID (as an Agent
+    // deleted and made again under the same name would).
+    for (name, sa, owner_uid) in [
+        ("impostor-sa", "clawswarm-controller", None),
+        ("impostor-label", "clawswarm-agent", None),
+        (
+            "impostor-owner",
+            "clawswarm-agent",
+            Some("00000000-0000-4000-8000-000000000000"),
+        ),
     ] {
-        let pod = impostor(&c, name, sa).await;
+        let pod = impostor(&c, name, sa, owner_uid).await;
         let token =
             c.cp.request_token(
                 NS,
@@ -172,7 +179,7 @@ async fn agent_gets_volume_and_hardened_pod_and_its_token_certifies_only_itself(
             .get_or_create(&label)
             .get()
     };
-    assert!(decisions("allow") >= 1 && decisions("deny") >= 4);
+    assert!(decisions("allow") >= 1 && decisions("deny") >= 5);
 
     // A deleted pod is recreated, and the old pod's token dies with it.
     let pods = Api::<Pod>::namespaced(c.cp.admin(), NS);

@@ -182,9 +182,25 @@ impl Controller {
 }
 
 /// A pod labelled as alice's agent that the controller did not create.
-pub async fn impostor(c: &Cluster, name: &str, service_account: &str) -> Pod {
+/// A pod the controller did not make, labelled for alice, running as
+/// `service_account`; with `owner_uid`, it also claims to be controlled by
+/// an Agent named alice with that UID.
+pub async fn impostor(
+    c: &Cluster,
+    name: &str,
+    service_account: &str,
+    owner_uid: Option<&str>,
+) -> Pod {
+    let owners: Vec<serde_json::Value> = owner_uid
+        .map(|uid| {
+            serde_json::json!({ "apiVersion": "clawswarm.dev/v1alpha1", "kind": "Agent",
+                "name": "alice", "uid": uid, "controller": true })
+        })
+        .into_iter()
+        .collect();
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name, "labels": { "clawswarm.dev/agent": "alice" } },
+        "metadata": { "name": name, "labels": { "clawswarm.dev/agent": "alice" },
+            "ownerReferences": owners },
         "spec": {
             "serviceAccountName": service_account,
             "automountServiceAccountToken": false,

@@ -19,6 +19,7 @@ use sha2::{Digest as _, Sha256};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use super::crd::Agent;
 use super::pod::LABEL_AGENT;
 use crate::identity::{AuthError, Authenticator, CertifyClaim};
 use crate::metrics::ResultLabel;
@@ -178,9 +179,26 @@ impl TokenReviewAuthenticator {
             return deny(format!("pod {pod_name} is terminating"));
         }
         // Label and owner both: a label alone could be set by anyone who may
-        // create pods; the controller-owner reference names the Agent.
-        let owned = pod.owner_references().iter().any(|o| {
-            o.kind == "Agent" && o.controller == Some(true) && o.name == claim.requested.name()
+        // create pods; the controller-owner reference names the Agent by
+        // UID, as anyone who may create pods can also write a reference by
+        // name (or one to an Agent deleted and made again under its name).
+        let agents = Api::<Agent>::namespaced(self.client.clone(), &self.cfg.namespace);
+        let agent_uid = match agents.get_opt(claim.requested.name()).await {
+            Ok(a) => a.and_then(|a| a.uid()),
+            Err(e) => {
+                return Err(AuthError::Unavailable(format!(
+                    "cannot read agent {}: {e}",
+                    claim.requested.name()
+                )));
+            }
+        };
+        let owned = agent_uid.is_some_and(|uid| {
+            pod.owner_references().iter().any(|o| {
+                o.kind == "Agent"
+                    && o.controller == Some(true)
+                    && o.name == claim.requested.name()
+                    && o.uid == uid
+            })
         });
         match pod.labels().get(LABEL_AGENT) {
             Some(agent) if agent == claim.requested.name() && owned => Ok(Decision::Allow),
