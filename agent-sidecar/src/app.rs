@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     .await
     .map_err(|e| AppError::Config(format!("CLAWSWARM_SANDBOX_ROUTES: {e}")))?;
     let metrics = SidecarMetrics::new();
+    let tasks = TaskTracker::new();
     // OpenClaw brings its model proxy, which meters every model call itself;
     // counting turn usage too would count those tokens twice.
     let (workload, openclaw): (Arc<dyn Workload>, _) = if args.workload.kind == "openclaw" {
@@ -139,6 +140,28 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     } else {
         (build_workload(&args.workload, &args.data_dir)?, None)
     };
+    // The OpenClaw gateway connects to its company-data tools on first use,
+    // long after this. With a usage ledger, queries are counted there too.
+    let meter = openclaw.as_ref().map(|services| {
+        let proxy = services.model_proxy.clone();
+        let meter: crate::data_proxy::DataMeter = Arc::new(move |q| {
+            if let Err(e) = proxy.ledger().record_data(q) {
+                warn!(error = %e, "usage ledger not persisted");
+            }
+        });
+        meter
+    });
+    crate::data_proxy::start(
+        &args.data.resolved(&args.data_dir),
+        openclaw.is_some(),
+        metrics.clone(),
+        meter,
+        shutdown.clone(),
+        &tasks,
+    )
+    .instrument(info_span!("data_proxy"))
+    .await
+    .map_err(|e| AppError::Config(format!("data proxy: {e}")))?;
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -155,7 +178,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             .map_err(|e| AppError::Io(format!("{}: {e}", run_dir.display())))?;
     }
 
-    let tasks = TaskTracker::new();
     let certified = Arc::new(AtomicBool::new(false));
     let linked = Arc::new(AtomicBool::new(false));
     let http_state = HttpState {

@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// and the cron notice receiver.
     #[command(flatten)]
     pub openclaw: crate::workload::openclaw::services::OpenClawServiceArgs,
+
+    /// The company's search cluster, read-only (any workload; OpenClaw
+    /// agents always get the proxy, which says so when no cluster is set).
+    #[command(flatten)]
+    pub data: crate::data_proxy::DataProxyArgs,
 }
 
 impl fmt::Debug for RunArgs {

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod data_proxy;
 pub mod debug;
 pub mod http;
 pub mod identity;

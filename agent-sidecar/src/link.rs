@@ -100,6 +100,12 @@ fn metered_usage(m: &Metered) -> pb::MeteredUsage {
             cache_write_tokens: m.lifetime.cache_write_tokens,
         }),
         ledger_id: m.ledger_id.clone(),
+        data: Some(pb::DataUsage {
+            queries: m.data.queries,
+            refused: m.data.refused,
+            documents: m.data.documents,
+            bytes: m.data.bytes,
+        }),
     }
 }
 

@@ -45,9 +45,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWSWARM_LOG")
         .unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal: log files, `kubectl logs`
+    // and the audit lines a collector parses stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -25,6 +25,14 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataQueryLabels {
+    /// Which read API (`search`, `count`, `esql`, ...; `other` when refused
+    /// before it was recognised).
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelCallLabels {
     /// "anthropic" or "openai".
     pub api: &'static str,
@@ -57,6 +65,10 @@ pub struct SidecarMetrics {
     pub cert_expiration_timestamp_seconds: Gauge,
     pub cert_refreshes: Family<ResultLabel, Counter>,
     pub notices: Family<ResultLabel, Counter>,
+    pub data_queries: Family<DataQueryLabels, Counter>,
+    pub data_documents: Counter,
+    pub data_response_bytes: Counter,
+    pub data_query_seconds: Histogram,
 }
 
 impl SidecarMetrics {
@@ -73,6 +85,10 @@ impl SidecarMetrics {
             cert_expiration_timestamp_seconds: Gauge::default(),
             cert_refreshes: Family::default(),
             notices: Family::default(),
+            data_queries: Family::default(),
+            data_documents: Counter::default(),
+            data_response_bytes: Counter::default(),
+            data_query_seconds: Histogram::new(latency_buckets()),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +133,26 @@ impl SidecarMetrics {
             m.cert_refreshes.clone(),
         );
         registry.register("notices", "Proactive notices, by result", m.notices.clone());
+        registry.register(
+            "data_queries",
+            "Company-data queries through the data proxy, by kind and outcome",
+            m.data_queries.clone(),
+        );
+        registry.register(
+            "data_documents",
+            "Documents (hits, ES|QL rows) returned to the agent by the data proxy",
+            m.data_documents.clone(),
+        );
+        registry.register(
+            "data_response_bytes",
+            "Bytes of engine answers returned to the agent by the data proxy",
+            m.data_response_bytes.clone(),
+        );
+        registry.register(
+            "data_query_seconds",
+            "Time from a data query's arrival to its answer, checks included",
+            m.data_query_seconds.clone(),
+        );
         for kind in TOKEN_KINDS {
             let _ = m.tokens.get_or_create(&KindLabel { kind });
         }
@@ -142,6 +178,20 @@ impl SidecarMetrics {
         }
         for result in NOTICE_RESULTS {
             let _ = m.notices.get_or_create(&ResultLabel { result });
+        }
+        // Only the outcomes dashboards and alerts read: every kind × every
+        // outcome would be 110 mostly meaningless series.
+        for outcome in [
+            "ok",
+            "refused_write",
+            "refused_index",
+            "engine_error",
+            "unreachable",
+        ] {
+            let _ = m.data_queries.get_or_create(&DataQueryLabels {
+                kind: "search",
+                outcome,
+            });
         }
         Arc::new(Self { registry, ..m })
     }

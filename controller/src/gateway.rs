@@ -89,6 +89,7 @@ impl GatewayService {
             detail,
             usage: Some(r.usage.to_proto()),
             workload: state.workload,
+            data: (r.data != crate::runtime::DataTotals::default()).then(|| r.data.to_proto()),
         }
     }
 }

@@ -665,6 +665,31 @@ fn reap(pid: Pid, limit: Duration) {
     }
 }
 
+/// The gateway process and its descendants, from the run dir's pid file.
+/// Empty when the pid file is missing or unreadable.
+pub fn workload_tree(run_dir: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(run_dir.join("workload.pid")).unwrap_or_default();
+    let mut pids: Vec<u32> = text
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .into_iter()
+        .collect();
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i];
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    pids
+}
+
 /// The pids recorded for every agent's sidecar and workload under a local
 /// runtime's `agents/` directory (each leads its own process group).
 pub fn agent_pids(agents_dir: &Path) -> Vec<i32> {

@@ -8,6 +8,7 @@ pub mod kubelet;
 pub mod openclaw;
 pub mod prometheus;
 pub mod readme;
+pub mod search;
 pub mod stub_model;
 
 /// Route `tracing` output to the test's captured output (filter with

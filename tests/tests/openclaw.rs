@@ -151,6 +151,8 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         webhook_token_file: sidecar_dir.join("cron-webhook-token"),
         // The proxy made it; init writes the same credential into the config.
         model_proxy_token_file: sidecar_dir.join("model-proxy-token"),
+        data_proxy_url: "http://127.0.0.1:18792".into(),
+        data_proxy_token_file: sidecar_dir.join("data-proxy-token"),
         seed_config: sidecar_dir.join("no-seed.json"),
         openclaw_bin: Some(bin),
     })

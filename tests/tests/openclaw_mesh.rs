@@ -22,7 +22,7 @@ use std::{path::Path, time::Duration};
 
 use clawswarm_proto::v1 as pb;
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, chat},
+    harness::{Controller, ControllerOptions, chat, workload_tree},
     openclaw::openclaw_bin,
     stub_model::{Api, StubConfig, StubModel, Usage},
 };
@@ -34,25 +34,6 @@ const REAL_KEY: &str = "sk-ant-real-provider-key-only-the-sidecar-holds";
 /// exec sessions" block after the person's text, which the stub would
 /// read as the last user message.
 const PERSON_CONFIG: &str = "{ tools: { deny: ['exec', 'process'] } }";
-
-/// The gateway process and its descendants, from the run dir's pid file.
-fn workload_tree(run_dir: &Path) -> Vec<u32> {
-    let text = std::fs::read_to_string(run_dir.join("workload.pid")).unwrap();
-    let mut pids: Vec<u32> = vec![text.split_whitespace().next().unwrap().parse().unwrap()];
-    let mut i = 0;
-    while i < pids.len() {
-        let p = pids[i];
-        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-        i += 1;
-    }
-    pids
-}
 
 /// `clawswarm_tokens_total{kind=...}` from the sidecar's /metrics.
 async fn sidecar_tokens(run_dir: &Path) -> Usage {

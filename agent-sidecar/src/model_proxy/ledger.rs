@@ -3,7 +3,9 @@
 //! The ledger also keeps the volume's lifetime total under a random ledger
 //! id: the sidecar reports it to the controller (`Status.metered`), which
 //! is how tokens spent outside any turn (heartbeats, cron runs) reach
-//! `Agent.status` and `/agent usage`.
+//! `Agent.status` and `/agent usage`. The same ledger counts the agent's
+//! company-data queries (the data proxy records them), so they reach the
+//! same places the same way.
 
 use std::{
     path::{Path, PathBuf},
@@ -115,6 +117,28 @@ impl PeriodUsage {
     }
 }
 
+/// Company-data queries through the data proxy, over the ledger's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCounts {
+    /// Every query, served or refused.
+    pub queries: u64,
+    /// Queries the proxy refused (writes, other indices, caps, bad input).
+    pub refused: u64,
+    /// Hits and ES|QL rows returned.
+    pub documents: u64,
+    /// Bytes of answers returned.
+    pub bytes: u64,
+}
+
+impl DataCounts {
+    fn add(&mut self, o: &DataCounts) {
+        self.queries = self.queries.saturating_add(o.queries);
+        self.refused = self.refused.saturating_add(o.refused);
+        self.documents = self.documents.saturating_add(o.documents);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     /// `YYYY-MM-DD` (UTC) the day figures belong to.
@@ -129,13 +153,17 @@ struct State {
     /// Every call this ledger recorded.
     #[serde(default)]
     lifetime: PeriodUsage,
+    /// Every company-data query this ledger recorded.
+    #[serde(default)]
+    data: DataCounts,
 }
 
-/// The lifetime figure the controller is told about.
+/// The lifetime figures the controller is told about.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metered {
     pub ledger_id: String,
     pub lifetime: PeriodUsage,
+    pub data: DataCounts,
 }
 
 impl State {
@@ -184,6 +212,7 @@ impl UsageLedger {
         let metered = watch::Sender::new(Metered {
             ledger_id: state.id.clone(),
             lifetime: state.lifetime,
+            data: state.data,
         });
         let ledger = Self {
             path,
@@ -224,6 +253,23 @@ impl UsageLedger {
         self.metered.send_replace(Metered {
             ledger_id: snapshot.id.clone(),
             lifetime: snapshot.lifetime,
+            data: snapshot.data,
+        });
+        self.persist(&snapshot)
+    }
+
+    /// Add one company-data query and persist (a few hundred bytes per
+    /// query, like a model call; the figures stand in memory if it fails).
+    pub fn record_data(&self, query: &DataCounts) -> Result<(), LedgerError> {
+        let snapshot = {
+            let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.data.add(query);
+            s.clone()
+        };
+        self.metered.send_replace(Metered {
+            ledger_id: snapshot.id.clone(),
+            lifetime: snapshot.lifetime,
+            data: snapshot.data,
         });
         self.persist(&snapshot)
     }

@@ -93,6 +93,54 @@ pub struct AgentRecord {
     /// (every model call, background work included) when it meters, else as
     /// its turns reported them (see [`usage`]).
     pub usage: TokenTotals,
+    /// Company-data queries over the agent's life, from the same metered
+    /// reports (zero from sidecars that keep no usage ledger).
+    pub data: DataTotals,
+}
+
+/// Company-data queries through an agent's data proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataTotals {
+    pub queries: u64,
+    pub refused: u64,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+impl DataTotals {
+    pub fn from_proto(d: &clawswarm_proto::v1::DataUsage) -> Self {
+        Self {
+            queries: d.queries,
+            refused: d.refused,
+            documents: d.documents,
+            bytes: d.bytes,
+        }
+    }
+
+    pub fn add(&mut self, o: &DataTotals) {
+        self.queries = self.queries.saturating_add(o.queries);
+        self.refused = self.refused.saturating_add(o.refused);
+        self.documents = self.documents.saturating_add(o.documents);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+    }
+
+    pub fn max_each(&self, o: &DataTotals) -> DataTotals {
+        DataTotals {
+            queries: self.queries.max(o.queries),
+            refused: self.refused.max(o.refused),
+            documents: self.documents.max(o.documents),
+            bytes: self.bytes.max(o.bytes),
+        }
+    }
+
+    pub fn to_proto(self) -> clawswarm_proto::v1::DataUsage {
+        clawswarm_proto::v1::DataUsage {
+            queries: self.queries,
+            refused: self.refused,
+            documents: self.documents,
+            bytes: self.bytes,
+        }
+    }
 }
 
 /// Token totals by kind.

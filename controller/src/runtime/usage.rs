@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Runtime, TokenTotals};
+use super::{DataTotals, Runtime, TokenTotals};
 use crate::mesh::UsageReport;
 
 /// The metered part of an agent's usage, as persisted.
@@ -26,6 +26,12 @@ pub struct MeteredTotals {
     pub lifetime: TokenTotals,
     /// What earlier ledgers (earlier volumes of this agent) counted.
     pub carried: TokenTotals,
+    /// Company-data queries: the highest figure of this ledger, and what
+    /// earlier ledgers counted (absent in records from before the proxy).
+    #[serde(default)]
+    pub data: DataTotals,
+    #[serde(default)]
+    pub data_carried: DataTotals,
 }
 
 impl MeteredTotals {
@@ -33,6 +39,13 @@ impl MeteredTotals {
     pub fn total(&self) -> TokenTotals {
         let mut t = self.carried;
         t.add_totals(&self.lifetime);
+        t
+    }
+
+    /// Every company-data query metered for the agent.
+    pub fn data_total(&self) -> DataTotals {
+        let mut t = self.data_carried;
+        t.add(&self.data);
         t
     }
 
@@ -50,21 +63,32 @@ impl MeteredTotals {
         if let Some(u) = &report.lifetime {
             lifetime.add(u);
         }
+        let data = report
+            .data
+            .as_ref()
+            .map(DataTotals::from_proto)
+            .unwrap_or_default();
         match known {
             None => MeteredTotals {
                 ledger_id: report.ledger_id.clone(),
                 lifetime,
                 carried: TokenTotals::default(),
+                data,
+                data_carried: DataTotals::default(),
             },
             Some(k) if k.ledger_id == report.ledger_id => MeteredTotals {
                 ledger_id: k.ledger_id.clone(),
                 lifetime: k.lifetime.max_each(&lifetime),
                 carried: k.carried,
+                data: k.data.max_each(&data),
+                data_carried: k.data_carried,
             },
             Some(k) => MeteredTotals {
                 ledger_id: report.ledger_id.clone(),
                 lifetime,
                 carried: k.total(),
+                data,
+                data_carried: k.data_total(),
             },
         }
     }
@@ -74,6 +98,11 @@ impl MeteredTotals {
 /// else what its turns reported.
 pub fn shown(turns: TokenTotals, metered: Option<&MeteredTotals>) -> TokenTotals {
     metered.map_or(turns, MeteredTotals::total)
+}
+
+/// The company-data queries an agent record shows (none without metering).
+pub fn shown_data(metered: Option<&MeteredTotals>) -> DataTotals {
+    metered.map_or_else(DataTotals::default, MeteredTotals::data_total)
 }
 
 /// Hand the mesh's usage reports to the runtime until the mesh goes away,
@@ -136,6 +165,12 @@ mod tests {
                 cache_write_tokens: 2,
             }),
             ledger_id: ledger.into(),
+            data: Some(pb::DataUsage {
+                queries: input,
+                refused: 1,
+                documents: output,
+                bytes: 100,
+            }),
         }
     }
 
@@ -164,6 +199,11 @@ mod tests {
         assert_eq!((new.total().input, new.total().output), (34, 10));
         let grown = MeteredTotals::fold(Some(&new), &report("b", 6, 1));
         assert_eq!((grown.total().input, grown.carried.input), (36, 30));
+        // Company-data queries fold the same way, from the same ledger.
+        assert_eq!(grown.data_total().queries, 36);
+        assert_eq!(grown.data_total().refused, 2);
+        assert_eq!(shown_data(Some(&grown)).documents, 10);
+        assert_eq!(shown_data(None), DataTotals::default());
     }
 
     /// Issue 17: figures come from sidecars; a huge one used to wrap

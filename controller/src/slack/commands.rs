@@ -289,13 +289,18 @@ pub async fn execute<C: Connector>(
         Command::Usage => {
             let Some(a) = mine else { return };
             let u = a.usage;
+            let d = a.data;
             say(format!(
-                "Tokens used by `{}`: {} input, {} output, {} cache read, {} cache write.",
+                "Tokens used by `{}`: {} input, {} output, {} cache read, {} cache write.\n\
+                 Company data: {} queries ({} refused), {} documents read.",
                 a.id.name(),
                 u.input,
                 u.output,
                 u.cache_read,
-                u.cache_write
+                u.cache_write,
+                d.queries,
+                d.refused,
+                d.documents
             ))
             .await
         }

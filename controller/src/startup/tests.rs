@@ -36,6 +36,7 @@ fn record(spec: &AgentSpec) -> AgentRecord {
         phase: AgentPhase::Pending,
         detail: String::new(),
         usage: TokenTotals::default(),
+        data: Default::default(),
     }
 }
 

@@ -129,6 +129,15 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
         stream,
         user,
         session_key: super::session_key(headers),
+        tools: m
+            .get("tools")
+            .and_then(Value::as_array)
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -183,6 +192,7 @@ pub(crate) async fn handle(
     };
     let model = call.model.clone();
     let stream = call.stream;
+    let offered = call.tools.clone();
     let (script, mut record) = match shared.begin(call) {
         Begin::Down => return super::down_response(),
         Begin::Http(status) => return status_error(status),
@@ -190,6 +200,42 @@ pub(crate) async fn handle(
     };
     let id = shared.new_id("msg");
     let request_id = shared.new_id("req");
+    if let Some(asked) = &script.tool {
+        // OpenClaw's Tool Search (on by default) offers catalog tools, MCP
+        // tools among them, only through `tool_call {id, args}`: the call a
+        // real model makes once it found the tool.
+        let wrapped;
+        let tool = if offered.iter().any(|t| t == &asked.name)
+            || !offered.iter().any(|t| t == "tool_call")
+        {
+            asked
+        } else {
+            let args: Value = serde_json::from_str(&asked.input).unwrap_or_else(|_| json!({}));
+            wrapped = super::script::ToolCall {
+                name: "tool_call".into(),
+                input: json!({"id": asked.name, "args": args}).to_string(),
+            };
+            &wrapped
+        };
+        if !offered.iter().any(|t| t == &tool.name) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!(
+                    "stub model: [tool={}] but the request offers no such tool (offered: {})",
+                    tool.name,
+                    offered.join(", ")
+                ),
+            );
+        }
+        let usage = script.usage(1);
+        record.complete(
+            usage,
+            1,
+            &format!("[tool_use {} {}]", tool.name, tool.input),
+        );
+        return tool_use(&id, &model, tool, usage, stream, &shared.new_id("toolu"));
+    }
     let mut resp = if stream {
         let wire = AnthropicWire { id, model };
         sse::sse_response(TurnStream::new(wire, script, record))
@@ -218,6 +264,79 @@ pub(crate) async fn handle(
         resp.headers_mut().insert("request-id", v);
     }
     resp
+}
+
+/// The model asks for a tool: one `tool_use` block, `stop_reason: tool_use`.
+fn tool_use(
+    id: &str,
+    model: &str,
+    tool: &super::script::ToolCall,
+    usage: Usage,
+    stream: bool,
+    tool_id: &str,
+) -> Response {
+    let input: Value = serde_json::from_str(&tool.input).unwrap_or_else(|_| json!({}));
+    if !stream {
+        return axum::Json(json!({
+            "id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "tool_use", "id": tool_id, "name": tool.name, "input": input}],
+            "stop_reason": "tool_use", "stop_sequence": null, "usage": usage_json(usage),
+        }))
+        .into_response();
+    }
+    let mut out = BytesMut::new();
+    let mut start_usage = usage;
+    start_usage.output_tokens = 1;
+    sse::event(
+        &mut out,
+        Some("message_start"),
+        &json!({
+            "type": "message_start",
+            "message": {"id": id, "type": "message", "role": "assistant", "model": model,
+                        "content": [], "stop_reason": null, "stop_sequence": null,
+                        "usage": usage_json(start_usage)},
+        }),
+    );
+    sse::event(
+        &mut out,
+        Some("content_block_start"),
+        &json!({
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": tool_id, "name": tool.name, "input": {}},
+        }),
+    );
+    sse::event(
+        &mut out,
+        Some("content_block_delta"),
+        &json!({
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": tool.input},
+        }),
+    );
+    sse::event(
+        &mut out,
+        Some("content_block_stop"),
+        &json!({"type": "content_block_stop", "index": 0}),
+    );
+    sse::event(
+        &mut out,
+        Some("message_delta"),
+        &json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": usage.output_tokens},
+        }),
+    );
+    sse::event(
+        &mut out,
+        Some("message_stop"),
+        &json!({"type": "message_stop"}),
+    );
+    (
+        [(http::header::CONTENT_TYPE, "text/event-stream")],
+        out.freeze(),
+    )
+        .into_response()
 }
 
 /// The Messages `usage` object.

@@ -83,6 +83,7 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, bool), B
         stream,
         user,
         session_key: session_key(headers),
+        tools: Vec::new(),
     };
     Ok((call, include_usage))
 }

@@ -196,6 +196,8 @@ pub(crate) struct Call {
     pub stream: bool,
     pub user: Option<String>,
     pub session_key: Option<String>,
+    /// Names of the tools the caller offers (Anthropic `tools[].name`).
+    pub tools: Vec<String>,
 }
 
 /// What to do with a parsed call.

@@ -103,6 +103,7 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Parsed, BadRequ
         stream,
         user,
         session_key: session_key(headers),
+        tools: Vec::new(),
     };
     Ok(Parsed {
         call,

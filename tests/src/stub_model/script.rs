@@ -35,6 +35,20 @@ pub struct Directives {
     pub cache_read: u64,
     /// `[cache_write=N]`: reported cache-write tokens.
     pub cache_write: u64,
+    /// `[tool=NAME {json arguments}]`: call that tool instead of replying (Anthropic Messages
+    /// only); when the request offers no NAME but OpenClaw's `tool_call` (Tool Search), call
+    /// `tool_call {"id": NAME, "args": ...}` as a model that found it would. The next call,
+    /// carrying the tool's result, echoes the result. The arguments must be one JSON object
+    /// without square brackets (the directive ends at the first `]`).
+    pub tool: Option<ToolCall>,
+}
+
+/// A tool call the stub makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments, a JSON object as text.
+    pub input: String,
 }
 
 /// Splits `text` into its directives and the text with the directives removed (trimmed, and
@@ -102,6 +116,18 @@ fn apply(d: &mut Directives, inner: &str) -> bool {
             Ok(n) => d.cache_write = n,
             Err(_) => return false,
         },
+        ("tool", Some(v)) => {
+            let (name, input) = v.split_once(char::is_whitespace).unwrap_or((v, "{}"));
+            let valid = serde_json::from_str::<serde_json::Value>(input.trim())
+                .is_ok_and(|a| a.is_object());
+            if name.is_empty() || !valid {
+                return false;
+            }
+            d.tool = Some(ToolCall {
+                name: name.to_owned(),
+                input: input.trim().to_owned(),
+            });
+        }
         _ => return false,
     }
     true
@@ -149,6 +175,7 @@ pub struct Script {
     pub input_tokens: u64,
     pub cache_read: u64,
     pub cache_write: u64,
+    pub tool: Option<ToolCall>,
 }
 
 impl Script {
@@ -181,6 +208,7 @@ impl Script {
             input_tokens: input_tokens(input_texts),
             cache_read: d.cache_read,
             cache_write: d.cache_write,
+            tool: d.tool,
         }
     }
 

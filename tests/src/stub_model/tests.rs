@@ -628,3 +628,69 @@ async fn failed_turns_stay_out_of_session_history_and_zero_turns_is_stateless() 
     }
     assert_eq!(stateless.requests()[1].input_texts, ["c"]);
 }
+
+#[tokio::test]
+async fn a_tool_directive_calls_the_offered_tool_and_the_next_call_echoes_its_result() {
+    let stub = stub().await;
+    let ask =
+        r#"status of etl? [tool=company_data__search {"index": "pipelines", "body": {"size": 1}}]"#;
+    let tools = json!([{"name": "company_data__search", "input_schema": {"type": "object"}}]);
+    let (status, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        json!({"model": "c", "max_tokens": 5, "stream": true, "tools": tools,
+               "messages": [{"role": "user", "content": ask}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    let start = events
+        .iter()
+        .find(|e| e.name.as_deref() == Some("content_block_start"))
+        .unwrap();
+    assert_eq!(start.json()["content_block"]["type"], "tool_use");
+    assert_eq!(
+        start.json()["content_block"]["name"],
+        "company_data__search"
+    );
+    let delta = events
+        .iter()
+        .find(|e| e.name.as_deref() == Some("content_block_delta"))
+        .unwrap();
+    let input: Value =
+        serde_json::from_str(delta.json()["delta"]["partial_json"].as_str().unwrap()).unwrap();
+    assert_eq!(input, json!({"index": "pipelines", "body": {"size": 1}}));
+    let stop = events
+        .iter()
+        .find(|e| e.name.as_deref() == Some("message_delta"))
+        .unwrap();
+    assert_eq!(stop.json()["delta"]["stop_reason"], "tool_use");
+
+    let (status, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        json!({"model": "c", "max_tokens": 5, "tools": tools, "messages": [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "company_data__search", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "status: failed"}]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["content"][0]["text"], "echo: status: failed");
+
+    let (status, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": ask}]}),
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "a tool the caller does not offer is an error: {body}"
+    );
+    assert!(body.contains("offers no such tool"), "{body}");
+}

@@ -46,7 +46,15 @@ pub struct SidecarSettings {
     /// agent's own credential, which the proxy checks before it spends the
     /// real key (that exists only in the sidecar).
     pub model_proxy_token: String,
+    /// The data proxy's base URL; its MCP endpoint is the company-data tool.
+    pub data_proxy_url: String,
+    /// What OpenClaw presents to the data proxy.
+    pub data_proxy_token: String,
 }
+
+/// The MCP server name of the company-data tools; OpenClaw calls them
+/// `company_data__search` and so on.
+pub const DATA_TOOL_SERVER: &str = "company_data";
 
 /// The provider name in `provider/model`.
 pub fn provider_of(model: &str) -> Option<&str> {
@@ -65,9 +73,6 @@ pub fn seed(primary_model: &str) -> Value {
             "fs": { "workspaceOnly": true },
             "deny": DENIED_TOOLS,
         },
-        // No such skill ships with OpenClaw; it is installed into the
-        // workspace. The entry keeps it read-only when it is.
-        "skills": { "entries": { "elasticsearch": { "enabled": true, "config": { "readOnly": true } } } },
     })
 }
 
@@ -92,15 +97,6 @@ pub fn enforce(cfg: &mut Value) -> Vec<String> {
                 );
             }
         }
-    }
-    if let Some(Value::Object(es)) = obj_at(root, &["skills", "entries"]).get_mut("elasticsearch") {
-        set(
-            obj_at(es, &["config"]),
-            "readOnly",
-            json!(true),
-            "skills.entries.elasticsearch.config.readOnly",
-            &mut overridden,
-        );
     }
     overridden
 }
@@ -148,6 +144,14 @@ fn enforce_tools(
             deny.push(json!(tool));
         }
     }
+    // The company-data tools are the agent's only way to the data: a
+    // denial of them is removed (they cannot write, so nothing is lost).
+    let before = deny.len();
+    deny.retain(|v| {
+        !v.as_str()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with(DATA_TOOL_SERVER))
+    });
+    reported |= deny.len() != before;
     reported |= present && deny.len() > had;
     if reported {
         overridden.push(format!("{at}.deny"));
@@ -237,6 +241,21 @@ pub fn apply_sidecar(cfg: &mut Value, s: &SidecarSettings) -> Vec<String> {
     );
     entry.insert("api".into(), json!(openclaw_api(s.provider_api)));
     entry.entry("models").or_insert(json!([]));
+
+    // The company-data tools: the sidecar's data proxy as an MCP server,
+    // written on every start, so a person's edit cannot remove or repoint it.
+    let data_tool = json!({
+        "url": format!("{}{}", s.data_proxy_url.trim_end_matches('/'), crate::data_proxy::MCP_PATH),
+        "transport": "streamable-http",
+        "headers": { "Authorization": format!("Bearer {}", s.data_proxy_token) },
+    });
+    set(
+        obj_at(root, &["mcp", "servers"]),
+        DATA_TOOL_SERVER,
+        data_tool,
+        &format!("mcp.servers.{DATA_TOOL_SERVER}"),
+        &mut overridden,
+    );
 
     // The notices reconciler reads cron run history over the admin RPC.
     obj_at(root, &["plugins", "entries", "admin-http-rpc"]).insert("enabled".into(), json!(true));

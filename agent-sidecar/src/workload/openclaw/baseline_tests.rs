@@ -14,6 +14,8 @@ fn settings() -> SidecarSettings {
         utility_model: None,
         cron_webhook_token: "hook-token".into(),
         model_proxy_token: "proxy-token".into(),
+        data_proxy_url: "http://127.0.0.1:18792".into(),
+        data_proxy_token: "data-token".into(),
     }
 }
 
@@ -27,23 +29,21 @@ fn seed_is_the_write_up_intent_in_the_current_schema() {
     assert_eq!(s["tools"]["elevated"]["enabled"], false);
     assert_eq!(s["tools"]["fs"]["workspaceOnly"], true);
     assert_eq!(s["tools"]["deny"], json!(["gateway", "sessions_spawn"]));
-    assert_eq!(
-        s["skills"]["entries"]["elasticsearch"],
-        json!({"enabled": true, "config": {"readOnly": true}})
+    assert!(
+        s.get("skills").is_none(),
+        "company data is the sidecar's MCP tool, not a skill that does not ship"
     );
     assert!(
         s.get("model").is_none(),
         "the write-up's top-level model key is invalid"
     );
-    assert!(s["skills"].get("elasticsearch").is_none());
 }
 
 #[test]
 fn enforce_undoes_elevated_tools_widened_fs_and_dropped_denials() {
     let mut cfg = json!({
         "tools": { "elevated": { "enabled": true, "allowFrom": {"slack": ["U1"]} }, "fs": { "workspaceOnly": false }, "deny": ["browser"] },
-        "agents": { "entries": { "helper": { "tools": { "elevated": { "enabled": true }, "fs": { "workspaceOnly": false } } } } },
-        "skills": { "entries": { "elasticsearch": { "enabled": true, "config": { "readOnly": false } } } },
+        "agents": { "entries": { "helper": { "tools": { "elevated": { "enabled": true }, "fs": { "workspaceOnly": false }, "deny": ["company_data__search"] } } } },
     });
     let overridden = enforce(&mut cfg);
     assert_eq!(cfg["tools"]["elevated"]["enabled"], false);
@@ -60,10 +60,10 @@ fn enforce_undoes_elevated_tools_widened_fs_and_dropped_denials() {
     let helper = &cfg["agents"]["entries"]["helper"]["tools"];
     assert_eq!(helper["elevated"]["enabled"], false);
     assert_eq!(helper["fs"]["workspaceOnly"], true);
-    assert!(helper.get("deny").is_none(), "inherits the global list");
     assert_eq!(
-        cfg["skills"]["entries"]["elasticsearch"]["config"]["readOnly"],
-        true
+        helper["deny"],
+        json!(["gateway", "sessions_spawn"]),
+        "the company-data tools cannot be denied"
     );
     for path in [
         "tools.elevated.enabled",
@@ -71,7 +71,7 @@ fn enforce_undoes_elevated_tools_widened_fs_and_dropped_denials() {
         "tools.deny",
         "agents.entries.helper.tools.elevated.enabled",
         "agents.entries.helper.tools.fs.workspaceOnly",
-        "skills.entries.elasticsearch.config.readOnly",
+        "agents.entries.helper.tools.deny",
     ] {
         assert!(
             overridden.iter().any(|p| p == path),
@@ -131,6 +131,10 @@ fn sidecar_settings_point_the_provider_at_the_proxy_with_a_dummy_key() {
         "models": { "providers": { "anthropic": { "baseUrl": "https://api.anthropic.com", "apiKey": "sk-real" } } },
         "agents": { "defaults": { "model": { "primary": "openai/gpt-5" } } },
         "cron": { "webhookSsrfPolicy": { "allowedHostnames": ["hooks.example"] } },
+        "mcp": { "servers": {
+            "company_data": { "url": "http://elasticsearch.data:9200/mcp" },
+            "weather": { "url": "https://weather.example/mcp" },
+        } },
     });
     let overridden = apply_sidecar(&mut cfg, &settings());
     assert_eq!(cfg["gateway"]["mode"], "local");
@@ -159,7 +163,21 @@ fn sidecar_settings_point_the_provider_at_the_proxy_with_a_dummy_key() {
         json!(["hooks.example", "127.0.0.1"])
     );
     assert!(!cfg.to_string().contains("sk-real"));
+    assert_eq!(
+        cfg["mcp"]["servers"]["company_data"],
+        json!({
+            "url": "http://127.0.0.1:18792/_clawswarm/mcp",
+            "transport": "streamable-http",
+            "headers": { "Authorization": "Bearer data-token" },
+        }),
+        "the company-data tool is re-pointed at the data proxy on every start"
+    );
+    assert_eq!(
+        cfg["mcp"]["servers"]["weather"]["url"], "https://weather.example/mcp",
+        "the person's own MCP servers stay"
+    );
     for path in [
+        "mcp.servers.company_data",
         "gateway.bind",
         "models.providers.anthropic.apiKey",
         "agents.defaults.model.primary",

@@ -91,6 +91,25 @@ pub struct InitArgs {
         default_value = "model-proxy-token"
     )]
     pub model_proxy_token_file: PathBuf,
+    /// Base URL of the sidecar's data proxy as OpenClaw should call it: its
+    /// MCP endpoint becomes the agent's company-data tools.
+    #[arg(
+        id = "data-proxy-url",
+        long = "data-proxy-url",
+        env = "CLAWSWARM_DATA_PROXY_URL",
+        default_value = "http://127.0.0.1:18792"
+    )]
+    pub data_proxy_url: String,
+    /// File with the credential OpenClaw presents to the data proxy (the
+    /// same file the proxy reads); created when missing. Relative to the
+    /// sidecar's data dir.
+    #[arg(
+        id = "data-proxy-token-file",
+        long = "data-proxy-token-file",
+        env = "CLAWSWARM_DATA_PROXY_TOKEN_FILE",
+        default_value = "data-proxy-token"
+    )]
+    pub data_proxy_token_file: PathBuf,
     /// The agent's first config (the template's base config, mounted from
     /// its ConfigMap); the built-in base config when the file is absent.
     /// Read on first run only: afterwards the config is the person's.
@@ -121,6 +140,8 @@ impl fmt::Debug for InitArgs {
             .field("model_proxy_url", &self.model_proxy_url)
             .field("webhook_token_file", &self.webhook_token_file)
             .field("model_proxy_token_file", &self.model_proxy_token_file)
+            .field("data_proxy_url", &self.data_proxy_url)
+            .field("data_proxy_token_file", &self.data_proxy_token_file)
             .field("seed_config", &self.seed_config)
             .field("openclaw_bin", &self.openclaw_bin)
             .finish()
@@ -194,6 +215,9 @@ impl InitArgs {
         if out.model_proxy_token_file.is_relative() {
             out.model_proxy_token_file = data_dir.join(&self.model_proxy_token_file);
         }
+        if out.data_proxy_token_file.is_relative() {
+            out.data_proxy_token_file = data_dir.join(&self.data_proxy_token_file);
+        }
         out
     }
 }
@@ -215,6 +239,8 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
         utility_model: args.utility_model.clone(),
         cron_webhook_token: token(&args.webhook_token_file)?,
         model_proxy_token: token(&args.model_proxy_token_file)?,
+        data_proxy_url: args.data_proxy_url.clone(),
+        data_proxy_token: token(&args.data_proxy_token_file)?,
     };
 
     let existing = read_config(path)?;

@@ -15,6 +15,8 @@ fn args(dir: &Path) -> InitArgs {
         utility_model: None,
         webhook_token_file: dir.join("sidecar").join("cron-webhook-token"),
         model_proxy_token_file: dir.join("sidecar").join("model-proxy-token"),
+        data_proxy_url: "http://127.0.0.1:18792".into(),
+        data_proxy_token_file: dir.join("sidecar").join("data-proxy-token"),
         seed_config: dir.join("template").join("openclaw.json"),
         openclaw_bin: None,
     }

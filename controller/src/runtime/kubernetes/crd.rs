@@ -163,6 +163,44 @@ pub struct MeteredStatus {
     pub lifetime: TokenUsage,
     /// What earlier ledgers of this agent counted.
     pub carried: TokenUsage,
+    /// Company-data queries through the agent's data proxy, same ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_carried: Option<DataUsage>,
+}
+
+/// Company-data queries (docs/company-data.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataUsage {
+    pub queries: u64,
+    /// Refused by the proxy: writes, other indices, caps, bad input.
+    pub refused: u64,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+impl From<DataUsage> for crate::runtime::DataTotals {
+    fn from(d: DataUsage) -> Self {
+        Self {
+            queries: d.queries,
+            refused: d.refused,
+            documents: d.documents,
+            bytes: d.bytes,
+        }
+    }
+}
+
+impl From<crate::runtime::DataTotals> for DataUsage {
+    fn from(d: crate::runtime::DataTotals) -> Self {
+        Self {
+            queries: d.queries,
+            refused: d.refused,
+            documents: d.documents,
+            bytes: d.bytes,
+        }
+    }
 }
 
 impl From<TokenUsage> for crate::runtime::TokenTotals {
@@ -193,16 +231,23 @@ impl From<&MeteredStatus> for crate::runtime::usage::MeteredTotals {
             ledger_id: m.ledger_id.clone(),
             lifetime: m.lifetime.into(),
             carried: m.carried.into(),
+            data: m.data.unwrap_or_default().into(),
+            data_carried: m.data_carried.unwrap_or_default().into(),
         }
     }
 }
 
 impl From<&crate::runtime::usage::MeteredTotals> for MeteredStatus {
     fn from(m: &crate::runtime::usage::MeteredTotals) -> Self {
+        let some = |d: crate::runtime::DataTotals| {
+            (d != crate::runtime::DataTotals::default()).then(|| d.into())
+        };
         Self {
             ledger_id: m.ledger_id.clone(),
             lifetime: m.lifetime.into(),
             carried: m.carried.into(),
+            data: some(m.data),
+            data_carried: some(m.data_carried),
         }
     }
 }
@@ -241,6 +286,47 @@ pub struct AgentTemplateSpec {
     /// Resources of the sidecar container (defaults are small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar_resources: Option<ResourceRequirements>,
+    /// What the agents of this role may read from the company's search
+    /// cluster through their sidecar's read-only data proxy. Unset: no
+    /// index is readable (the cluster URL and key still come from the
+    /// shared Secret, so the tool explains that nothing is allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataAccessSpec>,
+}
+
+/// The role's read-only access to company data (docs/company-data.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataAccessSpec {
+    /// Readable indices, aliases and data streams: names and `*` patterns
+    /// (`pipelines`, `logs-*`, `eu:pipelines` for a remote cluster). Checked
+    /// after the engine expands each request's expression.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub indices: Vec<String>,
+    /// Most results one request may ask for (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_hits: Option<u32>,
+    /// Longest a query may take, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: Option<u32>,
+    /// This role's own cluster credential (a key of a Secret in the agents'
+    /// namespace), instead of the shared Secret's `CLAWSWARM_DATA_API_KEY`:
+    /// e.g. an API key whose own role limits it further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_secret: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -187,6 +187,7 @@ impl Inner {
             metered = p.fold_metered(metered);
         }
         let usage = usage::shown(turns, metered.as_ref());
+        let data = usage::shown_data(metered.as_ref());
         Some(AgentRecord {
             id,
             owner: a.spec.owner.clone(),
@@ -198,6 +199,7 @@ impl Inner {
             phase,
             detail,
             usage,
+            data,
         })
     }
 

@@ -394,6 +394,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
     if let Some(model) = &w.model {
         sidecar_env.push(env("CLAWSWARM_WORKLOAD_MODEL", model.clone()));
     }
+    sidecar_env.extend(data_access_env(tpl.data.as_ref()));
     let http_probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -507,6 +508,37 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         a.insert(SPEC_HASH_ANNOTATION.into(), hash);
     }
     pod
+}
+
+/// The data proxy's rules for this role. The cluster URL and shared key
+/// come from the shared Secret (envFrom); a role's own credential, set
+/// here, wins over it (explicit env overrides envFrom).
+fn data_access_env(data: Option<&super::crd::DataAccessSpec>) -> Vec<EnvVar> {
+    let Some(d) = data else {
+        return Vec::new();
+    };
+    let mut out = vec![env("CLAWSWARM_DATA_INDICES", d.indices.join(","))];
+    if let Some(n) = d.max_hits {
+        out.push(env("CLAWSWARM_DATA_MAX_HITS", n.to_string()));
+    }
+    if let Some(n) = d.timeout_seconds {
+        out.push(env("CLAWSWARM_DATA_TIMEOUT_SECS", n.to_string()));
+    }
+    if let Some(secret) = &d.credential_secret {
+        out.push(EnvVar {
+            name: "CLAWSWARM_DATA_API_KEY".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+    out
 }
 
 /// A digest of what the pod should be (spec, labels, owner): a pod whose

@@ -102,6 +102,22 @@ pub fn template(tpl: &AgentTemplateSpec) -> Result<(), SpecError> {
     if let Some(r) = &tpl.sidecar_resources {
         resources("spec.sidecarResources", r)?;
     }
+    if let Some(d) = &tpl.data {
+        for (i, p) in d.indices.iter().enumerate() {
+            let bad = p.is_empty()
+                || p.starts_with(['-', '_'])
+                || p.contains(|c: char| c.is_whitespace() || ",/\\\"<>|?#".contains(c));
+            if bad {
+                return Err(SpecError::new(
+                    format!("spec.data.indices[{i}]"),
+                    format!(
+                        "{p:?} is not an index name or pattern (one name or `*` pattern per \
+                         entry, e.g. pipelines or logs-*)"
+                    ),
+                ));
+            }
+        }
+    }
     match parse_quantity(&tpl.storage.size) {
         Some(v) if v > 0.0 => {}
         _ => {

@@ -146,6 +146,7 @@ mod tests {
             storage: Default::default(),
             idle_timeout: None,
             sidecar_resources: None,
+            data: None,
         }
     }
 

@@ -118,6 +118,7 @@ impl LocalAgent {
             phase: self.phase,
             detail: self.detail.clone(),
             usage: usage::shown(self.stored.usage, self.stored.metered.as_ref()),
+            data: usage::shown_data(self.stored.metered.as_ref()),
         }
     }
 

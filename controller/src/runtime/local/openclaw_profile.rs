@@ -97,11 +97,15 @@ const WORKLOAD_ENV: &str = "OPENCLAW_CONFIG_PATH={data_dir}/openclaw/openclaw.js
 /// What each sidecar gets on top of the controller's environment: the
 /// gateway's address and token, and its own loopback ports and files: the
 /// ledger and notice state in the sidecar's own dir (out of the workload's
-/// reach), the two credentials the workload presents in the shared dir.
+/// reach), the three credentials the workload presents in the shared dir.
+/// The company search cluster (`CLAWSWARM_DATA_URL`, its key, the index
+/// allowlist) comes from the controller's environment, like the model key.
 const SIDECAR_ENV: &str = "CLAWSWARM_OPENCLAW_URL=http://127.0.0.1:{port};\
     CLAWSWARM_OPENCLAW_TOKEN={secret:gateway};\
     CLAWSWARM_MODEL_PROXY_LISTEN=127.0.0.1:{port:proxy};\
     CLAWSWARM_NOTICES_LISTEN=127.0.0.1:{port:notices};\
+    CLAWSWARM_DATA_PROXY_LISTEN=127.0.0.1:{port:data};\
+    CLAWSWARM_DATA_PROXY_TOKEN_FILE={shared_dir}/data-proxy-token;\
     CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE={shared_dir}/cron-webhook-token;\
     CLAWSWARM_MODEL_PROXY_TOKEN_FILE={shared_dir}/model-proxy-token;\
     CLAWSWARM_MODEL_USAGE_FILE={sidecar_dir}/model-usage.json;\
@@ -156,6 +160,8 @@ impl OpenClawProfileArgs {
              --openclaw-port {{port}} --model-proxy-url http://127.0.0.1:{{port:proxy}} \
              --cron-webhook-token-file \"{{shared_dir}}/cron-webhook-token\" \
              --model-proxy-token-file \"{{shared_dir}}/model-proxy-token\" \
+             --data-proxy-url http://127.0.0.1:{{port:data}} \
+             --data-proxy-token-file \"{{shared_dir}}/data-proxy-token\" \
              --openclaw-bin {oc} --model-api {api}"
         );
         if let Some(m) = model {

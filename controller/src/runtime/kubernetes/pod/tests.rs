@@ -29,6 +29,7 @@ pub(crate) fn template() -> AgentTemplateSpec {
         storage: StorageSpec::default(),
         idle_timeout: Some("2h".into()),
         sidecar_resources: None,
+        data: None,
     }
 }
 
@@ -220,4 +221,67 @@ fn workload_and_sidecar_share_the_agents_own_token_secret() {
         &build_workload_secret(&agent()).string_data.unwrap()[WORKLOAD_TOKEN_KEY],
         "fresh per agent"
     );
+}
+
+#[test]
+fn the_roles_data_rules_reach_the_sidecar_only_and_its_own_key_wins() {
+    let mut tpl = template();
+    tpl.data = Some(crate::runtime::kubernetes::crd::DataAccessSpec {
+        indices: vec!["pipelines".into(), "logs-*".into()],
+        max_hits: Some(200),
+        timeout_seconds: None,
+        credential_secret: Some(crate::runtime::kubernetes::crd::SecretKeyRef {
+            name: "analyst-search-key".into(),
+            key: "api-key".into(),
+        }),
+    });
+    let pod = build_pod(&agent(), &tpl, &settings());
+    let spec = pod.spec.unwrap();
+    let env_of = |c: &Container| c.env.clone().unwrap_or_default();
+    let sidecar = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "sidecar")
+        .unwrap();
+    let env = env_of(sidecar);
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value("CLAWSWARM_DATA_INDICES").as_deref(),
+        Some("pipelines,logs-*")
+    );
+    assert_eq!(value("CLAWSWARM_DATA_MAX_HITS").as_deref(), Some("200"));
+    let key = env
+        .iter()
+        .find(|e| e.name == "CLAWSWARM_DATA_API_KEY")
+        .unwrap();
+    let r = key
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.key.as_str()),
+        ("analyst-search-key", "api-key")
+    );
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        if c.name != "sidecar" {
+            assert!(
+                !env_of(c)
+                    .iter()
+                    .any(|e| e.name.starts_with("CLAWSWARM_DATA_API_KEY")),
+                "{} must not see the cluster key",
+                c.name
+            );
+        }
+    }
 }

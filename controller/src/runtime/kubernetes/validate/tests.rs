@@ -173,6 +173,18 @@ fn malformed_duration_size_config_map_and_paths_are_refused() {
         template(&t).unwrap_err().field,
         "spec.workload.writablePaths[0]"
     );
+    for bad in ["", "a,b", "-secret", "_all", "logs *"] {
+        let mut t = template_spec();
+        t.data = Some(crate::runtime::kubernetes::crd::DataAccessSpec {
+            indices: vec!["pipelines".into(), bad.into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            template(&t).unwrap_err().field,
+            "spec.data.indices[1]",
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
@@ -212,5 +224,6 @@ fn template_spec() -> AgentTemplateSpec {
         storage: StorageSpec::default(),
         idle_timeout: Some("2h".into()),
         sidecar_resources: None,
+        data: None,
     }
 }
