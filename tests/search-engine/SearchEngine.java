@@ -29,7 +29,8 @@ import org.opensearch.transport.Netty4Plugin;
  * A single-node OpenSearch on loopback for clawswarm's tests: the engine's own
  * jars from Maven Central, started without the distribution's launcher.
  *
- * <p>Usage: {@code SearchEngine HOME [HTTP_PORT]}. The bound HTTP address is
+ * <p>Usage: {@code SearchEngine HOME [HTTP_PORT [HOST]]} (HOST defaults to
+ * 127.0.0.1; a test's pod network gateway lets sandboxed pods reach it). The bound HTTP address is
  * written to {@code HOME/http.addr} once the node serves; the node stops when
  * stdin closes or on SIGTERM.
  *
@@ -74,8 +75,8 @@ public final class SearchEngine {
     }
 
     public static void main(String[] args) throws Exception {
-        if (args.length < 1 || args.length > 2) {
-            System.err.println("usage: SearchEngine HOME [HTTP_PORT]");
+        if (args.length < 1 || args.length > 3) {
+            System.err.println("usage: SearchEngine HOME [HTTP_PORT [HOST]]");
             System.exit(2);
         }
         String key = System.getenv("SEARCH_ENGINE_API_KEY");
@@ -83,7 +84,8 @@ public final class SearchEngine {
             apiKey = ("ApiKey " + key).getBytes(StandardCharsets.UTF_8);
         }
         Path home = Path.of(args[0]).toAbsolutePath();
-        String port = args.length == 2 ? args[1] : "0";
+        String port = args.length >= 2 ? args[1] : "0";
+        String host = args.length == 3 ? args[2] : "127.0.0.1";
         Files.createDirectories(home.resolve("config"));
         Settings settings = Settings.builder()
             .put("path.home", home.toString())
@@ -92,6 +94,7 @@ public final class SearchEngine {
             .put("cluster.name", "clawswarm-search")
             .put("node.name", "search-0")
             .put("network.host", "127.0.0.1")
+            .put("http.host", host)
             .put("http.port", port)
             .put("transport.port", "0")
             .put("discovery.type", "single-node")

@@ -669,12 +669,16 @@ fn reap(pid: Pid, limit: Duration) {
 /// Empty when the pid file is missing or unreadable.
 pub fn workload_tree(run_dir: &Path) -> Vec<u32> {
     let text = std::fs::read_to_string(run_dir.join("workload.pid")).unwrap_or_default();
-    let mut pids: Vec<u32> = text
-        .split_whitespace()
+    text.split_whitespace()
         .next()
         .and_then(|p| p.parse().ok())
-        .into_iter()
-        .collect();
+        .map(process_tree)
+        .unwrap_or_default()
+}
+
+/// `root` and its descendants (from /proc).
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
     let mut i = 0;
     while i < pids.len() {
         let p = pids[i];
@@ -688,6 +692,29 @@ pub fn workload_tree(run_dir: &Path) -> Vec<u32> {
         i += 1;
     }
     pids
+}
+
+/// The live (not zombie) members of process group `pgid` (from /proc).
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name (which may hold spaces): state, ppid, pgrp.
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace()
+                .collect();
+            rest.first() != Some(&"Z") && rest.get(2) == Some(&pgid.to_string().as_str())
+        })
+        .collect()
 }
 
 /// The pids recorded for every agent's sidecar and workload under a local

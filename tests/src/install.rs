@@ -144,13 +144,7 @@ impl Install {
         ];
         slack_values.extend(transport.secret_values(slack));
         let controller_secrets = fill_secret("controller-secrets.template.yaml", &slack_values)?;
-        let shared_secrets = fill_secret(
-            "shared-secrets.template.yaml",
-            &[
-                ("CLAWSWARM_MODEL_API_KEY", MODEL_KEY.to_string()),
-                ("CLAWSWARM_MODEL_UPSTREAM_URL", stub.base_url()),
-            ],
-        )?;
+        let shared_secrets = shared_secrets(&stub, &[])?;
         for secret in [controller_secrets, shared_secrets] {
             control_plane::apply_yaml(&cp.admin(), &secret, FIELD_MANAGER).await?;
         }
@@ -181,6 +175,29 @@ impl Install {
             net,
             rendered,
         })
+    }
+
+    /// A real search engine the agent pods reach (on the pod network's
+    /// gateway), seeded with pipeline runs, and the shared Secret's
+    /// company-data settings pointing at it, as an operator fills them in:
+    /// agents made after this read it through their data proxy.
+    pub async fn add_search_engine(&self) -> anyhow::Result<crate::search::SearchEngine> {
+        let gateway = std::net::IpAddr::V4(self.net.gateway());
+        let engine =
+            tokio::task::spawn_blocking(move || crate::search::SearchEngine::start_on(gateway))
+                .await??;
+        engine
+            .seed("pipelines", &crate::search::pipeline_runs())
+            .await?;
+        let secret = shared_secrets(
+            &self.stub,
+            &[
+                ("CLAWSWARM_DATA_URL", engine.url().to_owned()),
+                ("CLAWSWARM_DATA_API_KEY", crate::search::API_KEY.to_owned()),
+            ],
+        )?;
+        control_plane::apply_yaml(&self.cp.admin(), &secret, FIELD_MANAGER).await?;
+        Ok(engine)
     }
 
     /// The rendered controller Deployment.
@@ -435,6 +452,17 @@ pub fn restart_count(pod: &Pod) -> i32 {
 /// A shipped Secret template with `values` set in its `stringData`. A key
 /// the template does not list is added (settings an operator chooses, such
 /// as the Slack API URL); an empty value stays as shipped.
+/// The shipped shared Secret filled in: the model provider (the stub) and
+/// `extra` settings.
+fn shared_secrets(stub: &StubModel, extra: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut values = vec![
+        ("CLAWSWARM_MODEL_API_KEY", MODEL_KEY.to_string()),
+        ("CLAWSWARM_MODEL_UPSTREAM_URL", stub.base_url()),
+    ];
+    values.extend(extra.iter().cloned());
+    fill_secret("shared-secrets.template.yaml", &values)
+}
+
 pub fn fill_secret(template: &str, values: &[(&str, String)]) -> anyhow::Result<String> {
     let path = deploy_dir().join("secrets").join(template);
     let text =

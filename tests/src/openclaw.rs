@@ -92,22 +92,7 @@ impl Gateway {
 
     /// Process ids of the gateway and its descendants (from /proc).
     pub fn process_tree(&self) -> Vec<u32> {
-        let mut pids = vec![self.child.id()];
-        let mut i = 0;
-        while i < pids.len() {
-            let parent = pids[i];
-            if let Ok(children) =
-                std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            {
-                pids.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-            i += 1;
-        }
-        pids
+        crate::harness::process_tree(self.child.id())
     }
 
     /// The tail of the gateway's log, for assertion messages.
@@ -142,4 +127,99 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `cron.add` parameters of a job that runs `message` as an isolated
+/// agent turn on `schedule` and announces its reply (a notice to the owner),
+/// as the agent adds one from chat.
+pub fn cron_job(name: &str, schedule: serde_json::Value, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "schedule": schedule,
+        "sessionTarget": "isolated",
+        "wakeMode": "now",
+        "payload": {"kind": "agentTurn", "message": message},
+        "delivery": {"mode": "announce"},
+    })
+}
+
+/// A job every `ms` milliseconds.
+pub fn every(ms: u64) -> serde_json::Value {
+    serde_json::json!({"kind": "every", "everyMs": ms})
+}
+
+/// A job that runs once, `secs` seconds from now (OpenClaw deletes it after
+/// its run).
+pub fn once_in(secs: u64) -> serde_json::Value {
+    let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    serde_json::json!({"kind": "at", "at": rfc3339_utc(ms)})
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC (`2026-12-04T19:00:00.000Z`).
+fn rfc3339_utc(ms: u128) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(0);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        ms % 1000
+    )
+}
+
+/// The id of the job a `cron.add` answer describes.
+pub fn job_id(added: &serde_json::Value) -> anyhow::Result<String> {
+    added
+        .pointer("/payload/job/id")
+        .or_else(|| added.pointer("/payload/id"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no job id in {added}"))
+}
+
+/// A local agent's OpenClaw gateway address and bearer token, as its
+/// sidecar has them (the sidecar bridges that loopback port into the
+/// sandbox), read from the sidecar's environment.
+pub fn local_gateway(agent_dir: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let pid = std::fs::read_to_string(agent_dir.join("run/sidecar.pid"))?;
+    let pid = pid.split_whitespace().next().unwrap_or_default();
+    let env = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let var = |name: &str| {
+        env.split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(format!("{name}=").as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in the sidecar's environment"))
+    };
+    Ok((
+        var("CLAWSWARM_OPENCLAW_URL")?,
+        var("CLAWSWARM_OPENCLAW_TOKEN")?,
+    ))
+}
+
+/// One call of OpenClaw's admin RPC (`POST /api/v1/admin/rpc`), as the
+/// agent makes it from chat; the answer, which must say `ok`.
+pub async fn admin_rpc(
+    (url, token): &(String, String),
+    method: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("{url}/api/v1/admin/rpc"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "method": method, "params": params }))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await?
+        .json()
+        .await?;
+    anyhow::ensure!(body["ok"] == true, "{method}: {body}");
+    Ok(body)
 }

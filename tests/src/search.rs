@@ -22,9 +22,21 @@ pub const API_KEY: &str = "search-key-the-workload-must-never-see";
 
 pub struct SearchEngine {
     url: String,
-    /// Held so stdin stays open: the engine lives as long as this process.
-    _child: std::sync::Mutex<Child>,
+    /// Held so stdin stays open: the engine lives as long as this process
+    /// (or this value: dropping it stops the engine).
+    child: std::sync::Mutex<Child>,
     _home: tempfile::TempDir,
+}
+
+impl Drop for SearchEngine {
+    fn drop(&mut self) {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 static ENGINE: OnceLock<std::result::Result<SearchEngine, String>> = OnceLock::new();
@@ -33,12 +45,17 @@ impl SearchEngine {
     /// The test binary's engine, started on first use.
     pub fn shared() -> Result<&'static SearchEngine> {
         ENGINE
-            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .get_or_init(|| {
+                Self::start_on("127.0.0.1".parse().expect("an IP")).map_err(|e| format!("{e:#}"))
+            })
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    fn start() -> Result<Self> {
+    /// An engine of its own serving HTTP on `host` (e.g. a pod network's
+    /// gateway, so sandboxed pods reach it), stopped when dropped. Blocks
+    /// while it starts (~20 s): call it from `spawn_blocking`.
+    pub fn start_on(host: std::net::IpAddr) -> Result<Self> {
         let classpath = std::env::var("CLAWSWARM_SEARCH_ENGINE_CLASSPATH").context(
             "CLAWSWARM_SEARCH_ENGINE_CLASSPATH is not set: run the tests with scripts/test.sh, \
              or `eval \"$(scripts/deps.sh search)\"` first",
@@ -57,6 +74,8 @@ impl SearchEngine {
             ])
             .arg("dev.clawswarm.SearchEngine")
             .arg(home.path())
+            .arg("0")
+            .arg(host.to_string())
             .env("SEARCH_ENGINE_API_KEY", API_KEY)
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
@@ -84,7 +103,7 @@ impl SearchEngine {
         };
         Ok(Self {
             url: format!("http://{addr}"),
-            _child: std::sync::Mutex::new(child),
+            child: std::sync::Mutex::new(child),
             _home: home,
         })
     }

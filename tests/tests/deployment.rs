@@ -27,6 +27,7 @@ use anyhow::{Context as _, Result};
 use clawswarm_controller::runtime::kubernetes::crd::Agent;
 use clawswarm_tests::fake_slack::payloads;
 use clawswarm_tests::install::{Install, MODEL_KEY, NAMESPACE};
+use clawswarm_tests::openclaw::{cron_job, every, job_id, once_in};
 use clawswarm_tests::prometheus::{Prometheus, pod_targets};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -147,6 +148,8 @@ async fn agent_pod(install: &Install, agent: &str) -> Result<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod() -> Result<()> {
     let install = Install::new().await?;
+    // The company's search cluster, in the shared Secret before any agent.
+    let _engine = install.add_search_engine().await?;
 
     // The controller, as the Deployment's ReplicaSet would start it.
     let ctl = install.start_controller("a").await?;
@@ -255,22 +258,14 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         &install,
         &pod_name,
         "cron.add",
-        serde_json::json!({
-            "name": "install-test reminder",
-            "schedule": {"kind": "every", "everyMs": 5000},
-            "sessionTarget": "isolated",
-            "wakeMode": "now",
-            "payload": {"kind": "agentTurn", "message": "[chunks=2] a reminder"},
-            "delivery": {"mode": "announce"},
-        }),
+        cron_job(
+            "install-test reminder",
+            every(5000),
+            "[chunks=2] a reminder",
+        ),
     )
     .await?;
-    let job_id = added
-        .pointer("/payload/job/id")
-        .or_else(|| added.pointer("/payload/id"))
-        .and_then(|v| v.as_str())
-        .with_context(|| format!("no job id in {added}"))?
-        .to_owned();
+    let job_id = job_id(&added)?;
     let before_cron = billed;
     install
         .fake
@@ -316,6 +311,105 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
     );
     status_tokens_equal_billing(&install, &agents, &agent_name).await?;
     usage_command_shows_billing(&install, &dm, "usage-after-cron").await?;
+
+    // A personal alert on company data: two one-shot cron jobs query the
+    // pipeline runs through the data proxy (the shipped `default` template
+    // reads `pipelines*`); the scripted model notifies only when a failed
+    // run's error is in the answer. Alice gets one DM, from the job whose
+    // condition held, and none from the other.
+    for (name, query) in [
+        ("failed-runs alert", r#"{"match": {"status": "failed"}}"#),
+        (
+            "billing alert",
+            r#"{"match": {"pipeline": "billing-export"}}"#,
+        ),
+    ] {
+        let message = format!(
+            r#"[notify_if=quota] [tool=company_data__search {{"index": "pipelines", "body": {{"query": {query}}}}}]"#
+        );
+        openclaw_rpc(
+            &install,
+            &pod_name,
+            "cron.add",
+            cron_job(name, once_in(1), &message),
+        )
+        .await?;
+    }
+    let alerted = |f: &clawswarm_tests::fake_slack::FakeSlack| {
+        f.bot_messages()
+            .into_iter()
+            .filter(|m| {
+                m.channel == dm && m.thread_ts.is_none() && m.text.contains("disk quota exceeded")
+            })
+            .count()
+    };
+    install
+        .fake
+        .wait_for(START, |f| (alerted(f) > 0).then_some(()))
+        .await
+        .with_context(|| {
+            format!(
+                "the failed-runs alert never reached Alice; agent pod:\n{}",
+                install.pod_logs(&pod_name)
+            )
+        })?;
+    // Both jobs have run once the model is quiet; still one alert. (Their
+    // model calls are billed: the figure below is what Prometheus must show.)
+    let billed = settled_billing(&install).await;
+    assert_eq!(alerted(&install.fake), 1, "the alert is delivered once");
+    // Each job's answer would quote its tool's result; only one was sent.
+    let answers: Vec<String> = install
+        .fake
+        .bot_messages()
+        .into_iter()
+        .filter(|m| m.channel == dm && m.thread_ts.is_none() && m.text.contains("_index"))
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "the job whose condition did not hold notified no one: {answers:#?}"
+    );
+    assert!(!answers[0].contains("billing-export"), "{answers:#?}");
+    // Its queries count in Agent.status, per person.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let data = agents
+            .get(&agent_name)
+            .await?
+            .status
+            .and_then(|s| s.metered)
+            .and_then(|m| m.data)
+            .unwrap_or_default();
+        if data.queries >= 2 && data.documents >= 1 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Agent.status.metered.data never counted the alert queries: {data:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And `/agent usage` says so.
+    install.fake.socket().send_command(payloads::slash_command(
+        ALICE,
+        &dm,
+        "/agent",
+        "usage",
+        &install.fake.response_url("usage-after-alert"),
+    ))?;
+    let said = install
+        .fake
+        .response_containing(
+            "usage-after-alert",
+            "Company data:",
+            Duration::from_secs(30),
+        )
+        .await?;
+    anyhow::ensure!(
+        !said.contains("Company data: 0 queries"),
+        "`/agent usage` counts the alert's queries: {said}"
+    );
 
     // Monitoring that matches: the real Prometheus, configured with the
     // shipped PodMonitor, discovers every pod of the namespace (the agent
@@ -379,6 +473,30 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
     );
     assert!(out.contains("wrote"), "its own part is writable: {out}");
     assert!(!out.contains(MODEL_KEY), "{out}");
+    // Nor the search cluster's key: not in any process it sees, not in
+    // any file of its part of the volume.
+    let probe = install
+        .kubelet
+        .exec(
+            &pod_name,
+            "workload",
+            &[
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -cF '{key}'; \
+                     grep -rlF '{key}' /data 2>/dev/null | wc -l",
+                    key = clawswarm_tests::search::API_KEY
+                ),
+            ],
+        )
+        .await?;
+    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0"],
+        "the workload never sees the search key: {out}"
+    );
     let sidecar = install
         .kubelet
         .exec(

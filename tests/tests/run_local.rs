@@ -25,7 +25,10 @@ use std::{
 use tokio::io::AsyncBufReadExt;
 
 use clawswarm_tests::{
-    harness::{agent_pids, binaries, read_model_log, stub_workload_command, wait_for},
+    harness::{
+        agent_pids, binaries, group_members, read_model_log, stub_workload_command, wait_for,
+    },
+    openclaw::{admin_rpc, cron_job, every, job_id, local_gateway},
     stub_model::{Api, StubConfig, StubModel},
 };
 use nix::{
@@ -75,64 +78,14 @@ impl Drop for Cleanup {
     }
 }
 
-/// The gateway's address and bearer token, as the agent's sidecar has them
-/// (the sidecar bridges that loopback port into the sandbox).
-fn openclaw_gateway(agent_dir: &Path) -> (String, String) {
-    let pid = std::fs::read_to_string(agent_dir.join("run/sidecar.pid")).unwrap();
-    let pid = pid.split_whitespace().next().unwrap();
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let var = |name: &str| {
-        env.split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(format!("{name}=").as_bytes()))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_else(|| panic!("no {name} in the sidecar's environment"))
-    };
-    (
-        var("CLAWSWARM_OPENCLAW_URL"),
-        var("CLAWSWARM_OPENCLAW_TOKEN"),
-    )
-}
-
-/// One call of OpenClaw's admin RPC, as the agent makes it from chat.
-async fn openclaw_rpc(
-    (url, token): &(String, String),
-    method: &str,
-    params: serde_json::Value,
-) -> serde_json::Value {
-    let body: serde_json::Value = reqwest::Client::new()
-        .post(format!("{url}/api/v1/admin/rpc"))
-        .bearer_auth(token)
-        .json(&serde_json::json!({ "method": method, "params": params }))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["ok"], true, "{method}: {body}");
-    body
-}
-
-/// Live (not zombie) processes in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // Fields after the command name (which may hold spaces): state, ppid, pgrp.
-            let rest: Vec<&str> = stat
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace()
-                .collect();
-            rest.first() != Some(&"Z") && rest.get(2) == Some(&pgid.to_string().as_str())
-        })
-        .collect()
+/// A stub model that insists on `key`, as a real provider does.
+async fn keyed_stub(key: &str) -> StubModel {
+    StubModel::start(StubConfig {
+        api_key: Some(key.into()),
+        ..StubConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 /// `scripts/run-local.sh ARGS` running on a fresh HOME, logging to a file,
@@ -287,26 +240,15 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
     // Notices: a cron job (added over OpenClaw's admin RPC, as the agent
     // adds one from chat) runs with no turn; with no Slack configured its
     // output reaches whoever follows the agent's notices.
-    let gateway = openclaw_gateway(&run.agents().join("demo"));
-    let added = openclaw_rpc(
+    let gateway = local_gateway(&run.agents().join("demo")).unwrap();
+    let added = admin_rpc(
         &gateway,
         "cron.add",
-        serde_json::json!({
-            "name": "run-local reminder",
-            "schedule": {"kind": "every", "everyMs": 5000},
-            "sessionTarget": "isolated",
-            "wakeMode": "now",
-            "payload": {"kind": "agentTurn", "message": "[chunks=2] a reminder"},
-            "delivery": {"mode": "announce"},
-        }),
+        cron_job("run-local reminder", every(5000), "[chunks=2] a reminder"),
     )
-    .await;
-    let job_id = added
-        .pointer("/payload/job/id")
-        .or_else(|| added.pointer("/payload/id"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_else(|| panic!("no job id in {added}"))
-        .to_owned();
+    .await
+    .unwrap();
+    let job_id = job_id(&added).unwrap();
     // The first run's notice arrives while nobody follows: it is held.
     wait_for("a notice held for demo", Duration::from_secs(180), || {
         run.log().contains("notice held until someone follows")
@@ -340,7 +282,9 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
         "{}",
         run.log()
     );
-    openclaw_rpc(&gateway, "cron.remove", serde_json::json!({"id": job_id})).await;
+    admin_rpc(&gateway, "cron.remove", serde_json::json!({"id": job_id}))
+        .await
+        .unwrap();
     follower.kill().await.unwrap();
 
     // Ctrl-C stops the controller, and the agent's processes with it.
@@ -359,12 +303,7 @@ async fn run_local_gives_a_real_openclaw_agent_that_answers_and_stops_with_ctrl_
 /// way the provider would.
 async fn a_provider_key_gives_an_openclaw_agent(key_var: &str, base_var: &str, api: Api) {
     const KEY: &str = "sk-user-key-from-the-shell";
-    let stub = StubModel::start(StubConfig {
-        api_key: Some(KEY.into()),
-        ..StubConfig::default()
-    })
-    .await
-    .unwrap();
+    let stub = keyed_stub(KEY).await;
     let base = match api {
         Api::Anthropic => stub.base_url(),
         _ => stub.openai_base_url(),
@@ -418,12 +357,7 @@ async fn run_local_with_openai_api_key_answers_through_the_sidecars_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_local_workload_responses_with_openai_api_key_uses_openais_endpoint_and_key() {
     const KEY: &str = "sk-user-key-from-the-shell";
-    let stub = StubModel::start(StubConfig {
-        api_key: Some(KEY.into()),
-        ..StubConfig::default()
-    })
-    .await
-    .unwrap();
+    let stub = keyed_stub(KEY).await;
     let run = RunLocal::start(
         &["--workload", "responses"],
         &[

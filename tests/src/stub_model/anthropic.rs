@@ -94,6 +94,7 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
         Some(_) => return Err(BadRequest::invalid("messages", "an array")),
     };
     let mut last_user_text = String::new();
+    let (mut tool_result_turn, mut asked_text) = (false, String::new());
     for (i, msg) in messages.iter().enumerate() {
         let Value::Object(o) = msg else {
             return Err(BadRequest::invalid(&format!("messages.{i}"), "an object"));
@@ -114,9 +115,22 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
             Some(Value::Array(blocks)) => blocks_text(blocks, &path)?,
             Some(c) => content_text(c, &path)?,
         };
+        let carries_result = matches!(o.get("content"), Some(Value::Array(blocks))
+            if blocks.iter().any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result")));
+        // Judged by the last message with the person's side in it: OpenClaw
+        // may add a message of internal context only after a tool's result.
         if role == "user"
             && let Some(person) = super::person_text(&text)
         {
+            tool_result_turn = carries_result;
+            if !carries_result {
+                // Every message the person's side wrote: OpenClaw can add
+                // context blocks of its own after the one with directives.
+                if !asked_text.is_empty() {
+                    asked_text.push('\n');
+                }
+                asked_text.push_str(&person);
+            }
             last_user_text = person;
         }
         input_texts.push(text);
@@ -138,6 +152,8 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Call, BadReques
                     .collect()
             })
             .unwrap_or_default(),
+        tool_result_turn,
+        asked_text,
     })
 }
 
@@ -193,11 +209,20 @@ pub(crate) async fn handle(
     let model = call.model.clone();
     let stream = call.stream;
     let offered = call.tools.clone();
-    let (script, mut record) = match shared.begin(call) {
+    // An alert condition: answer the tool's result only when it holds.
+    let silent = call.tool_result_turn
+        && super::script::parse_directives(&call.asked_text)
+            .0
+            .notify_if
+            .is_some_and(|want| !call.last_user_text.contains(&want));
+    let (mut script, mut record) = match shared.begin(call) {
         Begin::Down => return super::down_response(),
         Begin::Http(status) => return status_error(status),
         Begin::Run(script, record) => (script, record),
     };
+    if silent {
+        script.reply_with("NO_REPLY");
+    }
     let id = shared.new_id("msg");
     let request_id = shared.new_id("req");
     if let Some(asked) = &script.tool {

@@ -84,6 +84,8 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<(Call, bool), B
         user,
         session_key: session_key(headers),
         tools: Vec::new(),
+        tool_result_turn: false,
+        asked_text: String::new(),
     };
     Ok((call, include_usage))
 }

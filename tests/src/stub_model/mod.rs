@@ -198,6 +198,10 @@ pub(crate) struct Call {
     pub session_key: Option<String>,
     /// Names of the tools the caller offers (Anthropic `tools[].name`).
     pub tools: Vec<String>,
+    /// The last message carries a tool's result (Anthropic `tool_result`),
+    /// and the text of every user message that carries none.
+    pub tool_result_turn: bool,
+    pub asked_text: String,
 }
 
 /// What to do with a parsed call.

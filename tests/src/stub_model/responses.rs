@@ -104,6 +104,8 @@ pub(crate) fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Parsed, BadRequ
         user,
         session_key: session_key(headers),
         tools: Vec::new(),
+        tool_result_turn: false,
+        asked_text: String::new(),
     };
     Ok(Parsed {
         call,

@@ -41,6 +41,10 @@ pub struct Directives {
     /// carrying the tool's result, echoes the result. The arguments must be one JSON object
     /// without square brackets (the directive ends at the first `]`).
     pub tool: Option<ToolCall>,
+    /// `[notify_if=TEXT]`: beside `[tool=...]`, the answer to the tool's result is the echo only
+    /// when the result contains TEXT, else `NO_REPLY` (OpenClaw's "nothing to say", which a cron
+    /// run delivers to no one): a scripted alert condition.
+    pub notify_if: Option<String>,
 }
 
 /// A tool call the stub makes.
@@ -116,6 +120,7 @@ fn apply(d: &mut Directives, inner: &str) -> bool {
             Ok(n) => d.cache_write = n,
             Err(_) => return false,
         },
+        ("notify_if", Some(v)) if !v.is_empty() => d.notify_if = Some(v.to_owned()),
         ("tool", Some(v)) => {
             let (name, input) = v.split_once(char::is_whitespace).unwrap_or((v, "{}"));
             let valid = serde_json::from_str::<serde_json::Value>(input.trim())
@@ -210,6 +215,12 @@ impl Script {
             cache_write: d.cache_write,
             tool: d.tool,
         }
+    }
+
+    /// Replace the reply with `text`, in one chunk (usage follows the new text).
+    pub fn reply_with(&mut self, text: &str) {
+        self.reply = text.to_owned();
+        self.cuts = vec![u32::try_from(text.len()).unwrap_or(u32::MAX)];
     }
 
     /// Applies an injected failure, which takes precedence over directives.

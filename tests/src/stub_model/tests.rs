@@ -694,3 +694,50 @@ async fn a_tool_directive_calls_the_offered_tool_and_the_next_call_echoes_its_re
     );
     assert!(body.contains("offers no such tool"), "{body}");
 }
+
+#[tokio::test]
+async fn notify_if_answers_a_tool_result_only_when_it_holds() {
+    let stub = stub().await;
+    let ask = r#"[notify_if=quota] [tool=tool_call {"id": "x"}]"#;
+    let turn = |result: &str| {
+        json!({"model": "c", "max_tokens": 5, "messages": [
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "tool_call", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": result}]}]})
+    };
+    let (_, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        turn("error: disk quota exceeded"),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["content"][0]["text"], "echo: error: disk quota exceeded");
+    let (_, _, body) = post(
+        &stub,
+        "/v1/messages",
+        &ANTHROPIC,
+        turn("all runs succeeded"),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["content"][0]["text"], "NO_REPLY",
+        "the condition does not hold: {v}"
+    );
+}
+
+#[tokio::test]
+async fn notify_if_still_applies_when_openclaw_adds_context_after_the_result() {
+    let stub = stub().await;
+    let context = "<<<BEGIN_OPENCLAW_INTERNAL_CONTEXT>>>active exec sessions: none<<<END_OPENCLAW_INTERNAL_CONTEXT>>>";
+    let body = json!({"model": "c", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "[notify_if=quota] [tool=tool_call {\"id\": \"x\"}]"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "tool_call", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "all runs succeeded"}]},
+        {"role": "user", "content": context}]});
+    let (_, _, body) = post(&stub, "/v1/messages", &ANTHROPIC, body).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["content"][0]["text"], "NO_REPLY", "{v}");
+}

@@ -145,6 +145,12 @@ pub struct CronRun {
     pub status: Option<String>,
     #[serde(default)]
     pub summary: Option<String>,
+    /// Why the run failed, and why its delivery failed (the same text when
+    /// only the delivery did).
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub delivery_error: Option<String>,
     /// The job as the webhook sends it (absent in run history entries).
     #[serde(default)]
     pub job: Option<Value>,
@@ -155,9 +161,18 @@ impl CronRun {
         self.run_at_ms.map(|t| format!("{}@{t}", self.job_id))
     }
 
-    /// The text worth forwarding: successful runs with a real answer.
+    /// The text worth forwarding: runs with a real answer that succeeded,
+    /// or whose only failure was OpenClaw's own delivery. A job the agent
+    /// made runs with `announce` to no channel until the reconciler points
+    /// it here; a one-shot alert can run before that, and its answer is in
+    /// the run history, marked failed because OpenClaw could not deliver
+    /// it: delivering it is exactly this module's job.
     fn forwardable_text(&self) -> Option<&str> {
-        if self.status.as_deref().is_some_and(|s| s != "ok") {
+        let delivery_only = self
+            .delivery_error
+            .as_deref()
+            .is_some_and(|d| self.error.as_deref() == Some(d));
+        if self.status.as_deref().is_some_and(|s| s != "ok") && !delivery_only {
             return None;
         }
         let text = self.summary.as_deref()?.trim();

@@ -64,7 +64,7 @@ fn only_successful_runs_with_a_real_answer_are_forwardable() {
         run_at_ms: Some(1),
         status: status.map(Into::into),
         summary: summary.map(Into::into),
-        job: None,
+        ..CronRun::default()
     };
     assert_eq!(
         run(Some("ok"), Some(" all quiet ")).forwardable_text(),
@@ -74,6 +74,29 @@ fn only_successful_runs_with_a_real_answer_are_forwardable() {
     assert_eq!(run(Some("ok"), Some("NO_REPLY")).forwardable_text(), None);
     assert_eq!(run(Some("error"), None).forwardable_text(), None);
     assert_eq!(run(Some("ok"), None).forwardable_text(), None);
+}
+
+#[test]
+fn a_run_whose_only_failure_was_openclaws_delivery_is_forwarded() {
+    // As cron.runs reports a one-shot job that ran before it was routed
+    // here (measured on 2026.9.6).
+    let entry = json!({
+        "jobId": "alert", "runAtMs": 5, "status": "error",
+        "deliveryStatus": "not-delivered",
+        "error": "Channel is required (no configured channels detected).",
+        "deliveryError": "Channel is required (no configured channels detected).",
+        "summary": "pipeline etl-nightly failed: disk quota exceeded",
+    });
+    let run: CronRun = serde_json::from_value(entry.clone()).unwrap();
+    assert_eq!(
+        run.forwardable_text(),
+        Some("pipeline etl-nightly failed: disk quota exceeded")
+    );
+    // A run that itself failed stays unforwarded, delivered or not.
+    let mut failed = entry;
+    failed["error"] = json!("model unreachable");
+    let run: CronRun = serde_json::from_value(failed).unwrap();
+    assert_eq!(run.forwardable_text(), None);
 }
 
 /// A fake OpenClaw admin RPC: fixed jobs and run history, records updates.

@@ -464,6 +464,7 @@ impl Runtime for KubernetesRuntime {
             Some(last) if last.ledger_id == report.ledger_id => {
                 let folded = MeteredTotals::fold(Some(&MeteredTotals::from_report(last)), report);
                 last.lifetime = Some(folded.lifetime.to_proto());
+                last.data = Some(folded.data.to_proto());
             }
             _ => queued.push(report.clone()),
         }

@@ -217,6 +217,14 @@ impl Proc {
         if let Some(child) = &mut self.child {
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
         }
+        // SIGKILL is delivered asynchronously: a member of a busy machine's
+        // group can still be running for a moment after the leader is
+        // reaped. The group is gone when this returns (or 2 s have passed).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.pid > 0 && group_has_members(self.pid) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Only our own record: an agent suspended and woken at once has a
         // new process recorded here by now, and removing its record would
         // orphan it (no later stop, adoption or cleanup could find it).
