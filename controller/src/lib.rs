@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
+pub mod notice_delivery;
 pub mod notice_inbox;
 pub mod router;
 pub mod runtime;

@@ -20,7 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{mesh::InboundNotice, router::Router};
+use crate::{
+    mesh::InboundNotice,
+    notice_delivery::{self, Screened},
+    router::Router,
+};
 
 /// Notices kept per agent while nobody follows it; the oldest go first
 /// (and stay with the agent, which resends them).
@@ -108,20 +112,8 @@ impl Courier {
     }
 
     async fn arrived(&mut self, n: InboundNotice) {
-        match self
-            .router
-            .runtime()
-            .notice_delivered(&n.agent, &n.notice_id)
-            .await
-        {
-            Ok(false) => {}
-            Ok(true) => {
-                info!(agent = %n.agent, notice_id = %n.notice_id, "notice already delivered; acknowledged, not shown again");
-                return self.ack(&n).await;
-            }
-            Err(e) => {
-                return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "could not tell whether the notice was delivered; the agent will resend it");
-            }
+        if notice_delivery::screen(&self.router, &n).await != Screened::New {
+            return;
         }
         if self.hand_over(&n) {
             self.delivered(&n).await;
@@ -179,24 +171,8 @@ impl Courier {
         held.push_back(n);
     }
 
-    /// Recorded before the ack, as for Slack: once the sidecar forgets the
-    /// notice, only this record stops a resend in flight being shown again.
     async fn delivered(&self, n: &InboundNotice) {
         info!(agent = %n.agent, notice_id = %n.notice_id, "notice delivered to its followers");
-        if let Err(e) = self
-            .router
-            .runtime()
-            .record_notice_delivered(&n.agent, &n.notice_id)
-            .await
-        {
-            warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "delivered notice not recorded; a resend would be shown again");
-        }
-        self.ack(n).await;
-    }
-
-    async fn ack(&self, n: &InboundNotice) {
-        if let Err(e) = self.router.mesh().ack_notice(&n.agent, &n.notice_id).await {
-            warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice not acknowledged; the agent will resend it");
-        }
+        notice_delivery::delivered(&self.router, n).await;
     }
 }

@@ -4,7 +4,8 @@
 //! notice that cannot be delivered stays unacknowledged, so the sidecar
 //! keeps it and sends it again after its next reconnect. A notice already
 //! delivered (the runtime remembers, across restarts and failovers: see
-//! `runtime::notices`) is acknowledged again and not posted twice.
+//! `runtime::notices`) is acknowledged again and not posted twice; that
+//! bookkeeping is `notice_delivery`'s, shared with the Gateway's followers.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,7 +17,10 @@ use super::{
     app::SlackApp,
     split::{MAX_TEXT_MESSAGE, split_message},
 };
-use crate::mesh::InboundNotice;
+use crate::{
+    mesh::InboundNotice,
+    notice_delivery::{self, Screened},
+};
 
 pub async fn deliver_notices<C: Connector>(
     app: Arc<SlackApp<C>>,
@@ -53,21 +57,10 @@ async fn deliver<C: Connector>(
             return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice owner lookup failed");
         }
     };
-    match app
-        .router
-        .runtime()
-        .notice_delivered(&n.agent, &n.notice_id)
-        .await
-    {
-        Ok(false) => {}
-        Ok(true) => {
-            app.api.metrics().event("notice", "duplicate");
-            info!(agent = %n.agent, notice_id = %n.notice_id, "notice already delivered; acknowledged, not posted again");
-            return ack(app, &n).await;
-        }
-        Err(e) => {
-            return warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "could not tell whether the notice was delivered; the agent will resend it");
-        }
+    match notice_delivery::screen(&app.router, &n).await {
+        Screened::New => {}
+        Screened::Duplicate => return app.api.metrics().event("notice", "duplicate"),
+        Screened::Unknown => return,
     }
     let channel = match dms.get(&owner) {
         Some(c) => c.clone(),
@@ -88,22 +81,5 @@ async fn deliver<C: Connector>(
     }
     app.api.metrics().event("notice", "delivered");
     info!(agent = %n.agent, owner = %owner, notice_id = %n.notice_id, "notice delivered");
-    // Recorded before the ack: once the sidecar forgets the notice, only
-    // this record stops a resend in flight from being posted again. (A
-    // controller that dies between the post and this write posts it twice.)
-    if let Err(e) = app
-        .router
-        .runtime()
-        .record_notice_delivered(&n.agent, &n.notice_id)
-        .await
-    {
-        warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "delivered notice not recorded; a resend would be posted again");
-    }
-    ack(app, &n).await;
-}
-
-async fn ack<C: Connector>(app: &SlackApp<C>, n: &InboundNotice) {
-    if let Err(e) = app.router.mesh().ack_notice(&n.agent, &n.notice_id).await {
-        warn!(agent = %n.agent, notice_id = %n.notice_id, error = %e, "notice not acknowledged; the agent will resend it");
-    }
+    notice_delivery::delivered(&app.router, &n).await;
 }

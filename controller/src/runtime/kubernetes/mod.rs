@@ -597,9 +597,16 @@ impl Runtime for KubernetesRuntime {
             ),
         ] {
             if ready != Ok(true) {
+                // Asked to stop while starting (the caches' writers end
+                // with the shutdown): a stop, not a failure.
+                let stopping = shutdown.is_cancelled();
                 shutdown.cancel();
                 tasks.close();
                 tasks.wait().await;
+                if stopping {
+                    info!(cache = what, "stopped before the caches synced");
+                    return Ok(());
+                }
                 return Err(RuntimeError::Unavailable(format!(
                     "{what} cache did not sync within {CACHE_SYNC_TIMEOUT:?} (RBAC or API server?)"
                 )));
