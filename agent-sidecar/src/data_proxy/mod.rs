@@ -1012,4 +1012,6 @@ pub async fn start(
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
