@@ -40,23 +40,26 @@ impl Params {
     }
 
     pub fn encode(&self) -> String {
-        let enc = |s: &str| {
-            let mut out = String::with_capacity(s.len());
-            for b in s.bytes() {
-                if b.is_ascii_alphanumeric() || b"-_.~*,".contains(&b) {
-                    out.push(b as char);
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
-            out
-        };
+        let enc = |s: &str| percent_encode(s, b"-_.~*,");
         self.0
             .iter()
             .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
             .collect::<Vec<_>>()
             .join("&")
     }
+}
+
+/// Percent-encode every byte but ASCII alphanumerics and `keep`.
+pub fn percent_encode(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Decode percent-encoding; `None` when it is invalid or not UTF-8.

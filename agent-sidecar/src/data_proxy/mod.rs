@@ -349,12 +349,13 @@ impl DataProxy {
         body: &[u8],
     ) -> Response {
         let started = Instant::now();
-        let kind = route::classify(method, path).map_or("other", |r| r.kind());
+        let route = route::classify(method, path);
+        let kind = route.as_ref().map_or("other", Route::kind);
         let mut audit = Audit { kind, indices: "" };
         let indices_seen = std::sync::Mutex::new(String::new());
         let outcome = match tokio::time::timeout(
             self.timeout,
-            self.run(method, path, query, body, &indices_seen),
+            self.run(route, path, query, body, &indices_seen),
         )
         .await
         {
@@ -444,13 +445,13 @@ impl DataProxy {
 
     async fn run(
         &self,
-        method: &Method,
+        route: Result<Route, Refusal>,
         path: &str,
         query: Option<&str>,
         body: &[u8],
         seen: &std::sync::Mutex<String>,
     ) -> Result<Answer, Refusal> {
-        let route = route::classify(method, path)?;
+        let route = route?;
         if self.engine.is_none() {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -840,10 +841,7 @@ impl DataProxy {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> Refusal {
-        let mut cause: &dyn std::error::Error = e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
+        let cause = crate::error_chain::innermost_cause(e);
         Refusal::new(
             StatusCode::BAD_GATEWAY,
             "clawswarm_engine_unreachable",
@@ -866,20 +864,12 @@ fn engine_url(url: &str) -> Result<String, DataProxyError> {
 
 /// The `Authorization` value the engine gets, from the key file or variable.
 fn credential(args: &DataProxyArgs) -> Result<HeaderValue, DataProxyError> {
-    let key = match (&args.api_key_file, &args.api_key) {
-        (Some(path), _) => {
-            std::fs::read_to_string(path).map_err(|source| DataProxyError::KeyFile {
-                path: path.clone(),
-                source,
-            })?
-        }
-        (None, Some(k)) => k.clone(),
-        (None, None) => return Err(DataProxyError::NoKey),
-    };
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(DataProxyError::BadKey);
-    }
+    use crate::secret::{SecretError, read};
+    let key = read(args.api_key_file.as_deref(), args.api_key.as_deref()).map_err(|e| match e {
+        SecretError::Missing => DataProxyError::NoKey,
+        SecretError::File { path, source } => DataProxyError::KeyFile { path, source },
+        SecretError::Empty => DataProxyError::BadKey,
+    })?;
     let value = match args.auth {
         DataAuth::Apikey => format!("ApiKey {key}"),
         DataAuth::Bearer => format!("Bearer {key}"),
@@ -900,15 +890,7 @@ fn json_body(v: &Value) -> (Vec<u8>, &'static str) {
 /// Percent-encode an index expression as one path segment (commas, `*`,
 /// `:` and names stay readable; a `/` stays data, never a separator).
 fn enc(expr: &str) -> String {
-    let mut out = String::with_capacity(expr.len());
-    for b in expr.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.*,:+".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    body::percent_encode(expr, b"-_.*,:+")
 }
 
 fn cursor_ids(body: Option<&Value>, keys: &[&str]) -> Vec<String> {

@@ -250,11 +250,7 @@ impl UsageLedger {
             s.lifetime.add(usage);
             s.clone()
         };
-        self.metered.send_replace(Metered {
-            ledger_id: snapshot.id.clone(),
-            lifetime: snapshot.lifetime,
-            data: snapshot.data,
-        });
+        self.publish(&snapshot);
         self.persist(&snapshot)
     }
 
@@ -266,12 +262,17 @@ impl UsageLedger {
             s.data.add(query);
             s.clone()
         };
-        self.metered.send_replace(Metered {
-            ledger_id: snapshot.id.clone(),
-            lifetime: snapshot.lifetime,
-            data: snapshot.data,
-        });
+        self.publish(&snapshot);
         self.persist(&snapshot)
+    }
+
+    /// Tell the controller's link about the new lifetime figures.
+    fn publish(&self, s: &State) {
+        self.metered.send_replace(Metered {
+            ledger_id: s.id.clone(),
+            lifetime: s.lifetime,
+            data: s.data,
+        });
     }
 
     /// (today, this month) as of `now`.

@@ -449,21 +449,12 @@ impl ModelProxy {
 }
 
 fn read_key(args: &ModelProxyArgs) -> Result<String, ModelProxyError> {
-    let key = match (&args.api_key_file, &args.api_key) {
-        (Some(path), _) => {
-            std::fs::read_to_string(path).map_err(|source| ModelProxyError::KeyFile {
-                path: path.clone(),
-                source,
-            })?
-        }
-        (None, Some(k)) => k.clone(),
-        (None, None) => return Err(ModelProxyError::NoKey),
-    };
-    let key = key.trim().to_owned();
-    if key.is_empty() {
-        return Err(ModelProxyError::BadKey);
-    }
-    Ok(key)
+    use crate::secret::{SecretError, read};
+    read(args.api_key_file.as_deref(), args.api_key.as_deref()).map_err(|e| match e {
+        SecretError::Missing => ModelProxyError::NoKey,
+        SecretError::File { path, source } => ModelProxyError::KeyFile { path, source },
+        SecretError::Empty => ModelProxyError::BadKey,
+    })
 }
 
 async fn messages(State(p): State<Arc<ModelProxy>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -578,7 +569,7 @@ async fn forward_call(
             if e.is_connect() {
                 let problem = health::ModelProblem::Unreachable {
                     upstream: p.upstream.clone(),
-                    cause: connect_cause(&e),
+                    cause: crate::error_chain::innermost_cause(&e),
                 };
                 return p.answer_problem(
                     api,
@@ -646,16 +637,6 @@ async fn forward_call(
     let metered = MeteredBody::new(resp, api, p);
     out.body(Body::from_stream(metered))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// The innermost cause of a connect error ("Connection refused (os error
-/// 111)", "dns error: ..."), without the URL reqwest puts around it.
-fn connect_cause(e: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]
