@@ -131,8 +131,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let tasks = TaskTracker::new();
     // OpenClaw brings its model proxy, which meters every model call itself;
     // counting turn usage too would count those tokens twice.
+    let skills_args = args.skills.resolved(&args.data_dir);
+    let root_map = skills_args
+        .root_map()
+        .map_err(|e| AppError::Config(format!("CLAWSWARM_WORKLOAD_ROOT_MAP: {e}")))?;
+    let mut workload_skills: Option<Arc<dyn crate::skills::WorkloadSkills>> = None;
     let (workload, openclaw): (Arc<dyn Workload>, _) = if args.workload.kind == "openclaw" {
         let oc = args.openclaw.resolved(&args.data_dir, &args.workload);
+        workload_skills = Some(Arc::new(crate::skills::OpenClawSkills {
+            config_path: skills_args.openclaw_config.clone(),
+            state_dir: skills_args.openclaw_state_dir.clone().unwrap_or_default(),
+            root_map,
+        }));
         let services = openclaw_services::start(&oc, metrics.clone(), shutdown.clone())
             .await
             .map_err(|e| AppError::Config(format!("openclaw: {e}")))?;
@@ -304,6 +314,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         connected: linked,
         max_frame_bytes: MAX_FRAME_BYTES,
         workload_kind: workload.kind(),
+        skills: Arc::new(crate::skills::Skills::new(
+            crate::skills::Shelf::new(skills_args.dir.clone()),
+            workload_skills,
+        )),
     };
     info!(agent = %agent, http = %http_addr, debug = %debug_addr, workload = workload.kind(), "sidecar running");
     link.run(shutdown.clone())

@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// agents always get the proxy, which says so when no cluster is set).
     #[command(flatten)]
     pub data: crate::data_proxy::DataProxyArgs,
+
+    /// Library skills the controller installs (docs/skills.md).
+    #[command(flatten)]
+    pub skills: crate::skills::SkillsArgs,
 }
 
 impl fmt::Debug for RunArgs {

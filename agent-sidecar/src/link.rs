@@ -29,6 +29,7 @@ use crate::{
     model_proxy::ledger::Metered,
     notices::Outbox,
     relay::{Relay, TurnState},
+    skills::Skills,
     workload::Readiness,
 };
 
@@ -55,6 +56,8 @@ pub struct Link {
     pub max_frame_bytes: usize,
     /// Reported in Hello so operators see what serves the agent.
     pub workload_kind: &'static str,
+    /// Answers the controller's `SkillRequest`s.
+    pub skills: Arc<Skills>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ fn capabilities(metered: bool, workload_kind: &str) -> Vec<String> {
     let mut caps = vec![
         "resume".to_owned(),
         "notices".to_owned(),
+        "skills".to_owned(),
         format!("{WORKLOAD_CAPABILITY}{workload_kind}"),
     ];
     if metered {
@@ -166,6 +170,7 @@ impl Link {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             capabilities: capabilities(self.metered.is_some(), self.workload_kind),
             pending: self.relay.pending(),
+            library_skills: self.skills.installed(),
         };
         let _ = tx.try_send(frame(Out::Hello(hello)));
         let response =
@@ -306,6 +311,19 @@ impl Link {
             In::Drain(d) => {
                 info!(reason = %d.reason, "controller is draining");
                 return Ok(Some(SessionEnd::Reconnect));
+            }
+            In::SkillRequest(r) => {
+                // Off the frame loop: a skill list waits on the workload.
+                let skills = self.skills.clone();
+                let tx = tx.clone();
+                let stop = session.clone();
+                tasks.spawn(async move {
+                    let reply = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        reply = skills.serve(r) => reply,
+                    };
+                    let _ = tx.send(frame(Out::SkillReply(reply))).await;
+                });
             }
             In::Welcome(_) => warn!("repeated Welcome ignored"),
         }

@@ -35,6 +35,10 @@ enum Command {
     /// sidecar's ports across the sandbox's network namespace (started by
     /// the local controller; see sandbox_bridge).
     SandboxBridge(sandbox_bridge::InsideArgs),
+    /// OpenClaw's install policy (run by OpenClaw before every skill or
+    /// plugin install, request on stdin): refuse installs from public
+    /// registries and git.
+    InstallPolicy,
 }
 
 const EX_USAGE: u8 = 64;
@@ -62,6 +66,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_SOFTWARE);
         }
     };
+    if let Command::InstallPolicy = &cli.command {
+        return clawswarm_sidecar::install_policy::run();
+    }
     if let Command::Init(cmd) = &cli.command {
         if let Err(e) = std::fs::create_dir_all(&cmd.data_dir) {
             error!(error = %e, data_dir = %cmd.data_dir.display(), "cannot create the data dir");
@@ -84,7 +91,7 @@ fn main() -> ExitCode {
     }
     rt.block_on(async move {
         match cli.command {
-            Command::Init(_) => ExitCode::SUCCESS,
+            Command::Init(_) | Command::InstallPolicy => ExitCode::SUCCESS,
             Command::SandboxBridge(args) => match sandbox_bridge::run_inside(args).await {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EX_SOFTWARE)),
                 Err(e) => {

@@ -155,6 +155,7 @@ impl SimSidecar {
                 version: "bench".into(),
                 capabilities: vec!["resume".into()],
                 pending,
+                library_skills: vec![],
             })),
         };
         let _ = tx.try_send(hello);
@@ -216,6 +217,8 @@ impl SimSidecar {
                     lock(state).held.remove(&c.turn_id);
                 }
                 In::Drain(_) => break,
+                // Simulated sidecars do not say "skills": never asked.
+                In::SkillRequest(_) => {}
             }
         }
         if welcomed {

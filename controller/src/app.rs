@@ -158,7 +158,32 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         metrics.clone(),
         stop_serving.clone(),
     );
-    let router = Router::new(runtime.clone(), mesh.clone(), RouterConfig::default());
+    // The company skills library: ConfigMaps beside the controller on
+    // Kubernetes, a directory of this machine's state locally.
+    let library: Arc<dyn crate::skills::SkillLibrary> = match &k8s {
+        Some((_, rt)) => Arc::new(crate::skills::configmap_library::ConfigMapLibrary::new(
+            rt.client(),
+            &ns,
+        )),
+        None => Arc::new(crate::skills::dir_library::DirLibrary::new(
+            args.skills_library
+                .clone()
+                .unwrap_or_else(|| state_dir.join("skills-library")),
+        )),
+    };
+    let skills = Arc::new(crate::skills::Skills::new(
+        library,
+        runtime.clone(),
+        mesh.clone(),
+    ));
+    tasks.spawn(
+        skills
+            .clone()
+            .refresh_connected(outputs.skill_holders, stop_serving.clone())
+            .instrument(info_span!("skills")),
+    );
+    let router =
+        Router::new(runtime.clone(), mesh.clone(), RouterConfig::default()).with_skills(skills);
     // Slack delivers notices when configured (on the leader); otherwise the
     // Gateway's followers do (`clawswarm notices NAME`).
     let (slack_notices, notice_inbox) = if args.slack.enabled() {

@@ -64,6 +64,13 @@ pub struct RunArgs {
     #[arg(long, env = "CLAWSWARM_CERT_LIFETIME", value_parser = parse_duration, default_value = "24h")]
     pub cert_lifetime: Duration,
 
+    /// The company skills library's directory (local runtime): `library/`
+    /// holds shared skills, `proposals/` what people offered. Default:
+    /// `<state dir>/skills-library`. On Kubernetes the library is
+    /// ConfigMaps in the controller's namespace (docs/skills.md).
+    #[arg(long, env = "CLAWSWARM_SKILLS_LIBRARY")]
+    pub skills_library: Option<PathBuf>,
+
     /// How long in-flight turns may take to finish on SIGTERM.
     #[arg(long, env = "CLAWSWARM_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,

@@ -72,6 +72,13 @@ impl GatewayService {
         })
     }
 
+    fn skills(&self) -> Result<&crate::skills::Skills, Status> {
+        self.router
+            .skills()
+            .map(|s| &**s)
+            .ok_or_else(|| Status::unimplemented("this controller has no skills library"))
+    }
+
     fn to_proto(&self, r: AgentRecord) -> pb::Agent {
         let state = self.router.mesh().state(&r.id);
         let detail = crate::router::shown_detail(&r, &state);
@@ -91,6 +98,31 @@ impl GatewayService {
             workload: state.workload,
             data: (r.data != crate::runtime::DataTotals::default()).then(|| r.data.to_proto()),
         }
+    }
+}
+
+fn overview_proto(o: crate::skills::Overview) -> pb::ListSkillsResponse {
+    pb::ListSkillsResponse {
+        installed: o.installed,
+        offered: o
+            .offered
+            .into_iter()
+            .map(|s| pb::LibrarySkill {
+                name: s.name,
+                description: s.description,
+            })
+            .collect(),
+    }
+}
+
+fn proposal_proto(p: crate::skills::Proposal) -> pb::SkillProposal {
+    pb::SkillProposal {
+        name: p.name,
+        description: p.description,
+        agent: p.agent,
+        owner: p.owner,
+        state: p.state.as_str().to_owned(),
+        files: p.files,
     }
 }
 
@@ -279,6 +311,73 @@ impl Gateway for GatewayService {
             .map(|a| (a.id.name().to_owned(), a.usage.to_proto()))
             .collect();
         Ok(Response::new(pb::UsageReport { by_agent }))
+    }
+
+    async fn list_skills(
+        &self,
+        request: Request<pb::ListSkillsRequest>,
+    ) -> Result<Response<pb::ListSkillsResponse>, Status> {
+        self.authorize(&request)?;
+        let id = self.agent_id(&request.get_ref().agent)?;
+        let o = self.skills()?.overview(&id).await?;
+        Ok(Response::new(overview_proto(o)))
+    }
+
+    async fn add_skill(
+        &self,
+        request: Request<pb::AddSkillRequest>,
+    ) -> Result<Response<pb::ListSkillsResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let id = self.agent_id(&req.agent)?;
+        let o = self.skills()?.add(&id, &req.name).await?;
+        info!(agent = %id, skill = %req.name, admin = %admin, "library skill added through the gateway");
+        Ok(Response::new(overview_proto(o)))
+    }
+
+    async fn remove_skill(
+        &self,
+        request: Request<pb::RemoveSkillRequest>,
+    ) -> Result<Response<pb::ListSkillsResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let id = self.agent_id(&req.agent)?;
+        let o = self.skills()?.remove(&id, &req.name).await?;
+        info!(agent = %id, skill = %req.name, admin = %admin, "library skill removed through the gateway");
+        Ok(Response::new(overview_proto(o)))
+    }
+
+    async fn propose_skill(
+        &self,
+        request: Request<pb::ProposeSkillRequest>,
+    ) -> Result<Response<pb::SkillProposal>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let id = self.agent_id(&req.agent)?;
+        let p = self.skills()?.propose(&id, &req.name).await?;
+        Ok(Response::new(proposal_proto(p)))
+    }
+
+    async fn list_skill_proposals(
+        &self,
+        request: Request<pb::ListSkillProposalsRequest>,
+    ) -> Result<Response<pb::ListSkillProposalsResponse>, Status> {
+        self.authorize(&request)?;
+        let proposals = self.skills()?.proposals().await?;
+        Ok(Response::new(pb::ListSkillProposalsResponse {
+            proposals: proposals.into_iter().map(proposal_proto).collect(),
+        }))
+    }
+
+    async fn review_skill_proposal(
+        &self,
+        request: Request<pb::ReviewSkillProposalRequest>,
+    ) -> Result<Response<pb::SkillProposal>, Status> {
+        let admin = self.authorize(&request)?;
+        let req = request.into_inner();
+        let p = self.skills()?.review(&req.name, req.approve).await?;
+        info!(skill = %req.name, state = p.state.as_str(), admin = %admin, "skill proposal reviewed through the gateway");
+        Ok(Response::new(proposal_proto(p)))
     }
 
     async fn watch_notices(

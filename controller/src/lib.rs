@@ -15,5 +15,6 @@ pub mod notice_delivery;
 pub mod notice_inbox;
 pub mod router;
 pub mod runtime;
+pub mod skills;
 pub mod slack;
 pub mod startup;

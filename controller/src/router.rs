@@ -73,6 +73,7 @@ impl From<RouteError> for tonic::Status {
 pub struct Router {
     runtime: Arc<dyn Runtime>,
     mesh: Mesh,
+    skills: Option<Arc<crate::skills::Skills>>,
     cfg: RouterConfig,
     tasks: TaskTracker,
 }
@@ -82,9 +83,21 @@ impl Router {
         Self {
             runtime,
             mesh,
+            skills: None,
             cfg,
             tasks: TaskTracker::new(),
         }
+    }
+
+    /// Serve the company skills library through this router's front doors.
+    pub fn with_skills(mut self, skills: Arc<crate::skills::Skills>) -> Self {
+        self.skills = Some(skills);
+        self
+    }
+
+    /// The skills service, when a library is configured.
+    pub fn skills(&self) -> Option<&Arc<crate::skills::Skills>> {
+        self.skills.as_ref()
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {

@@ -6,6 +6,7 @@
 pub mod decode_status;
 pub mod exposition;
 pub mod introspection;
+pub mod skill_bundle;
 
 /// Generated code: lints are the generator's business.
 #[allow(clippy::all, missing_docs)]

@@ -938,6 +938,7 @@ pub fn hello(agent: &str) -> pb::SidecarFrame {
             version: "test".into(),
             capabilities: vec![],
             pending: vec![],
+            library_skills: vec![],
         })),
     }
 }

@@ -462,6 +462,7 @@ async fn link_status(ctl: &Controller, agent: &AgentId) -> tonic::Code {
                 version: "test".into(),
                 capabilities: vec![],
                 pending: vec![],
+                library_skills: vec![],
             },
         )),
     };

@@ -155,6 +155,13 @@ async fn openclaw_between_the_sidecar_and_the_stub_model() {
         data_proxy_token_file: sidecar_dir.join("data-proxy-token"),
         seed_config: sidecar_dir.join("no-seed.json"),
         openclaw_bin: Some(bin),
+        skills_dir: sidecar_dir.join("skills"),
+        install_policy_command: Some(
+            clawswarm_tests::harness::binaries()
+                .unwrap()
+                .sidecar
+                .clone(),
+        ),
     })
     .unwrap();
     assert!(report.validated, "checked by the pinned openclaw");

@@ -930,6 +930,7 @@ async fn a_sidecar_cannot_steer_a_resumed_reply_into_another_channel() -> Result
                 pending(&uuid::Uuid::now_v7().to_string(), forged),
                 pending(&uuid::Uuid::now_v7().to_string(), someone_elses),
             ],
+            library_skills: vec![],
         })),
     };
     let creds = agent_credentials(&ctl, "mallory")?;

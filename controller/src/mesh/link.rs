@@ -144,7 +144,19 @@ impl AgentLink for AgentLinkService {
             .find_map(|c| c.strip_prefix("workload="))
             .unwrap_or_default()
             .to_owned();
+        let manages_skills = hello.capabilities.iter().any(|c| c == "skills");
         let (resumes, orphans) = attach(&self.mesh, &entry, handle, hello.pending, workload);
+        if manages_skills {
+            let holder = super::SkillHolder {
+                agent: agent.clone(),
+                library_skills: hello.library_skills,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) =
+                self.mesh.inner.skill_holders.try_send(holder)
+            {
+                warn!(agent = %agent, "skills refresh queue full; its library skills are refreshed on its next connection");
+            }
+        }
         info!(agent = %agent, conn_id, version = %hello.version, resumed = resumes.len(), "agent connected");
 
         let mesh = self.mesh.clone();
@@ -249,6 +261,8 @@ fn detach(mesh: &Mesh, entry: &Arc<AgentEntry>, conn_id: u64) {
     if link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
         *link = None;
         drop(link);
+        // Their answers would come on this stream, which is gone.
+        lock(&entry.skill_requests).clear();
         mesh.inner.metrics.link_streams.dec();
         entry.state.send_modify(|s| {
             s.connected = false;
@@ -305,6 +319,18 @@ async fn read_frames(
             In::Chunk(c) => on_chunk(mesh, entry, c).await,
             In::End(e) => on_end(mesh, entry, e).await,
             In::Notice(n) => on_notice(mesh, entry, n),
+            In::SkillReply(r) => {
+                let waiting = lock(&entry.skill_requests).remove(&r.request_id);
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(r);
+                    }
+                    // Timed out here already, or never asked.
+                    None => {
+                        debug!(agent = %entry.id, request_id = %r.request_id, "skills reply nobody waits for")
+                    }
+                }
+            }
         }
     }
 }

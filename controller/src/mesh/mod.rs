@@ -22,11 +22,12 @@ use std::{
 
 use clawswarm_certs::{AgentId, TrustDomain};
 use clawswarm_proto::v1::{self as pb, ControllerFrame, controller_frame::Frame};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 pub use link::AgentLinkService;
+
 pub use turn::{TurnEnd, TurnEvent, TurnSpec, TurnSpecError, TurnStream};
 
 use crate::metrics::{Metrics, ResultLabel};
@@ -107,6 +108,16 @@ pub struct MeshOutputs {
     /// them up with `Router::resume_turn`. Unclaimed ones stay listed in
     /// [`Mesh::pending_turns`] until the sidecar's next connection.
     pub pending: mpsc::Receiver<PendingReply>,
+    /// Sidecars that manage skills, as they connect, with the library
+    /// skills they hold (the skills service refreshes or removes each).
+    pub skill_holders: mpsc::Receiver<SkillHolder>,
+}
+
+/// A sidecar that just connected and the library skills it holds.
+#[derive(Clone, Debug)]
+pub struct SkillHolder {
+    pub agent: AgentId,
+    pub library_skills: Vec<String>,
 }
 
 /// A turn whose requester is gone, as its sidecar reported it on connect.
@@ -136,6 +147,10 @@ pub enum MeshError {
     LinkBusy(AgentId, Duration),
     #[error("invalid turn: {0}")]
     InvalidTurn(#[from] TurnSpecError),
+    #[error("agent {0} did not answer the skills request within {1:?}")]
+    SkillTimeout(AgentId, Duration),
+    #[error("agent {0} has {1} skills requests in flight already; try again")]
+    SkillsBusy(AgentId, usize),
     #[error("controller is shutting down")]
     ShuttingDown,
 }
@@ -147,6 +162,8 @@ impl MeshError {
             Self::DuplicateTurn(_) => "duplicate_turn",
             Self::LinkBusy(..) => "link_busy",
             Self::InvalidTurn(_) => "invalid_turn",
+            Self::SkillTimeout(..) => "skill_timeout",
+            Self::SkillsBusy(..) => "skills_busy",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -156,9 +173,11 @@ impl From<MeshError> for tonic::Status {
     fn from(e: MeshError) -> Self {
         let msg = e.to_string();
         match e {
-            MeshError::NotConnected(_) | MeshError::LinkBusy(..) | MeshError::ShuttingDown => {
-                tonic::Status::unavailable(msg)
-            }
+            MeshError::NotConnected(_)
+            | MeshError::LinkBusy(..)
+            | MeshError::ShuttingDown
+            | MeshError::SkillsBusy(..) => tonic::Status::unavailable(msg),
+            MeshError::SkillTimeout(..) => tonic::Status::deadline_exceeded(msg),
             MeshError::DuplicateTurn(_) => tonic::Status::already_exists(msg),
             MeshError::InvalidTurn(_) => tonic::Status::invalid_argument(msg),
         }
@@ -193,8 +212,14 @@ struct AgentEntry {
     /// Turns the sidecar reported holding when it connected that nobody here
     /// is waiting for (the controller that asked for them died).
     pending: Mutex<HashMap<String, pb::PendingTurn>>,
+    /// Skills requests waiting for the sidecar's reply, by request id;
+    /// dropped (so the requester hears "not connected") when the stream ends.
+    skill_requests: Mutex<HashMap<String, oneshot::Sender<pb::SkillReply>>>,
     state: watch::Sender<LinkState>,
 }
+
+/// Skills requests one agent may have outstanding.
+const MAX_SKILL_REQUESTS: usize = 8;
 
 struct Inner {
     cfg: MeshConfig,
@@ -203,6 +228,7 @@ struct Inner {
     notices: mpsc::Sender<InboundNotice>,
     usage: mpsc::Sender<(AgentId, UsageReport)>,
     pending: mpsc::Sender<PendingReply>,
+    skill_holders: mpsc::Sender<SkillHolder>,
     next_conn: AtomicU64,
     accepting: AtomicBool,
     tasks: TaskTracker,
@@ -231,6 +257,7 @@ impl Mesh {
         let (notices, notices_rx) = mpsc::channel(1024);
         let (usage, usage_rx) = mpsc::channel(4096);
         let (pending, pending_rx) = mpsc::channel(4096);
+        let (skill_holders, skill_holders_rx) = mpsc::channel(1024);
         let inner = Inner {
             cfg,
             agents: RwLock::default(),
@@ -238,6 +265,7 @@ impl Mesh {
             notices,
             usage,
             pending,
+            skill_holders,
             next_conn: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
             tasks: TaskTracker::new(),
@@ -251,6 +279,7 @@ impl Mesh {
                 notices: notices_rx,
                 usage: usage_rx,
                 pending: pending_rx,
+                skill_holders: skill_holders_rx,
             },
         )
     }
@@ -283,6 +312,7 @@ impl Mesh {
                     link: Mutex::new(None),
                     turns: Mutex::default(),
                     pending: Mutex::default(),
+                    skill_requests: Mutex::default(),
                     state: watch::Sender::new(LinkState::default()),
                 })
             })
@@ -438,6 +468,48 @@ impl Mesh {
             self.inner.tasks.spawn(async move {
                 let _ = tx.send_timeout(frame, timeout).await;
             });
+        }
+    }
+
+    /// Ask a connected sidecar about its agent's skills and wait for its
+    /// answer (at most `timeout`).
+    pub async fn skill_request(
+        &self,
+        id: &AgentId,
+        op: pb::skill_request::Op,
+        timeout: Duration,
+    ) -> Result<pb::SkillReply, MeshError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(MeshError::ShuttingDown);
+        }
+        let entry = self.entry(id);
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = lock(&entry.skill_requests);
+            if waiting.len() >= MAX_SKILL_REQUESTS {
+                return Err(MeshError::SkillsBusy(id.clone(), waiting.len()));
+            }
+            waiting.insert(request_id.clone(), tx);
+        }
+        let frame = Frame::SkillRequest(pb::SkillRequest {
+            request_id: request_id.clone(),
+            op: Some(op),
+        });
+        let forget = || {
+            lock(&entry.skill_requests).remove(&request_id);
+        };
+        if let Err(e) = self.send_frame(&entry, frame).await {
+            forget();
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(MeshError::NotConnected(id.clone())),
+            Err(_) => {
+                forget();
+                Err(MeshError::SkillTimeout(id.clone(), timeout))
+            }
         }
     }
 

@@ -298,6 +298,17 @@ pub trait Runtime: Send + Sync + 'static {
         notice_id: &str,
     ) -> Result<(), RuntimeError>;
 
+    /// Which company-library skills agents of `template` may install
+    /// (docs/skills.md). The default (no per-template settings, the local
+    /// runtime) offers every skill in the library.
+    async fn skill_allowlist(
+        &self,
+        template: &str,
+    ) -> Result<crate::skills::Allowlist, RuntimeError> {
+        let _ = template;
+        Ok(crate::skills::Allowlist::all())
+    }
+
     /// This replica's role. The default (one replica, nothing to elect) is
     /// always the leader; the Kubernetes runtime starts `Starting` and
     /// follows its Lease.

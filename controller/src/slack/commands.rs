@@ -50,6 +50,8 @@ pub enum Command {
         confirmed: bool,
     },
     Help,
+    /// `/agent skills …` (docs/skills.md).
+    Skills(super::skills_command::SkillsCommand),
     List,
     /// Slack user id, if one could be read from the text.
     Deprovision {
@@ -68,6 +70,7 @@ impl Command {
             Self::Suspend => "suspend",
             Self::Delete { .. } => "delete",
             Self::Help => "help",
+            Self::Skills(_) => "skills",
             Self::List => "list",
             Self::Deprovision { .. } => "deprovision",
             Self::Unknown(_) => "unknown",
@@ -122,6 +125,7 @@ pub fn parse(command: &str, text: &str) -> Command {
                 .is_some_and(|w| w.eq_ignore_ascii_case("confirm")),
         },
         Some("list") => Command::List,
+        Some("skills") => Command::Skills(super::skills_command::parse(&rest)),
         Some("deprovision") => Command::Deprovision {
             user: rest.first().and_then(|u| parse_user(u)),
         },
@@ -141,6 +145,7 @@ pub fn help_text(is_admin: bool) -> String {
          • `/agent restart` — restart it (your data is kept)\n\
          • `/agent suspend` — stop it until your next message (data kept)\n\
          • `/agent delete` — delete it and its data (asks you to confirm)\n\
+         • `/agent skills` — its skills and the company skills library (`/agent skills help`)\n\
          Talk to it by sending me a direct message, or mention me in a channel.",
     );
     if is_admin {
@@ -165,6 +170,16 @@ pub fn answer_at_once(cmd: &Command, is_admin: bool) -> Option<String> {
             "This deletes your agent and everything it keeps (memory, files). To go ahead, run `/agent delete confirm`.".into(),
         ),
         Command::Deprovision { user: None } => Some("Usage: `/agent deprovision @person`".into()),
+        Command::Skills(super::skills_command::SkillsCommand::Usage(text)) => {
+            let mut t = text.clone();
+            if !t.contains(super::skills_command::USAGE) {
+                t.push_str(&format!("\n{}", super::skills_command::USAGE));
+            }
+            if is_admin {
+                t.push_str(&format!("\n{}", super::skills_command::ADMIN_USAGE));
+            }
+            Some(t)
+        }
         _ => None,
     }
 }
@@ -211,6 +226,13 @@ pub async fn execute<C: Connector>(
                 .await;
             }
             setup(app, user, template, &say).await;
+        }
+        Command::Skills(sub) => {
+            let Some(skills) = app.router.skills() else {
+                return say("This controller has no skills library.".into()).await;
+            };
+            let agent = mine.as_ref().map(|a| &a.id);
+            say(super::skills_command::execute(skills, sub, agent, is_admin).await).await
         }
         Command::List | Command::Deprovision { .. } if !is_admin => {
             say("Only admins can do that.".into()).await

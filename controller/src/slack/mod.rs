@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod routing;
 pub mod signature;
+pub mod skills_command;
 pub mod split;
 pub mod target;
 pub mod transport;

@@ -50,6 +50,10 @@ pub struct SidecarSettings {
     pub data_proxy_url: String,
     /// What OpenClaw presents to the data proxy.
     pub data_proxy_token: String,
+    /// Installed library skills, as the workload sees the directory.
+    pub skills_dir: String,
+    /// `clawswarm-sidecar` as the workload can run it (the install policy).
+    pub install_policy_command: String,
 }
 
 /// The MCP server name of the company-data tools; OpenClaw calls them
@@ -254,6 +258,40 @@ pub fn apply_sidecar(cfg: &mut Value, s: &SidecarSettings) -> Vec<String> {
         DATA_TOOL_SERVER,
         data_tool,
         &format!("mcp.servers.{DATA_TOOL_SERVER}"),
+        &mut overridden,
+    );
+
+    // The company skills library: installed skills are read from the
+    // sidecar's directory (lowest precedence, so a person's own skill of
+    // the same name wins for them), and nothing is installed from a public
+    // registry or git (docs/skills.md).
+    let load = obj_at(root, &["skills", "load"]);
+    let dirs = load.entry("extraDirs").or_insert(json!([]));
+    if !dirs.is_array() {
+        overridden.push("skills.load.extraDirs".into());
+        *dirs = json!([]);
+    }
+    if let Value::Array(list) = dirs
+        && !list
+            .iter()
+            .any(|d| d.as_str() == Some(s.skills_dir.as_str()))
+    {
+        list.push(json!(s.skills_dir));
+    }
+    set(
+        obj_at(root, &["security"]),
+        "installPolicy",
+        json!({
+            "enabled": true,
+            "targets": ["skill", "plugin"],
+            "exec": {
+                "source": "exec",
+                "command": s.install_policy_command,
+                "args": ["install-policy"],
+                "timeoutMs": 10000,
+            },
+        }),
+        "security.installPolicy",
         &mut overridden,
     );
 

@@ -16,6 +16,8 @@ fn settings() -> SidecarSettings {
         model_proxy_token: "proxy-token".into(),
         data_proxy_url: "http://127.0.0.1:18792".into(),
         data_proxy_token: "data-token".into(),
+        skills_dir: "/opt/clawswarm/skills".into(),
+        install_policy_command: "/usr/local/bin/clawswarm-sidecar".into(),
     }
 }
 
@@ -220,4 +222,30 @@ fn openai_provider_gets_a_v1_base_url() {
         "openai-completions"
     );
     assert_eq!(provider_of("nomodel"), None);
+}
+
+#[test]
+fn the_library_is_in_the_search_path_and_registries_are_refused_on_every_start() {
+    let mut cfg = json!({
+        "skills": { "load": { "extraDirs": ["/data/my-skills"] } },
+        "security": { "installPolicy": { "enabled": false } },
+    });
+    let overridden = apply_sidecar(&mut cfg, &settings());
+    assert_eq!(
+        cfg["skills"]["load"]["extraDirs"],
+        json!(["/data/my-skills", "/opt/clawswarm/skills"]),
+        "the person's own extra dirs are kept"
+    );
+    let policy = &cfg["security"]["installPolicy"];
+    assert_eq!(policy["enabled"], true);
+    assert_eq!(
+        policy["exec"]["command"],
+        "/usr/local/bin/clawswarm-sidecar"
+    );
+    assert_eq!(policy["exec"]["args"], json!(["install-policy"]));
+    assert!(overridden.contains(&"security.installPolicy".to_owned()));
+    // Applying again changes nothing (no duplicate dir, nothing overridden).
+    let before = cfg.clone();
+    assert!(apply_sidecar(&mut cfg, &settings()).is_empty());
+    assert_eq!(cfg, before);
 }

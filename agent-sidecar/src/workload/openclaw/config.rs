@@ -128,6 +128,25 @@ pub struct InitArgs {
         env = "CLAWSWARM_OPENCLAW_BIN"
     )]
     pub openclaw_bin: Option<PathBuf>,
+    /// Where the workload reads installed library skills (read-only to
+    /// it; listed in `skills.load.extraDirs`). Relative to the sidecar's
+    /// data dir, where the sidecar writes them (`CLAWSWARM_SKILLS_DIR`).
+    #[arg(
+        id = "workload-skills-dir",
+        long = "workload-skills-dir",
+        env = "CLAWSWARM_WORKLOAD_SKILLS_DIR",
+        default_value = "skills"
+    )]
+    pub skills_dir: PathBuf,
+    /// The install-policy program OpenClaw runs before installing anything
+    /// (`clawswarm-sidecar install-policy`); default: this binary, which
+    /// the agent image shares with the workload.
+    #[arg(
+        id = "install-policy-command",
+        long = "install-policy-command",
+        env = "CLAWSWARM_INSTALL_POLICY_COMMAND"
+    )]
+    pub install_policy_command: Option<PathBuf>,
 }
 
 impl fmt::Debug for InitArgs {
@@ -144,6 +163,8 @@ impl fmt::Debug for InitArgs {
             .field("data_proxy_token_file", &self.data_proxy_token_file)
             .field("seed_config", &self.seed_config)
             .field("openclaw_bin", &self.openclaw_bin)
+            .field("skills_dir", &self.skills_dir)
+            .field("install_policy_command", &self.install_policy_command)
             .finish()
     }
 }
@@ -218,6 +239,12 @@ impl InitArgs {
         if out.data_proxy_token_file.is_relative() {
             out.data_proxy_token_file = data_dir.join(&self.data_proxy_token_file);
         }
+        if out.skills_dir.is_relative() {
+            out.skills_dir = data_dir.join(&self.skills_dir);
+        }
+        if out.install_policy_command.is_none() {
+            out.install_policy_command = std::env::current_exe().ok();
+        }
         out
     }
 }
@@ -241,6 +268,15 @@ pub fn init(args: &InitArgs) -> Result<InitReport, InitError> {
         model_proxy_token: token(&args.model_proxy_token_file)?,
         data_proxy_url: args.data_proxy_url.clone(),
         data_proxy_token: token(&args.data_proxy_token_file)?,
+        skills_dir: args.skills_dir.display().to_string(),
+        install_policy_command: args
+            .install_policy_command
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .ok_or(InitError::Setting {
+                name: "CLAWSWARM_INSTALL_POLICY_COMMAND",
+                message: "not set, and this binary's own path is unknown".into(),
+            })?,
     };
 
     let existing = read_config(path)?;

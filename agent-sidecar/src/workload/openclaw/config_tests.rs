@@ -19,6 +19,8 @@ fn args(dir: &Path) -> InitArgs {
         data_proxy_token_file: dir.join("sidecar").join("data-proxy-token"),
         seed_config: dir.join("template").join("openclaw.json"),
         openclaw_bin: None,
+        skills_dir: dir.join("sidecar").join("skills"),
+        install_policy_command: Some("/usr/local/bin/clawswarm-sidecar".into()),
     }
 }
 

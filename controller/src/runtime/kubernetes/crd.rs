@@ -292,6 +292,19 @@ pub struct AgentTemplateSpec {
     /// shared Secret, so the tool explains that nothing is allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataAccessSpec>,
+    /// Which skills from the company skills library this role's agents may
+    /// install (docs/skills.md). Unset: every skill in the library.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skills: Option<SkillsSpec>,
+}
+
+/// The role's share of the company skills library.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkillsSpec {
+    /// Skill names, or prefixes ending in `*` (`oncall-*`); `*` is all.
+    #[serde(default)]
+    pub library: Vec<String>,
 }
 
 /// The role's read-only access to company data (docs/company-data.md).

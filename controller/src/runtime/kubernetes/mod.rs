@@ -128,6 +128,11 @@ fn kube_err(e: kube::Error) -> RuntimeError {
 }
 
 impl Inner {
+    /// The API client this runtime uses (the skills library shares it).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The runtime's metrics; register them with [`metrics::KubernetesMetrics::register`].
     pub fn metrics(&self) -> &metrics::KubernetesMetrics {
         &self.metrics
@@ -404,6 +409,22 @@ impl Runtime for KubernetesRuntime {
         }
         self.record(&a)
             .ok_or_else(|| RuntimeError::NotFound(id.clone()))
+    }
+
+    async fn skill_allowlist(
+        &self,
+        template: &str,
+    ) -> Result<crate::skills::Allowlist, RuntimeError> {
+        let tpl = self
+            .templates
+            .get(&ObjectRef::new(template).within(&self.namespace))
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!("AgentTemplate {template:?} does not exist"))
+            })?;
+        Ok(match &tpl.spec.skills {
+            Some(s) => crate::skills::Allowlist::of(s.library.clone()),
+            None => crate::skills::Allowlist::all(),
+        })
     }
 
     async fn get(&self, id: &AgentId) -> Result<Option<AgentRecord>, RuntimeError> {

@@ -47,6 +47,15 @@ pub const TRUST_DIR: &str = "/etc/clawswarm/trust";
 pub const TRUST_FILE: &str = "/etc/clawswarm/trust/ca.pem";
 pub const TRUST_KEY: &str = "ca.pem";
 pub const WORKLOAD_CONFIG_DIR: &str = "/etc/clawswarm/workload";
+/// Library skills (docs/skills.md) have a part of the volume of their own:
+/// the sidecar writes it, the workload reads it, read-only. Neither sees
+/// the other's part through it.
+pub const SKILLS_SUBPATH: &str = "skills";
+pub const SIDECAR_SKILLS_DIR: &str = "/var/lib/clawswarm-skills";
+pub const WORKLOAD_SKILLS_DIR: &str = "/opt/clawswarm/skills";
+/// The workload's part of the volume as the sidecar reads it (read-only),
+/// to send a person's own skill to the library when they propose it.
+pub const SIDECAR_WORKLOAD_VIEW: &str = "/var/lib/clawswarm-workload";
 /// The sidecar's plain HTTP port (/metrics, /healthz, /readyz).
 pub const SIDECAR_HTTP_PORT: u16 = 9464;
 /// Its name, which deploy/monitoring/podmonitor.yaml scrapes.
@@ -310,6 +319,10 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
     let mut workload_mounts = vec![
         data_part(WORKLOAD_SUBPATH, DATA_MOUNT),
         mount("tmp", "/tmp", false),
+        VolumeMount {
+            read_only: Some(true),
+            ..data_part(SKILLS_SUBPATH, WORKLOAD_SKILLS_DIR)
+        },
     ];
     let mut init_mounts = vec![
         data_part(WORKLOAD_SUBPATH, DATA_MOUNT),
@@ -379,6 +392,12 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
             format!("http://127.0.0.1:{}", w.port),
         ),
         workload_token_env(&name, "CLAWSWARM_WORKLOAD_TOKEN"),
+        env("CLAWSWARM_SKILLS_DIR", SIDECAR_SKILLS_DIR),
+        env("CLAWSWARM_WORKLOAD_SKILLS_DIR", WORKLOAD_SKILLS_DIR),
+        env(
+            "CLAWSWARM_WORKLOAD_ROOT_MAP",
+            format!("{DATA_MOUNT}={SIDECAR_WORKLOAD_VIEW}"),
+        ),
         EnvVar {
             name: "CLAWSWARM_POD_NAME".into(),
             value: None,
@@ -393,6 +412,21 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
     ];
     if let Some(model) = &w.model {
         sidecar_env.push(env("CLAWSWARM_WORKLOAD_MODEL", model.clone()));
+    }
+    // Where OpenClaw keeps its config and state (the person's own skills
+    // are found from there), when the template says.
+    for (theirs, ours) in [
+        ("OPENCLAW_CONFIG_PATH", "CLAWSWARM_OPENCLAW_CONFIG"),
+        ("OPENCLAW_STATE_DIR", "CLAWSWARM_OPENCLAW_STATE_DIR"),
+    ] {
+        if let Some(value) = w
+            .env
+            .iter()
+            .find(|e| e.name == theirs)
+            .and_then(|e| e.value.clone())
+        {
+            sidecar_env.push(env(ours, value));
+        }
     }
     sidecar_env.extend(data_access_env(tpl.data.as_ref()));
     let http_probe = |path: &str, period: i32| Probe {
@@ -428,6 +462,11 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         }]),
         volume_mounts: Some(vec![
             data_part(SIDECAR_SUBPATH, SIDECAR_DATA_MOUNT),
+            data_part(SKILLS_SUBPATH, SIDECAR_SKILLS_DIR),
+            VolumeMount {
+                read_only: Some(true),
+                ..data_part(WORKLOAD_SUBPATH, SIDECAR_WORKLOAD_VIEW)
+            },
             mount("sidecar-run", "/run/clawswarm", false),
             mount("identity", TOKEN_DIR, true),
             mount("trust", TRUST_DIR, true),
@@ -450,6 +489,7 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         env("CLAWSWARM_DATA_DIR", SIDECAR_DATA_MOUNT),
         env("CLAWSWARM_WORKLOAD", w.adapter.clone()),
         env("CLAWSWARM_WORKLOAD_PORT", w.port.to_string()),
+        env("CLAWSWARM_WORKLOAD_SKILLS_DIR", WORKLOAD_SKILLS_DIR),
     ];
     if let Some(model) = &w.model {
         init_env.push(env("CLAWSWARM_MODEL", model.clone()));

@@ -147,6 +147,7 @@ mod tests {
             idle_timeout: None,
             sidecar_resources: None,
             data: None,
+            skills: None,
         }
     }
 

@@ -364,12 +364,18 @@ impl LocalRuntime {
             .map(|n| values.named_port(n))
             .collect::<Result<Vec<u16>, _>>()
             .map_err(|e| failed(e.to_string()))?;
+        // The sidecar's default `CLAWSWARM_SKILLS_DIR`; bound read-only, so
+        // it must exist first.
+        let skills_dir = values.sidecar_dir.join("skills");
+        std::fs::create_dir_all(&skills_dir)
+            .map_err(|e| failed(format!("{}: {e}", skills_dir.display())))?;
         sandbox
             .wrap(
                 &AgentSandbox {
                     agent: values.agent,
                     data_dir: values.data_dir,
                     shared_dir: values.shared_dir,
+                    skills_dir: &skills_dir,
                     workload_port: port,
                     sidecar_ports: &ports,
                 },

@@ -109,7 +109,9 @@ const SIDECAR_ENV: &str = "CLAWSWARM_OPENCLAW_URL=http://127.0.0.1:{port};\
     CLAWSWARM_CRON_WEBHOOK_TOKEN_FILE={shared_dir}/cron-webhook-token;\
     CLAWSWARM_MODEL_PROXY_TOKEN_FILE={shared_dir}/model-proxy-token;\
     CLAWSWARM_MODEL_USAGE_FILE={sidecar_dir}/model-usage.json;\
-    CLAWSWARM_NOTICES_STATE_FILE={sidecar_dir}/notices.json";
+    CLAWSWARM_NOTICES_STATE_FILE={sidecar_dir}/notices.json;\
+    CLAWSWARM_OPENCLAW_CONFIG={data_dir}/openclaw/openclaw.json;\
+    CLAWSWARM_OPENCLAW_STATE_DIR={data_dir}/openclaw/state";
 
 impl OpenClawProfileArgs {
     /// The profile for these settings; `has_key` says whether the sidecars
@@ -162,6 +164,7 @@ impl OpenClawProfileArgs {
              --model-proxy-token-file \"{{shared_dir}}/model-proxy-token\" \
              --data-proxy-url http://127.0.0.1:{{port:data}} \
              --data-proxy-token-file \"{{shared_dir}}/data-proxy-token\" \
+             --workload-skills-dir \"{{sidecar_dir}}/skills\" \
              --openclaw-bin {oc} --model-api {api}"
         );
         if let Some(m) = model {

@@ -84,6 +84,9 @@ pub struct AgentSandbox<'a> {
     pub agent: &'a str,
     pub data_dir: &'a Path,
     pub shared_dir: &'a Path,
+    /// Library skills the sidecar installs (docs/skills.md): the workload
+    /// reads them, only the sidecar writes them.
+    pub skills_dir: &'a Path,
     /// The workload's own port (the sidecar calls it).
     pub workload_port: u16,
     /// The sidecar's ports the workload calls.
@@ -239,6 +242,7 @@ impl Sandbox {
         for rw in [a.data_dir, a.shared_dir] {
             args.extend(["--bind".into(), s(rw), s(rw)]);
         }
+        args.extend(["--ro-bind".into(), s(a.skills_dir), s(a.skills_dir)]);
         args.extend(
             ["--proc", "/proc", "--dev", "/dev", "--chdir"]
                 .iter()
@@ -301,6 +305,7 @@ mod tests {
                     agent: "alice",
                     data_dir: Path::new("/home/me/.local/share/cs/agents/alice/data"),
                     shared_dir: Path::new("/home/me/.local/share/cs/agents/alice/run/shared"),
+                    skills_dir: Path::new("/home/me/.local/share/cs/agents/alice/sidecar/skills"),
                     workload_port: 4000,
                     sidecar_ports: &[4001, 4002],
                 },
@@ -314,6 +319,12 @@ mod tests {
             .find("--bind /home/me/.local/share/cs/agents/alice/data")
             .unwrap();
         assert!(hide < data, "{line}");
+        assert!(
+            line.contains(
+                "--ro-bind /home/me/.local/share/cs/agents/alice/sidecar/skills /home/me/.local/share/cs/agents/alice/sidecar/skills"
+            ),
+            "library skills are readable, not writable: {line}"
+        );
         assert!(line.contains("--unshare-all"));
         assert!(line.contains("--proc /proc"));
         assert!(!line.contains("--share-net"));
@@ -336,6 +347,7 @@ mod tests {
                     agent: "a",
                     data_dir: Path::new("/d"),
                     shared_dir: Path::new(&long),
+                    skills_dir: Path::new("/s"),
                     workload_port: 1,
                     sidecar_ports: &[],
                 },

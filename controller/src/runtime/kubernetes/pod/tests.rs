@@ -30,6 +30,7 @@ pub(crate) fn template() -> AgentTemplateSpec {
         idle_timeout: Some("2h".into()),
         sidecar_resources: None,
         data: None,
+        skills: None,
     }
 }
 
@@ -117,7 +118,10 @@ fn workload_gets_writable_mounts_for_its_paths_only() {
         .iter()
         .map(|m| m.mount_path.as_str())
         .collect();
-    assert_eq!(paths, ["/data", "/tmp", "/home/node/.cache"]);
+    assert_eq!(
+        paths,
+        ["/data", "/tmp", WORKLOAD_SKILLS_DIR, "/home/node/.cache"]
+    );
     // The workload never sees the identity token.
     assert!(!paths.contains(&TOKEN_DIR));
 }
@@ -162,14 +166,33 @@ fn data_mounts(c: &Container) -> Vec<(String, String)> {
 #[test]
 fn the_workload_mounts_its_own_part_of_the_volume_and_never_the_sidecars() {
     let pod = build_pod(&agent(), &template(), &settings());
+    let part = |sub: &str, at: &str| (sub.to_string(), at.to_string());
     assert_eq!(
         data_mounts(container(&pod, "workload")),
-        [(WORKLOAD_SUBPATH.to_string(), DATA_MOUNT.to_string())]
+        [
+            part(WORKLOAD_SUBPATH, DATA_MOUNT),
+            part(SKILLS_SUBPATH, WORKLOAD_SKILLS_DIR)
+        ]
     );
+    // The sidecar reads the workload's part (a person's own skill, to
+    // propose it) but the workload never reads the sidecar's.
     assert_eq!(
         data_mounts(container(&pod, "sidecar")),
-        [(SIDECAR_SUBPATH.to_string(), SIDECAR_DATA_MOUNT.to_string())]
+        [
+            part(SIDECAR_SUBPATH, SIDECAR_DATA_MOUNT),
+            part(SKILLS_SUBPATH, SIDECAR_SKILLS_DIR),
+            part(WORKLOAD_SUBPATH, SIDECAR_WORKLOAD_VIEW)
+        ]
     );
+    let read_only = |c: &Container, at: &str| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == at && m.read_only == Some(true))
+    };
+    assert!(read_only(container(&pod, "workload"), WORKLOAD_SKILLS_DIR));
+    assert!(read_only(container(&pod, "sidecar"), SIDECAR_WORKLOAD_VIEW));
+    assert!(!read_only(container(&pod, "sidecar"), SIDECAR_SKILLS_DIR));
     // init prepares both parts, from the template's config.
     let mut mounts = template();
     mounts.workload.config_map = Some("base".into());

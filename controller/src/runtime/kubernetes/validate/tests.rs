@@ -225,5 +225,6 @@ fn template_spec() -> AgentTemplateSpec {
         idle_timeout: Some("2h".into()),
         sidecar_resources: None,
         data: None,
+        skills: None,
     }
 }
