@@ -142,23 +142,24 @@ pub fn validate(bundle: &SkillBundle) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// The `description:` of SKILL.md's front matter, if it has one (what
-/// listings show). Only the simple one-line form is read.
-pub fn description(skill_md: &str) -> String {
+/// The value of `key:` in SKILL.md's front matter, if it has one. Only
+/// the simple one-line form is read.
+pub fn front_matter(skill_md: &str, key: &str) -> Option<String> {
     let mut lines = skill_md.lines();
     if lines.next().map(str::trim) != Some("---") {
-        return String::new();
+        return None;
     }
-    for line in lines {
-        let line = line.trim_end();
-        if line.trim() == "---" {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("description:") {
-            return v.trim().trim_matches(['"', '\'']).to_owned();
-        }
-    }
-    String::new()
+    lines
+        .map(str::trim_end)
+        .take_while(|l| l.trim() != "---")
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::to_owned))
+        .map(|v| v.trim().trim_matches(['"', '\'']).to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The `description:` of SKILL.md's front matter (what listings show).
+pub fn description(skill_md: &str) -> String {
+    front_matter(skill_md, "description").unwrap_or_default()
 }
 
 /// [`description`] of a bundle's SKILL.md.
@@ -343,5 +344,10 @@ mod tests {
             description("---\ndescription: plain words\n---"),
             "plain words"
         );
+        assert_eq!(
+            front_matter("---\nname: 'mine'\n---", "name").as_deref(),
+            Some("mine")
+        );
+        assert_eq!(front_matter("---\nnamespace: x\n---", "name"), None);
     }
 }

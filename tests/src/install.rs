@@ -534,8 +534,11 @@ fn images(
     let node_bin = std::env::var_os("CLAWSWARM_NODE24_BIN")
         .map(PathBuf::from)
         .context("CLAWSWARM_NODE24_BIN is not set: run scripts/deps.sh openclaw")?;
+    // deploy/agent/Dockerfile: one image holds OpenClaw and the sidecar
+    // (the workload runs `clawswarm-sidecar install-policy`).
     let openclaw_image = LocalImage::new("/opt/openclaw/node_modules/.bin/openclaw")
         .with_file(dir.join("node_modules"), "/opt/openclaw/node_modules")
+        .with_file(&bins.sidecar, "/usr/local/bin/clawswarm-sidecar")
         .with_file(&node_bin, "/opt/node/bin")
         .with_env(
             "PATH",

@@ -29,9 +29,22 @@ use clawswarm_tests::fake_slack::payloads;
 use clawswarm_tests::install::{Install, MODEL_KEY, NAMESPACE};
 use clawswarm_tests::openclaw::{cron_job, every, job_id, once_in};
 use clawswarm_tests::prometheus::{Prometheus, pod_targets};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt as _};
+
+/// Run in the agent's workload container: read the library skill, try to
+/// change it, try OpenClaw's installer on a git source, and report any
+/// skill that got installed anyway.
+const SKILLS_PROBE: &str = "\
+cat /opt/clawswarm/skills/pipeline-status/scripts/latest.sh
+touch /opt/clawswarm/skills/pipeline-status/x 2>/dev/null || echo read-only
+mkdir -p /tmp/weather && cd /tmp/weather
+printf -- '---\\nname: weather\\ndescription: w\\n---\\n' > SKILL.md
+git init -q && git add . && git -c user.email=t@example.invalid -c user.name=t commit -qm w
+openclaw skills install git:file:///tmp/weather 2>&1 | tail -5
+find /data -path '*skills/weather' | sed 's/^/INSTALLED /'
+";
 
 const START: Duration = Duration::from_secs(240);
 const REPLY: Duration = Duration::from_secs(120);
@@ -514,6 +527,105 @@ async fn the_shipped_deployment_answers_a_slack_dm_through_a_real_openclaw_pod()
         !sidecar_view.contains("sidecar-probe"),
         "the workload's part is not the sidecar's: {sidecar_view}"
     );
+
+    // The company skills library on the cluster: an admin adds a skill as
+    // a labelled ConfigMap (docs/skills.md), as `kubectl apply` would.
+    let skill_md = "---\nname: pipeline-status\ndescription: Report a CI pipeline's latest run.\n---\nSearch the pipelines index and report the newest run.\n";
+    let library_entry: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "skill-pipeline-status",
+            "labels": {"clawswarm.dev/skill-library": "true", "clawswarm.dev/skill": "pipeline-status"},
+        },
+        "data": {"SKILL.md": skill_md, "scripts__latest.sh": "echo latest\n"},
+    }))?;
+    Api::<ConfigMap>::namespaced(install.cp.admin(), NAMESPACE)
+        .create(&PostParams::default(), &library_entry)
+        .await?;
+    // Alice sees it offered, and installs it.
+    install.fake.socket().send_command(payloads::slash_command(
+        ALICE,
+        &dm,
+        "/agent",
+        "skills",
+        &install.fake.response_url("skills"),
+    ))?;
+    let said = install
+        .fake
+        .response_containing("skills", "pipeline-status", Duration::from_secs(60))
+        .await
+        .with_context(|| install.pod_logs(&ctl_name))?;
+    anyhow::ensure!(said.contains("library offers"), "{said}");
+    install.fake.socket().send_command(payloads::slash_command(
+        ALICE,
+        &dm,
+        "/agent",
+        "skills add pipeline-status",
+        &install.fake.response_url("skills-add"),
+    ))?;
+    install
+        .fake
+        .response_containing(
+            "skills-add",
+            "Installed `pipeline-status`",
+            Duration::from_secs(60),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "controller:\n{}\nagent pod:\n{}",
+                install.pod_logs(&ctl_name),
+                install.pod_logs(&pod_name)
+            )
+        })?;
+    // The workload reads it and cannot change it, and OpenClaw's installer
+    // installs nothing from git. (In a pod it stops before the sidecar's
+    // policy: it will not stage an install under /tmp, an emptyDir that is
+    // group-writable without the sticky bit. The policy's own refusal is
+    // proven with the shipped local binary, tests/tests/skills.rs.)
+    let probe = install
+        .kubelet
+        .exec(&pod_name, "workload", &["/bin/sh", "-c", SKILLS_PROBE])
+        .await?;
+    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    anyhow::ensure!(out.starts_with("echo latest"), "the skill's files: {out}");
+    anyhow::ensure!(out.contains("read-only"), "{out}");
+    anyhow::ensure!(
+        out.contains("does not install from public registries or git")
+            || out.contains("group/world writable without sticky protection"),
+        "OpenClaw's installer refused the git source: {out}\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    anyhow::ensure!(!out.contains("INSTALLED"), "nothing was installed: {out}");
+    // OpenClaw offers it to the model on the next turn.
+    install.fake.socket().send_event(payloads::event_callback(
+        "Ev-skills",
+        payloads::dm(ALICE, &dm, "1700000300.000001", "how is the nightly run?"),
+    ))?;
+    let deadline = tokio::time::Instant::now() + REPLY;
+    loop {
+        let seen = install.stub.requests().iter().any(|r| {
+            r.last_user_text.contains("how is the nightly run?")
+                && r.input_texts.iter().any(|t| t.contains("pipeline-status"))
+        });
+        if seen {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no model call saw the library skill\nagent pod:\n{}",
+            install.pod_logs(&pod_name)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    install
+        .fake
+        .wait_for(REPLY, |f| {
+            Some(f.thread_text(&dm, Some("1700000300.000001"))).filter(|t| !t.is_empty())
+        })
+        .await
+        .context("the turn after the install was not answered")?;
 
     // An admin on the cluster uses the CLI in the leader's pod, with the
     // admin certificate the controller keeps in its state dir (docs/kubernetes.md).

@@ -202,7 +202,8 @@ async fn people_install_from_the_company_library_only_and_propose_their_own() {
     assert!(seen, "the skill is in the prompt OpenClaw builds");
 
     // The workload reads the library skills through a read-only mount.
-    let shelf_dir = c.sidecar_dir("alice").join("skills");
+    // (At `<agent>/run/skills` in the sandbox: the sidecar's own dir stays hidden.)
+    let shelf_dir = agent.join("run/skills");
     // (The sandbox's own mount namespace: bwrap's parent process is outside it.)
     let line = workload_tree(&run_dir)
         .into_iter()

@@ -120,3 +120,48 @@ fn reading_a_skill_directory_refuses_symlinks_and_keeps_subdirectories() {
     let e = read_dir("mine", &skill).unwrap_err();
     assert!(e.contains("symlink"), "{e}");
 }
+
+/// OpenClaw's layout as the sidecar sees it through a root map: the
+/// workload's `/data` is the sidecar's `<tmp>/workload`.
+#[tokio::test]
+async fn the_persons_own_skills_are_found_where_openclaw_loads_them() {
+    use super::{OpenClawSkills, WorkloadSkills};
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("workload");
+    let write = |rel: &str, name: &str| {
+        let d = seen.join(rel);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("SKILL.md"),
+            format!("---\nname: {name}\ndescription: {name} things\n---\n"),
+        )
+        .unwrap();
+    };
+    fs::create_dir_all(seen.join("openclaw")).unwrap();
+    fs::write(
+        seen.join("openclaw/openclaw.json"),
+        "{ agents: { defaults: { workspace: '/data/ws' } } }",
+    )
+    .unwrap();
+    write("ws/skills/standup", "standup");
+    write("ws/skills/grouped/deep/review", "review");
+    write("ws/.agents/skills/triage", "triage");
+    write("openclaw/skills/standup-dup", "standup");
+    let view = OpenClawSkills {
+        config_path: "/data/openclaw/openclaw.json".into(),
+        state_dir: "/data/openclaw".into(),
+        root_map: Some(("/data".into(), seen.clone())),
+    };
+    let own = view.own().await.unwrap();
+    let names: Vec<&str> = own.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["review", "standup", "triage"],
+        "the workspace's copy wins"
+    );
+    assert!(own.iter().all(|s| s.source == "own"));
+    let b = view.export("standup").await.unwrap();
+    assert_eq!(b.files[0].path, "SKILL.md");
+    let e = view.export("absent").await.unwrap_err();
+    assert!(e.contains("its own are: review, standup, triage"), "{e}");
+}

@@ -89,7 +89,7 @@ impl OpenClawSkills {
             while let Some((dir, depth)) = stack.pop() {
                 let skill_md = dir.join(SKILL_FILE);
                 if let Ok(text) = fs::read_to_string(&skill_md) {
-                    let name = front_matter_name(&text).unwrap_or_else(|| {
+                    let name = skill_bundle::front_matter(&text, "name").unwrap_or_else(|| {
                         dir.file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default()
@@ -149,19 +149,6 @@ impl OpenClawSkills {
         };
         read_dir(name, &skill.dir)
     }
-}
-
-/// `name:` of SKILL.md's front matter.
-fn front_matter_name(text: &str) -> Option<String> {
-    let mut lines = text.lines();
-    if lines.next()?.trim() != "---" {
-        return None;
-    }
-    lines
-        .take_while(|l| l.trim() != "---")
-        .find_map(|l| l.strip_prefix("name:"))
-        .map(|v| v.trim().trim_matches(['"', '\'']).to_owned())
-        .filter(|n| !n.is_empty())
 }
 
 impl WorkloadSkills for OpenClawSkills {

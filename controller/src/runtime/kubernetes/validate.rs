@@ -118,6 +118,22 @@ pub fn template(tpl: &AgentTemplateSpec) -> Result<(), SpecError> {
             }
         }
     }
+    if let Some(sk) = &tpl.skills {
+        for (i, p) in sk.library.iter().enumerate() {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            let ok = name.is_empty()
+                || clawswarm_proto::skill_bundle::validate_name(name.trim_end_matches('-')).is_ok();
+            if !ok {
+                return Err(SpecError::new(
+                    format!("spec.skills.library[{i}]"),
+                    format!(
+                        "{p:?} is not a skill name or `prefix*` pattern (lowercase letters, \
+                         digits and hyphens, e.g. pipeline-status or oncall-*)"
+                    ),
+                ));
+            }
+        }
+    }
     match parse_quantity(&tpl.storage.size) {
         Some(v) if v > 0.0 => {}
         _ => {

@@ -240,6 +240,17 @@ impl LocalRuntime {
             let command = values
                 .render(&w.command)
                 .map_err(|e| failed(e.to_string()))?;
+            // Library skills: the sidecar writes `sidecar/skills`, the
+            // workload reads `run/skills` (a read-only bind in the sandbox;
+            // unsandboxed, this link to the same directory).
+            let skills = a.dirs.sidecar.join("skills");
+            std::fs::create_dir_all(&skills)
+                .map_err(|e| failed(format!("{}: {e}", skills.display())))?;
+            let view = a.dirs.run.join("skills");
+            if std::fs::symlink_metadata(&view).is_err() {
+                std::os::unix::fs::symlink("../sidecar/skills", &view)
+                    .map_err(|e| failed(format!("{}: {e}", view.display())))?;
+            }
             // The sidecar needs the routes even when only it restarts.
             let (program, args) = match &self.cfg.sandbox {
                 Some(sandbox) => {
@@ -364,11 +375,8 @@ impl LocalRuntime {
             .map(|n| values.named_port(n))
             .collect::<Result<Vec<u16>, _>>()
             .map_err(|e| failed(e.to_string()))?;
-        // The sidecar's default `CLAWSWARM_SKILLS_DIR`; bound read-only, so
-        // it must exist first.
+        // The sidecar's default `CLAWSWARM_SKILLS_DIR` (made by the caller).
         let skills_dir = values.sidecar_dir.join("skills");
-        std::fs::create_dir_all(&skills_dir)
-            .map_err(|e| failed(format!("{}: {e}", skills_dir.display())))?;
         sandbox
             .wrap(
                 &AgentSandbox {
@@ -376,6 +384,7 @@ impl LocalRuntime {
                     data_dir: values.data_dir,
                     shared_dir: values.shared_dir,
                     skills_dir: &skills_dir,
+                    skills_view: &values.run_dir.join("skills"),
                     workload_port: port,
                     sidecar_ports: &ports,
                 },

@@ -164,7 +164,7 @@ impl OpenClawProfileArgs {
              --model-proxy-token-file \"{{shared_dir}}/model-proxy-token\" \
              --data-proxy-url http://127.0.0.1:{{port:data}} \
              --data-proxy-token-file \"{{shared_dir}}/data-proxy-token\" \
-             --workload-skills-dir \"{{sidecar_dir}}/skills\" \
+             --workload-skills-dir \"{{run_dir}}/skills\" \
              --openclaw-bin {oc} --model-api {api}"
         );
         if let Some(m) = model {

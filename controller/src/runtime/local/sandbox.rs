@@ -84,9 +84,11 @@ pub struct AgentSandbox<'a> {
     pub agent: &'a str,
     pub data_dir: &'a Path,
     pub shared_dir: &'a Path,
-    /// Library skills the sidecar installs (docs/skills.md): the workload
-    /// reads them, only the sidecar writes them.
+    /// Library skills the sidecar installs (docs/skills.md), in its own
+    /// dir: the workload reads them at `skills_view`, read-only, and sees
+    /// nothing else of the sidecar's dir.
     pub skills_dir: &'a Path,
+    pub skills_view: &'a Path,
     /// The workload's own port (the sidecar calls it).
     pub workload_port: u16,
     /// The sidecar's ports the workload calls.
@@ -242,7 +244,7 @@ impl Sandbox {
         for rw in [a.data_dir, a.shared_dir] {
             args.extend(["--bind".into(), s(rw), s(rw)]);
         }
-        args.extend(["--ro-bind".into(), s(a.skills_dir), s(a.skills_dir)]);
+        args.extend(["--ro-bind".into(), s(a.skills_dir), s(a.skills_view)]);
         args.extend(
             ["--proc", "/proc", "--dev", "/dev", "--chdir"]
                 .iter()
@@ -306,6 +308,7 @@ mod tests {
                     data_dir: Path::new("/home/me/.local/share/cs/agents/alice/data"),
                     shared_dir: Path::new("/home/me/.local/share/cs/agents/alice/run/shared"),
                     skills_dir: Path::new("/home/me/.local/share/cs/agents/alice/sidecar/skills"),
+                    skills_view: Path::new("/home/me/.local/share/cs/agents/alice/run/skills"),
                     workload_port: 4000,
                     sidecar_ports: &[4001, 4002],
                 },
@@ -321,7 +324,7 @@ mod tests {
         assert!(hide < data, "{line}");
         assert!(
             line.contains(
-                "--ro-bind /home/me/.local/share/cs/agents/alice/sidecar/skills /home/me/.local/share/cs/agents/alice/sidecar/skills"
+                "--ro-bind /home/me/.local/share/cs/agents/alice/sidecar/skills /home/me/.local/share/cs/agents/alice/run/skills"
             ),
             "library skills are readable, not writable: {line}"
         );
@@ -348,6 +351,7 @@ mod tests {
                     data_dir: Path::new("/d"),
                     shared_dir: Path::new(&long),
                     skills_dir: Path::new("/s"),
+                    skills_view: Path::new("/v"),
                     workload_port: 1,
                     sidecar_ports: &[],
                 },

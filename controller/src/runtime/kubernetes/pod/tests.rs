@@ -308,3 +308,44 @@ fn the_roles_data_rules_reach_the_sidecar_only_and_its_own_key_wins() {
         }
     }
 }
+
+#[test]
+fn library_skills_have_their_own_part_and_every_container_is_told_where() {
+    let mut tpl = template();
+    tpl.workload.env = vec![EnvVar {
+        name: "OPENCLAW_STATE_DIR".into(),
+        value: Some("/data/openclaw".into()),
+        value_from: None,
+    }];
+    let pod = build_pod(&agent(), &tpl, &settings());
+    let value = |c: &Container, n: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    let sidecar = container(&pod, "sidecar");
+    assert_eq!(
+        value(sidecar, "CLAWSWARM_SKILLS_DIR").as_deref(),
+        Some(SIDECAR_SKILLS_DIR)
+    );
+    assert_eq!(
+        value(sidecar, "CLAWSWARM_WORKLOAD_SKILLS_DIR").as_deref(),
+        Some(WORKLOAD_SKILLS_DIR)
+    );
+    assert_eq!(
+        value(sidecar, "CLAWSWARM_WORKLOAD_ROOT_MAP"),
+        Some(format!("{DATA_MOUNT}={SIDECAR_WORKLOAD_VIEW}"))
+    );
+    assert_eq!(
+        value(sidecar, "CLAWSWARM_OPENCLAW_STATE_DIR").as_deref(),
+        Some("/data/openclaw"),
+        "where the template's OpenClaw keeps its state"
+    );
+    // init writes the workload's view into OpenClaw's config.
+    assert_eq!(
+        value(container(&pod, "init"), "CLAWSWARM_WORKLOAD_SKILLS_DIR").as_deref(),
+        Some(WORKLOAD_SKILLS_DIR)
+    );
+}

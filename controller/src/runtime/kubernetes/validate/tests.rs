@@ -228,3 +228,22 @@ fn template_spec() -> AgentTemplateSpec {
         skills: None,
     }
 }
+
+#[test]
+fn skill_allowlists_name_skills_or_prefixes() {
+    let mut t = template_spec();
+    t.skills = Some(crate::runtime::kubernetes::crd::SkillsSpec {
+        library: vec!["*".into(), "pipeline-status".into(), "oncall-*".into()],
+    });
+    assert!(template(&t).is_ok());
+    for bad in ["Pipeline", "a b", "../x", "x*y"] {
+        t.skills = Some(crate::runtime::kubernetes::crd::SkillsSpec {
+            library: vec![bad.into()],
+        });
+        let e = template(&t).unwrap_err();
+        assert!(
+            e.to_string().contains("spec.skills.library[0]"),
+            "{bad}: {e}"
+        );
+    }
+}
