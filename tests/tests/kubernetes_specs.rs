@@ -450,3 +450,145 @@ async fn a_second_agent_of_one_owner_is_flagged_and_routing_picks_the_oldest() {
     );
     ctl.stop().await;
 }
+
+/// The skills library as ConfigMaps, on a real API server, read and
+/// written as the controller's own ServiceAccount under the shipped Role
+/// (pieces: the library and the runtime's allowlist, not the whole
+/// controller; tests/tests/deployment.rs runs that).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_skills_library_lives_in_configmaps_and_proposals_wait_for_review() {
+    use clawswarm_controller::skills::{
+        LibraryError, ProposalState, SkillLibrary, configmap_library::ConfigMapLibrary,
+    };
+    use clawswarm_proto::v1 as pb;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let c = cluster().await;
+    // An admin's library entry, with a supporting file in a subdirectory,
+    // and a broken one (no SKILL.md).
+    apply(
+        &c,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: skill-pipeline-status
+  namespace: {NS}
+  labels: {{clawswarm.dev/skill-library: "true", clawswarm.dev/skill: pipeline-status}}
+data:
+  SKILL.md: "---\ndescription: Latest pipeline run.\n---\nSearch.\n"
+  scripts__latest.sh: "echo latest\n"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: skill-broken
+  namespace: {NS}
+  labels: {{clawswarm.dev/skill-library: "true", clawswarm.dev/skill: broken}}
+data:
+  README.md: "no skill here"
+"#
+        ),
+    )
+    .await
+    .unwrap();
+    let client =
+        c.cp.client_for_service_account(NS, "clawswarm-controller")
+            .await
+            .unwrap();
+    let lib = ConfigMapLibrary::new(client, NS);
+
+    let listed = lib.list().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["pipeline-status"],
+        "a skill without SKILL.md is not offered"
+    );
+    assert_eq!(listed[0].description, "Latest pipeline run.");
+    let bundle = lib.get("pipeline-status").await.unwrap().unwrap();
+    let paths: Vec<&str> = bundle.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["SKILL.md", "scripts/latest.sh"]);
+    assert!(matches!(
+        lib.get("broken").await,
+        Err(LibraryError::Damaged { .. })
+    ));
+
+    // A person's skill, proposed: stored, not offered until approved.
+    let mine = pb::SkillBundle {
+        name: "standup".into(),
+        files: vec![
+            pb::SkillFile {
+                path: "SKILL.md".into(),
+                content: b"---\ndescription: Draft my standup.\n---\n".to_vec(),
+            },
+            pb::SkillFile {
+                path: "assets/logo.bin".into(),
+                content: vec![0xff, 0x00, 0xfe],
+            },
+        ],
+    };
+    let p = lib.propose(&mine, "clawswarm/u-u1", "U1").await.unwrap();
+    assert_eq!(p.state, ProposalState::Pending);
+    assert!(lib.get("standup").await.unwrap().is_none());
+    let pending = lib.proposals().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].owner.as_str(), pending[0].agent.as_str()),
+        ("U1", "clawswarm/u-u1")
+    );
+
+    let p = lib.review("standup", true).await.unwrap();
+    assert_eq!(p.state, ProposalState::Approved);
+    let shared = lib.get("standup").await.unwrap().unwrap();
+    assert_eq!(
+        shared.files, mine.files,
+        "binary files survive the round trip"
+    );
+    let cm = Api::<ConfigMap>::namespaced(c.cp.admin(), NS)
+        .get("skill-standup")
+        .await
+        .unwrap();
+    assert_eq!(
+        cm.labels()
+            .get("clawswarm.dev/skill-library")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert!(matches!(
+        lib.review("standup", false).await,
+        Err(LibraryError::AlreadyReviewed { .. })
+    ));
+    assert!(matches!(
+        lib.propose(&mine, "clawswarm/u-u2", "U2").await,
+        Err(LibraryError::NameTaken(_))
+    ));
+    assert!(matches!(
+        lib.review("never-proposed", true).await,
+        Err(LibraryError::NoSuchProposal(_))
+    ));
+
+    // What each shipped template allows, as the runtime reads it.
+    let ctl = Controller::start(&c, None).await;
+    ctl.wait_leading(true).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let allow = loop {
+        if let Ok(a) = ctl.runtime.skill_allowlist("default").await {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "templates never cached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(allow.allows("pipeline-status"));
+    assert!(
+        ctl.runtime
+            .skill_allowlist("no-such-template")
+            .await
+            .is_err()
+    );
+    ctl.stop().await;
+}
