@@ -54,6 +54,8 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub frames_rejected: Family<ReasonLabel, Counter>,
     pub certify: Family<ResultLabel, Counter>,
+    /// Certificate requests answered before the authenticator was asked.
+    pub certify_stopped: Family<ReasonLabel, Counter>,
     pub agent_restarts: Counter,
     pub slack: crate::slack::metrics::SlackMetrics,
 }
@@ -74,6 +76,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let frames_rejected = Family::<ReasonLabel, Counter>::default();
         let certify = Family::<ResultLabel, Counter>::default();
+        let certify_stopped = Family::<ReasonLabel, Counter>::default();
         let agent_restarts = Counter::default();
 
         registry.register(
@@ -108,6 +111,11 @@ impl Metrics {
             certify.clone(),
         );
         registry.register(
+            "identity_certify_stopped",
+            "Certificate requests refused before any token check (rate limited per source, or a token refused moments ago)",
+            certify_stopped.clone(),
+        );
+        registry.register(
             "local_agent_restarts",
             "Local agent processes restarted after dying",
             agent_restarts.clone(),
@@ -127,6 +135,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = certify.get_or_create(&ResultLabel { result });
         }
+        for reason in ["rate_limited", "refused_recently"] {
+            let _ = certify_stopped.get_or_create(&ReasonLabel { reason });
+        }
         for reason in FRAME_REJECT_REASONS {
             let _ = frames_rejected.get_or_create(&ReasonLabel { reason });
         }
@@ -144,6 +155,7 @@ impl Metrics {
             tokens,
             frames_rejected,
             certify,
+            certify_stopped,
             agent_restarts,
             slack,
         })

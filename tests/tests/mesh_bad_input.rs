@@ -289,12 +289,12 @@ async fn resuming_a_turn_the_agent_does_not_hold_is_not_found() {
     assert!(err.message().contains("never-started"), "{}", err.message());
 }
 
-/// Identity.Certify over TLS, presenting `current` (a renewal) or nothing.
-async fn certify(
+/// An Identity client over TLS (one connection, so one source address),
+/// presenting `current` (a renewal) or no certificate.
+async fn identity_client(
     c: &Controller,
     current: Option<Credentials>,
-    req: pb::CertifyRequest,
-) -> Result<pb::CertifyResponse, tonic::Status> {
+) -> IdentityClient<tonic::transport::Channel> {
     let server = SpiffeId::controller(
         clawswarm_certs::TrustDomain::new("clawswarm.local").unwrap(),
         "local",
@@ -310,6 +310,16 @@ async fn certify(
         .await
         .unwrap();
     IdentityClient::new(ch)
+}
+
+/// Identity.Certify over TLS, presenting `current` (a renewal) or nothing.
+async fn certify(
+    c: &Controller,
+    current: Option<Credentials>,
+    req: pb::CertifyRequest,
+) -> Result<pb::CertifyResponse, tonic::Status> {
+    identity_client(c, current)
+        .await
         .certify(req)
         .await
         .map(|r| r.into_inner())
@@ -432,6 +442,44 @@ async fn certify_refuses_garbage_tokens_and_other_agents_certificates() {
     let malformed = certify(&c, None, req("alice", "x")).await.unwrap_err();
     assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
     assert!(c.logs().contains("certify refused"));
+}
+
+/// A stranger floods Identity.Certify with tokens: the controller checks a
+/// burst of them, then answers RESOURCE_EXHAUSTED without checking, and a
+/// token it just refused is refused again from memory (the shipped binary;
+/// the limits are docs/metrics.md's).
+#[tokio::test]
+async fn a_flood_of_garbage_tokens_is_cut_off_before_it_costs_a_check_each() {
+    init();
+    let c = records_only(&["alice"]).await;
+    let one = identity_client(&c, None).await;
+    let req = |token: String| pb::CertifyRequest {
+        identity: "local/alice".into(),
+        csr_pem: String::new(),
+        token,
+    };
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..260 {
+        let e = one
+            .clone()
+            .certify(req(format!("csb1.flood{i}")))
+            .await
+            .unwrap_err();
+        *codes.entry(format!("{:?}", e.code())).or_insert(0) += 1;
+    }
+    let exhausted = codes.get("ResourceExhausted").copied().unwrap_or(0);
+    assert!(
+        exhausted >= 40 && codes.get("Unauthenticated").copied().unwrap_or(0) >= 200,
+        "a burst is checked, the rest refused unchecked: {codes:?}"
+    );
+    let (_, metrics) = c.http_get("/metrics").await.unwrap();
+    let stopped = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("clawswarm_identity_certify_stopped_total{reason=\"rate_limited\"} ")
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(stopped, Some(exhausted as u64), "{metrics}");
 }
 
 /// A message that is not protobuf at all: field 1 with wire type 7, which

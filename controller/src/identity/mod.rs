@@ -5,6 +5,7 @@
 //! [`Authenticator`]); a renewal may instead present the current, still
 //! valid certificate for the same agent over mTLS.
 
+pub mod admission;
 mod authenticator;
 pub mod bootstrap;
 
@@ -17,7 +18,8 @@ use tracing::{info, warn};
 
 pub use authenticator::{AuthError, Authenticator, CertifyClaim};
 
-use crate::metrics::{Metrics, ResultLabel};
+use self::admission::{Admission, AdmissionConfig};
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 
 /// Largest CSR accepted; a P-256 CSR with one URI SAN is well under 1 KiB.
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -30,6 +32,7 @@ pub struct IdentityService {
     namespace: String,
     policy: LeafPolicy,
     metrics: Arc<Metrics>,
+    admission: Admission,
 }
 
 impl IdentityService {
@@ -46,7 +49,14 @@ impl IdentityService {
             namespace,
             policy,
             metrics,
+            admission: Admission::new(AdmissionConfig::default()),
         }
+    }
+
+    /// Other limits than the defaults (tests, benchmarks).
+    pub fn with_admission(mut self, cfg: AdmissionConfig) -> Self {
+        self.admission = Admission::new(cfg);
+        self
     }
 
     async fn certify_inner(
@@ -54,6 +64,7 @@ impl IdentityService {
         request: Request<CertifyRequest>,
     ) -> Result<CertifyResponse, Status> {
         let peer = request.peer_certs();
+        let source = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let agent: AgentId = req.identity.parse().map_err(|e| {
             Status::invalid_argument(format!(
@@ -99,13 +110,33 @@ impl IdentityService {
             None => false,
         };
         if !renewal {
-            self.authenticator
+            // The token path is what costs a check: limited per source, and
+            // a token refused moments ago is not checked again.
+            if let Err((why, status)) = self.admission.admit(source, &req.identity, &req.token) {
+                self.metrics
+                    .certify_stopped
+                    .get_or_create(&ReasonLabel {
+                        reason: why.metric_label(),
+                    })
+                    .inc();
+                return Err(status);
+            }
+            let checked = self
+                .authenticator
                 .authenticate(&CertifyClaim {
                     requested: &agent,
                     token: &req.token,
                 })
-                .await
-                .map_err(Status::from)?;
+                .await;
+            if let Err(e) = checked {
+                // A backend outage is not the token's fault: not remembered.
+                let remember = !matches!(e, AuthError::Unavailable(_));
+                let status = Status::from(e);
+                if remember {
+                    self.admission.refused(&req.identity, &req.token, &status);
+                }
+                return Err(status);
+            }
         }
 
         let issued = self
@@ -154,3 +185,6 @@ impl Identity for IdentityService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
