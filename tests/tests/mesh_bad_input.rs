@@ -546,3 +546,115 @@ async fn undecodable_and_oversized_messages_get_invalid_argument_and_resource_ex
         .unwrap();
     assert_eq!(reply.outcome(), Some(pb::Outcome::Ok), "{reply:?}");
 }
+
+/// The next `Turn` the controller sends, keeping every other frame in `seen`.
+async fn next_turn(rx: &mut tonic::Streaming<pb::ControllerFrame>, seen: &mut Vec<In>) -> String {
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(20), rx.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match f.frame {
+            Some(In::Turn(t)) => return t.turn_id,
+            other => seen.extend(other),
+        }
+    }
+}
+
+/// One requester that stops reading holds up its own turn only: the same
+/// agent's next turn streams and ends meanwhile, nothing cancels the first,
+/// and once read it has every chunk (the shipped binary; the test plays
+/// the sidecar).
+#[tokio::test]
+async fn a_requester_that_stops_reading_holds_up_only_its_own_turn() {
+    const SLOW_CHUNKS: u64 = 1200;
+    init();
+    let c = records_only(&["alice"]).await;
+    let (tx, mut rx) = raw_agent_link(&c, creds_for(&c, "alice"), vec![hello("alice")])
+        .await
+        .unwrap();
+    let start = |conversation: &str, turn_id: &str| pb::ChatRequest {
+        agent: "alice".into(),
+        kind: Some(Kind::Start(pb::StartTurn {
+            conversation: conversation.into(),
+            text: "hi".into(),
+            turn_id: turn_id.into(),
+        })),
+    };
+    // Every frame the controller sends the sidecar, as it arrives.
+    let mut seen: Vec<In> = Vec::new();
+    let chunk = |turn_id: &str, seq: u64, delta: &str| {
+        frame(Out::Chunk(pb::ReplyChunk {
+            turn_id: turn_id.into(),
+            seq,
+            delta: delta.into(),
+        }))
+    };
+    let end = |turn_id: &str, chunks: u64| {
+        frame(Out::End(pb::ReplyEnd {
+            turn_id: turn_id.into(),
+            chunks,
+            outcome: pb::Outcome::Ok as i32,
+            ..Default::default()
+        }))
+    };
+
+    // The slow requester asks and then reads nothing: its reply (1,200
+    // chunks of 4 KiB) is more than its HTTP/2 window (2 MiB), h2's send
+    // buffer and its queue of 256 events hold, and less than the 4 MiB a
+    // turn may fall behind beyond them.
+    let slow = c
+        .gateway()
+        .await
+        .unwrap()
+        .chat(start("slow", "turn-slow"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_turn(&mut rx, &mut seen).await, "turn-slow");
+    let piece = "x".repeat(4 * 1024);
+    for seq in 0..SLOW_CHUNKS {
+        tx.send(chunk("turn-slow", seq, &piece)).await.unwrap();
+    }
+    tx.send(end("turn-slow", SLOW_CHUNKS)).await.unwrap();
+
+    // Another conversation of the same agent meanwhile: answered in full.
+    let fast = c
+        .gateway()
+        .await
+        .unwrap()
+        .chat(start("fast", "turn-fast"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_turn(&mut rx, &mut seen).await, "turn-fast");
+    tx.send(chunk("turn-fast", 0, "quick")).await.unwrap();
+    tx.send(end("turn-fast", 1)).await.unwrap();
+    let reply = collect(fast, None).await.unwrap();
+    assert_eq!(
+        (reply.text().as_str(), reply.outcome()),
+        ("quick", Some(pb::Outcome::Ok))
+    );
+
+    // Nothing gave the slow turn up while it waited…
+    while let Ok(Ok(Some(f))) = tokio::time::timeout(Duration::from_millis(200), rx.message()).await
+    {
+        seen.extend(f.frame);
+    }
+    assert!(
+        !seen.iter().any(|f| matches!(f, In::Cancel(_))),
+        "no turn was cancelled: {seen:?}"
+    );
+    // …and read now, it has every chunk, in order.
+    let reply = collect(slow, None).await.unwrap();
+    assert_eq!(reply.chunks.len() as u64, SLOW_CHUNKS);
+    assert!(
+        reply
+            .chunks
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, _))| *seq == i as u64)
+    );
+    assert_eq!(reply.outcome(), Some(pb::Outcome::Ok));
+}

@@ -1,7 +1,7 @@
 //! `AgentLink.Connect`: one stream per sidecar, authorized by the peer
 //! certificate, carrying every turn for that agent.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use clawswarm_certs::{AgentId, SpiffeId};
 use clawswarm_proto::{
@@ -18,7 +18,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
-    AgentEntry, LinkHandle, Mesh, TurnEnd, TurnEvent, UsageReport, lock, turn::validate_turn_id,
+    AgentEntry, LinkHandle, Mesh, TurnEnd, TurnEvent, UsageReport, lock,
+    turn::{CancelTurn, validate_turn_id},
 };
 use crate::{metrics::ReasonLabel, runtime::Runtime};
 
@@ -346,7 +347,7 @@ fn reject(mesh: &Mesh, entry: &AgentEntry, reason: &'static str, detail: &str) {
 
 async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
     enum Next {
-        Deliver(mpsc::Sender<TurnEvent>, Option<std::time::Duration>),
+        Deliver(super::forward::Forward, Option<std::time::Duration>),
         Replay(u64),
         Skip,
     }
@@ -364,7 +365,7 @@ async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
                 sink.next_seq += 1;
                 let first = (!sink.first_chunk_seen).then(|| sink.started.elapsed());
                 sink.first_chunk_seen = true;
-                Next::Deliver(sink.tx.clone(), first)
+                Next::Deliver(sink.fwd.clone(), first)
             }
         }
     };
@@ -385,23 +386,26 @@ async fn on_chunk(mesh: &Mesh, entry: &Arc<AgentEntry>, c: pb::ReplyChunk) {
             });
             let _ = mesh.send_frame(entry, resume).await;
         }
-        Next::Deliver(tx, first) => {
+        Next::Deliver(fwd, first) => {
             if let Some(t) = first {
                 mesh.inner
                     .metrics
                     .turn_first_chunk_seconds
                     .observe(t.as_secs_f64());
             }
-            mesh.deliver(
-                entry,
-                &c.turn_id,
-                tx,
-                TurnEvent::Chunk {
-                    seq: c.seq,
-                    delta: c.delta,
-                },
-            )
-            .await;
+            // Never waits: a requester that stopped reading holds up its own
+            // turn only, and past its backlog the turn is given up.
+            let queued = fwd.push(TurnEvent::Chunk {
+                seq: c.seq,
+                delta: c.delta,
+            });
+            if !queued {
+                mesh.cancel_turn(
+                    &entry.id,
+                    &c.turn_id,
+                    "requester too slow: its reply backlog is full",
+                );
+            }
         }
     }
 }
@@ -418,19 +422,17 @@ async fn on_end(mesh: &Mesh, entry: &Arc<AgentEntry>, e: pb::ReplyEnd) {
         usage: e.usage.unwrap_or_default(),
         chunks: e.chunks,
     };
-    let started = Instant::now();
-    let delivered = sink
-        .tx
-        .send_timeout(TurnEvent::End(end), mesh.inner.cfg.send_timeout)
-        .await
-        .is_ok();
-    debug!(agent = %entry.id, turn_id = %e.turn_id, delivered, waited = ?started.elapsed(), "turn ended");
-    // Delivered, or its requester is gone for good: either way the sidecar
-    // can forget the reply.
-    let ack = Out::Ack(pb::Ack {
-        subject: Some(pb::ack::Subject::TurnId(e.turn_id)),
-    });
-    let _ = mesh.send_frame(entry, ack).await;
+    // The end queues behind the turn's chunks; its forwarder acknowledges it
+    // to the sidecar once delivered. A requester already given up is
+    // acknowledged here: the sidecar may forget the reply either way.
+    let queued = sink.fwd.push(TurnEvent::End(end));
+    debug!(agent = %entry.id, turn_id = %e.turn_id, queued, "turn ended");
+    if !queued {
+        let ack = Out::Ack(pb::Ack {
+            subject: Some(pb::ack::Subject::TurnId(e.turn_id)),
+        });
+        let _ = mesh.send_frame(entry, ack).await;
+    }
 }
 
 fn on_notice(mesh: &Mesh, entry: &Arc<AgentEntry>, n: pb::Notice) {

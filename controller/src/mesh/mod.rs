@@ -8,6 +8,7 @@
 //! controller acknowledges it, so nothing that only lives in this process's
 //! memory is needed to finish a reply.
 
+mod forward;
 mod link;
 pub mod turn;
 
@@ -24,7 +25,7 @@ use clawswarm_certs::{AgentId, TrustDomain};
 use clawswarm_proto::v1::{self as pb, ControllerFrame, controller_frame::Frame};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub use link::AgentLinkService;
 
@@ -196,7 +197,8 @@ struct LinkHandle {
 
 /// Where one turn's events go.
 struct TurnSink {
-    tx: mpsc::Sender<TurnEvent>,
+    /// The requester, behind a queue of this turn's own (see [`forward`]).
+    fwd: forward::Forward,
     /// The next chunk the requester has not seen; replays below it are
     /// dropped as duplicates.
     next_seq: u64,
@@ -421,8 +423,26 @@ impl Mesh {
             if turns.contains_key(turn_id) {
                 return Err(MeshError::DuplicateTurn(turn_id.to_owned()));
             }
-            let sink = TurnSink {
+            let (mesh, agent, tid) = (self.clone(), id.clone(), turn_id.to_owned());
+            let (acker, ack_entry, ack_tid) = (self.clone(), entry.clone(), turn_id.to_owned());
+            let fwd = forward::Forward::spawn(
                 tx,
+                self.inner.cfg.send_timeout,
+                &self.inner.tasks,
+                move |why| mesh.cancel_turn(&agent, &tid, why.reason()),
+                // Delivered, or its requester is gone for good: either way
+                // the sidecar can forget the reply.
+                move || {
+                    acker.try_send_frame(
+                        &ack_entry,
+                        Frame::Ack(pb::Ack {
+                            subject: Some(pb::ack::Subject::TurnId(ack_tid)),
+                        }),
+                    )
+                },
+            );
+            let sink = TurnSink {
+                fwd,
                 next_seq,
                 started: Instant::now(),
                 first_chunk_seen: false,
@@ -550,16 +570,13 @@ impl Mesh {
     pub async fn hand_over(&self, reason: &str) {
         self.set_accepting(false);
         let entries = self.entries();
-        let timeout = self.inner.cfg.send_timeout;
         for entry in &entries {
             // Out of the map first: a requester dropping its stream now
             // finds nothing to cancel, so no Cancel reaches the sidecar.
             let turns: Vec<_> = lock(&entry.turns).drain().collect();
             for (turn_id, sink) in turns {
                 info!(agent = %entry.id, turn_id = %turn_id, "turn handed over to the next leader");
-                self.inner.tasks.spawn(async move {
-                    let _ = sink.tx.send_timeout(TurnEvent::HandedOver, timeout).await;
-                });
+                let _ = sink.fwd.push(TurnEvent::HandedOver);
             }
         }
         self.drain(reason).await;
@@ -640,29 +657,6 @@ pub fn outcome_label(o: pb::Outcome) -> &'static str {
 }
 
 impl Mesh {
-    /// Deliver one event to a turn's requester, giving up the turn when the
-    /// requester is gone or stuck longer than `send_timeout`.
-    async fn deliver(
-        &self,
-        entry: &Arc<AgentEntry>,
-        turn_id: &str,
-        tx: mpsc::Sender<TurnEvent>,
-        ev: TurnEvent,
-    ) -> bool {
-        match tx.send_timeout(ev, self.inner.cfg.send_timeout).await {
-            Ok(()) => true,
-            Err(e) => {
-                let reason = match e {
-                    mpsc::error::SendTimeoutError::Timeout(_) => "requester too slow",
-                    mpsc::error::SendTimeoutError::Closed(_) => "requester went away",
-                };
-                debug!(agent = %entry.id, turn_id, reason, "dropping turn");
-                self.cancel_turn(&entry.id, turn_id, reason);
-                false
-            }
-        }
-    }
-
     /// After a stream ends: if the agent does not come back in time, fail the
     /// turns still waiting for it.
     fn expire_orphans(&self, entry: Arc<AgentEntry>, conn_id: u64) {
@@ -686,7 +680,7 @@ impl Mesh {
                 warn!(agent = %entry.id, turn_id = %turn_id, "agent did not reconnect; failing turn");
                 let end = TurnEnd::failed(pb::Outcome::Error, format!("agent {} disconnected and did not come back within {timeout:?}", entry.id));
                 mesh.inner.metrics.turns.get_or_create(&ResultLabel { result: "error" }).inc();
-                let _ = sink.tx.try_send(TurnEvent::End(end));
+                let _ = sink.fwd.push(TurnEvent::End(end));
             }
         });
     }
