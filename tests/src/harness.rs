@@ -774,6 +774,16 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// The last ~6 KB of a log, for a failure message (cut at a character
+/// boundary).
+pub fn tail_of(s: &str) -> &str {
+    let mut at = s.len().saturating_sub(6000);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
 /// A whole Gateway reply, as a client saw it.
 #[derive(Debug, Default, Clone)]
 pub struct Reply {

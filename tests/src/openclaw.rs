@@ -223,3 +223,43 @@ pub async fn admin_rpc(
     anyhow::ensure!(body["ok"] == true, "{method}: {body}");
     Ok(body)
 }
+
+/// Options for the controller's built-in OpenClaw profile (what
+/// `scripts/run-local.sh` runs) with agents `agents`: the `openclaw` CLI, the
+/// person's seed config and the model provider's URL, then `extra` settings
+/// (the provider key, company data, the skills library…) as an operator
+/// would give them.
+pub fn profile_options(
+    agents: &[&str],
+    openclaw: &Path,
+    seed: &Path,
+    model_url: String,
+    extra: Vec<(String, String)>,
+) -> crate::harness::ControllerOptions {
+    let mut opts = crate::harness::ControllerOptions::with_agents(agents);
+    opts.no_workload = true;
+    opts.env = vec![
+        ("CLAWSWARM_WORKLOAD".into(), "openclaw".into()),
+        (
+            "CLAWSWARM_OPENCLAW_BIN".into(),
+            openclaw.display().to_string(),
+        ),
+        (
+            "CLAWSWARM_OPENCLAW_SEED_CONFIG".into(),
+            seed.display().to_string(),
+        ),
+        ("CLAWSWARM_MODEL_UPSTREAM_URL".into(), model_url),
+    ];
+    opts.env.extend(extra);
+    opts
+}
+
+/// Wait (up to 240 s: a cold OpenClaw start) for `agent` to be ready,
+/// failing with the end of its workload's log.
+pub async fn wait_ready_with_log(c: &crate::harness::Controller, agent: &str) {
+    if let Err(e) = c.wait_ready(agent, Duration::from_secs(240)).await {
+        let log = std::fs::read_to_string(c.agent_dir(agent).join("run/workload.log"))
+            .unwrap_or_default();
+        panic!("{e}\nworkload log:\n{}", crate::harness::tail_of(&log));
+    }
+}

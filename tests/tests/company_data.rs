@@ -23,8 +23,8 @@ use std::{path::Path, time::Duration};
 
 use clawswarm_proto::v1 as pb;
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, chat, workload_tree},
-    openclaw::openclaw_bin,
+    harness::{Controller, chat, tail_of as tail, workload_tree},
+    openclaw::{openclaw_bin, profile_options, wait_ready_with_log},
     search::{API_KEY, SearchEngine, pipeline_runs},
     stub_model::{StubConfig, StubModel},
 };
@@ -86,10 +86,6 @@ fn metric(text: &str, series: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
-fn tail(s: &str) -> &str {
-    &s[s.len().saturating_sub(6000)..]
-}
-
 /// Every file under `dir` holding `needle` (bounded reads).
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -145,27 +141,27 @@ async fn the_agent_answers_from_company_data_and_nothing_it_does_can_write() {
     let key_file = dir.path().join("search-key");
     std::fs::write(&key_file, API_KEY).unwrap();
 
-    let mut opts = ControllerOptions::with_agents(&["alice"]);
-    opts.no_workload = true;
-    let path = |p: &Path| p.display().to_string();
-    opts.env = vec![
-        ("CLAWSWARM_WORKLOAD".into(), "openclaw".into()),
-        ("CLAWSWARM_OPENCLAW_BIN".into(), path(&openclaw)),
-        ("CLAWSWARM_OPENCLAW_SEED_CONFIG".into(), path(&seed)),
-        ("CLAWSWARM_MODEL_UPSTREAM_URL".into(), stub.base_url()),
-        ("CLAWSWARM_MODEL_API_KEY".into(), "stub-key".into()),
-        // The operator's part: where the cluster is, its key, what is readable.
-        ("CLAWSWARM_DATA_URL".into(), engine.url().to_owned()),
-        ("CLAWSWARM_DATA_API_KEY_FILE".into(), path(&key_file)),
-        ("CLAWSWARM_DATA_INDICES".into(), "pipelines".into()),
-    ];
+    let opts = profile_options(
+        &["alice"],
+        &openclaw,
+        &seed,
+        stub.base_url(),
+        vec![
+            ("CLAWSWARM_MODEL_API_KEY".into(), "stub-key".into()),
+            // The operator's part: where the cluster is, its key, what is readable.
+            ("CLAWSWARM_DATA_URL".into(), engine.url().to_owned()),
+            (
+                "CLAWSWARM_DATA_API_KEY_FILE".into(),
+                key_file.display().to_string(),
+            ),
+            ("CLAWSWARM_DATA_INDICES".into(), "pipelines".into()),
+        ],
+    );
     let c = Controller::start(opts).await.unwrap();
     let agent = c.agent_dir("alice");
     let (run_dir, data_dir) = (agent.join("run"), agent.join("data"));
     let workload_log = || std::fs::read_to_string(run_dir.join("workload.log")).unwrap_or_default();
-    if let Err(e) = c.wait_ready("alice", Duration::from_secs(240)).await {
-        panic!("{e}\nworkload log:\n{}", tail(&workload_log()));
-    }
+    wait_ready_with_log(&c, "alice").await;
 
     // The key is in no OpenClaw process's environment and no file the
     // workload has: only the sidecar was given it.

@@ -22,8 +22,8 @@ use std::{path::Path, time::Duration};
 
 use clawswarm_proto::v1 as pb;
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, chat, workload_tree},
-    openclaw::openclaw_bin,
+    harness::{Controller, ControllerOptions, chat, tail_of as tail, workload_tree},
+    openclaw::{openclaw_bin, wait_ready_with_log},
     stub_model::{Api, StubConfig, StubModel, Usage},
 };
 
@@ -113,9 +113,7 @@ async fn turns_flow_from_the_controller_through_openclaw_to_the_model() {
     let agent = c.agent_dir("alice");
     let (run_dir, data_dir) = (agent.join("run"), agent.join("data"));
     let workload_log = || std::fs::read_to_string(run_dir.join("workload.log")).unwrap_or_default();
-    if let Err(e) = c.wait_ready("alice", Duration::from_secs(240)).await {
-        panic!("{e}\nworkload log:\n{}", tail(&workload_log()));
-    }
+    wait_ready_with_log(&c, "alice").await;
 
     // The key is in no OpenClaw process's environment, nor its config; the
     // gateway token is, as generated for this agent.
@@ -303,12 +301,4 @@ async fn without_a_model_key_every_turn_says_which_variable_to_set() {
         !c.agent_dir("newcomer").join("run/workload.pid").exists(),
         "no workload was started"
     );
-}
-
-fn tail(s: &str) -> &str {
-    let mut start = s.len().saturating_sub(6000);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
 }

@@ -22,8 +22,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use clawswarm_proto::v1 as pb;
 use clawswarm_tests::{
-    harness::{Controller, ControllerOptions, chat, workload_tree},
-    openclaw::openclaw_bin,
+    harness::{Controller, chat, tail_of as tail, workload_tree},
+    openclaw::{openclaw_bin, profile_options, wait_ready_with_log},
     stub_model::{StubConfig, StubModel},
 };
 use tonic::Code;
@@ -46,10 +46,6 @@ fn write_skill(root: &Path, name: &str, skill_md: &str, extra: &[(&str, &str)]) 
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
-}
-
-fn tail(s: &str) -> &str {
-    &s[s.len().saturating_sub(6000)..]
 }
 
 fn has(list: &pb::ListSkillsResponse, name: &str, source: &str) -> bool {
@@ -135,24 +131,23 @@ async fn people_install_from_the_company_library_only_and_propose_their_own() {
         &[],
     );
 
-    let mut opts = ControllerOptions::with_agents(&["alice"]);
-    opts.no_workload = true;
-    let path = |p: &Path| p.display().to_string();
-    opts.env = vec![
-        ("CLAWSWARM_WORKLOAD".into(), "openclaw".into()),
-        ("CLAWSWARM_OPENCLAW_BIN".into(), path(&openclaw)),
-        ("CLAWSWARM_OPENCLAW_SEED_CONFIG".into(), path(&seed)),
-        ("CLAWSWARM_MODEL_UPSTREAM_URL".into(), stub.base_url()),
-        ("CLAWSWARM_MODEL_API_KEY".into(), "stub-key".into()),
-        ("CLAWSWARM_SKILLS_LIBRARY".into(), path(&library)),
-    ];
+    let opts = profile_options(
+        &["alice"],
+        &openclaw,
+        &seed,
+        stub.base_url(),
+        vec![
+            ("CLAWSWARM_MODEL_API_KEY".into(), "stub-key".into()),
+            (
+                "CLAWSWARM_SKILLS_LIBRARY".into(),
+                library.display().to_string(),
+            ),
+        ],
+    );
     let c = Controller::start(opts).await.unwrap();
     let agent = c.agent_dir("alice");
     let (run_dir, data_dir) = (agent.join("run"), agent.join("data"));
-    let workload_log = || std::fs::read_to_string(run_dir.join("workload.log")).unwrap_or_default();
-    if let Err(e) = c.wait_ready("alice", Duration::from_secs(240)).await {
-        panic!("{e}\nworkload log:\n{}", tail(&workload_log()));
-    }
+    wait_ready_with_log(&c, "alice").await;
     let mut gw = c.gateway().await.unwrap();
 
     // 1. What the library offers; nothing installed yet.

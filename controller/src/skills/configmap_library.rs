@@ -249,12 +249,7 @@ impl SkillLibrary for ConfigMapLibrary {
             .ok_or_else(|| LibraryError::NoSuchProposal(name.to_owned()))?;
         let mut p =
             Self::proposal_of(&cm).ok_or_else(|| LibraryError::NoSuchProposal(name.to_owned()))?;
-        if p.state != ProposalState::Pending {
-            return Err(LibraryError::AlreadyReviewed {
-                name: name.to_owned(),
-                state: p.state.as_str(),
-            });
-        }
+        p.ensure_pending()?;
         if approve {
             if self.get(name).await?.is_some() {
                 return Err(LibraryError::NameTaken(name.to_owned()));

@@ -50,6 +50,20 @@ pub struct Proposal {
     pub files: Vec<String>,
 }
 
+impl Proposal {
+    /// Only a pending proposal may be reviewed, once.
+    pub fn ensure_pending(&self) -> Result<(), LibraryError> {
+        if self.state == ProposalState::Pending {
+            Ok(())
+        } else {
+            Err(LibraryError::AlreadyReviewed {
+                name: self.name.clone(),
+                state: self.state.as_str(),
+            })
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
     #[error(transparent)]
