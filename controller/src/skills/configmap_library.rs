@@ -129,14 +129,12 @@ impl ConfigMapLibrary {
         let name = label(cm, SKILL_LABEL)?.to_owned();
         let state = ProposalState::parse(label(cm, PROPOSAL_LABEL)?)?;
         let bundle = bundle_of(&name, cm).ok()?;
-        Some(Proposal {
-            description: skill_bundle::bundle_description(&bundle),
-            files: bundle.files.iter().map(|f| f.path.clone()).collect(),
-            agent: annotation(cm, AGENT_ANNOTATION),
-            owner: annotation(cm, OWNER_ANNOTATION),
-            name,
+        Some(Proposal::of(
+            &bundle,
+            &annotation(cm, AGENT_ANNOTATION),
+            &annotation(cm, OWNER_ANNOTATION),
             state,
-        })
+        ))
     }
 
     async fn set_state(&self, name: &str, state: ProposalState) -> Result<(), LibraryError> {
@@ -213,14 +211,7 @@ impl SkillLibrary for ConfigMapLibrary {
             )
             .await
             .map_err(unavailable)?;
-        Ok(Proposal {
-            name: bundle.name.clone(),
-            description: skill_bundle::bundle_description(bundle),
-            agent: agent.to_owned(),
-            owner: owner.to_owned(),
-            state: ProposalState::Pending,
-            files: bundle.files.iter().map(|f| f.path.clone()).collect(),
-        })
+        Ok(Proposal::of(bundle, agent, owner, ProposalState::Pending))
     }
 
     async fn proposals(&self) -> Result<Vec<Proposal>, LibraryError> {

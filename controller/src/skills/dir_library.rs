@@ -79,14 +79,8 @@ impl DirLibrary {
         };
         let file: ProposalFile = serde_json::from_str(&text).map_err(|e| unavailable(&meta, e))?;
         let bundle = Self::read_skill(name, &at.join("skill"))?;
-        Ok(Some(Proposal {
-            name: name.to_owned(),
-            description: skill_bundle::bundle_description(&bundle),
-            agent: file.agent,
-            owner: file.owner,
-            state: ProposalState::parse(&file.state).unwrap_or(ProposalState::Pending),
-            files: bundle.files.iter().map(|f| f.path.clone()).collect(),
-        }))
+        let state = ProposalState::parse(&file.state).unwrap_or(ProposalState::Pending);
+        Ok(Some(Proposal::of(&bundle, &file.agent, &file.owner, state)))
     }
 
     fn write_state(&self, p: &Proposal) -> Result<(), LibraryError> {
@@ -142,14 +136,7 @@ impl SkillLibrary for DirLibrary {
         let at = self.proposals_dir().join(&bundle.name);
         let _ = fs::remove_dir_all(&at);
         skill_bundle::write_dir(&at.join("skill"), bundle).map_err(|e| unavailable(&at, e))?;
-        let p = Proposal {
-            name: bundle.name.clone(),
-            description: skill_bundle::bundle_description(bundle),
-            agent: agent.to_owned(),
-            owner: owner.to_owned(),
-            state: ProposalState::Pending,
-            files: bundle.files.iter().map(|f| f.path.clone()).collect(),
-        };
+        let p = Proposal::of(bundle, agent, owner, ProposalState::Pending);
         self.write_state(&p)?;
         Ok(p)
     }

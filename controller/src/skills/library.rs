@@ -51,6 +51,18 @@ pub struct Proposal {
 }
 
 impl Proposal {
+    /// What a store knows of a proposal: its files, who sent it, its state.
+    pub fn of(bundle: &pb::SkillBundle, agent: &str, owner: &str, state: ProposalState) -> Self {
+        Self {
+            name: bundle.name.clone(),
+            description: clawswarm_proto::skill_bundle::bundle_description(bundle),
+            agent: agent.to_owned(),
+            owner: owner.to_owned(),
+            state,
+            files: bundle.files.iter().map(|f| f.path.clone()).collect(),
+        }
+    }
+
     /// Only a pending proposal may be reviewed, once.
     pub fn ensure_pending(&self) -> Result<(), LibraryError> {
         if self.state == ProposalState::Pending {
