@@ -45,10 +45,6 @@ pub struct SkillsArgs {
         default_value = "skills"
     )]
     pub dir: PathBuf,
-    /// The same directory as the workload sees it (mounted read-only
-    /// there); defaults to the sidecar's path.
-    #[arg(long = "workload-skills-dir", env = "CLAWSWARM_WORKLOAD_SKILLS_DIR")]
-    pub workload_dir: Option<PathBuf>,
     /// OpenClaw's config file, as the workload sees it (its workspace
     /// setting says where the person's own skills are).
     #[arg(
@@ -80,9 +76,6 @@ impl SkillsArgs {
         let mut out = self.clone();
         if out.dir.is_relative() {
             out.dir = data_dir.join(&self.dir);
-        }
-        if out.workload_dir.is_none() {
-            out.workload_dir = Some(out.dir.clone());
         }
         if out.openclaw_state_dir.is_none() {
             out.openclaw_state_dir = out.openclaw_config.parent().map(Path::to_path_buf);

@@ -393,7 +393,6 @@ pub fn build_pod(agent: &Agent, tpl: &AgentTemplateSpec, s: &PodSettings) -> Pod
         ),
         workload_token_env(&name, "CLAWSWARM_WORKLOAD_TOKEN"),
         env("CLAWSWARM_SKILLS_DIR", SIDECAR_SKILLS_DIR),
-        env("CLAWSWARM_WORKLOAD_SKILLS_DIR", WORKLOAD_SKILLS_DIR),
         env(
             "CLAWSWARM_WORKLOAD_ROOT_MAP",
             format!("{DATA_MOUNT}={SIDECAR_WORKLOAD_VIEW}"),

@@ -331,10 +331,6 @@ fn library_skills_have_their_own_part_and_every_container_is_told_where() {
         Some(SIDECAR_SKILLS_DIR)
     );
     assert_eq!(
-        value(sidecar, "CLAWSWARM_WORKLOAD_SKILLS_DIR").as_deref(),
-        Some(WORKLOAD_SKILLS_DIR)
-    );
-    assert_eq!(
         value(sidecar, "CLAWSWARM_WORKLOAD_ROOT_MAP"),
         Some(format!("{DATA_MOUNT}={SIDECAR_WORKLOAD_VIEW}"))
     );
